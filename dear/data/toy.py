@@ -1,0 +1,139 @@
+"""The embedded toy task: add a row of digits by merging adjacent pairs.
+
+A problem is a row of single digits, ``3+8+5+1``. A worked solution rewrites the row one
+step at a time, each step replacing one *adjacent* pair by its sum, until one number is left:
+
+    3+8+5+1?3+13+1;16+1;17#17
+
+Every step is a **branch point** (any adjacent pair may go first: a row of ``n`` numbers has
+``n-1`` valid next steps, and all orders reach the same answer) followed by an
+**intermediate result** that must be computed right (the pair's sum) and copied on. Rows of
+3 to 6 digits mix easy and hard problems, so accuracy over a held-out set moves smoothly
+rather than in one jump. The final answer follows ``#`` and is graded by exact match.
+
+Training solutions pick each step's pair uniformly at random, so a teacher trained on them by
+cross-entropy keeps a calibrated distribution over the valid branches instead of a one-hot.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+QUESTION_END = "?"
+STEP_SEP = ";"
+ANSWER_SEP = "#"
+PAD, EOS = "<pad>", "</s>"
+GAP = "_"
+CHARS = list("0123456789") + [GAP, QUESTION_END, STEP_SEP, ANSWER_SEP]
+
+
+@dataclass(frozen=True)
+class ToyTaskConfig:
+    min_terms: int = 3
+    max_terms: int = 6
+    max_digit: int = 9
+    modulus: int = 10  # results are kept mod this, so every number stays one digit
+    held_out: int = 500
+    seed: int = 1234  # fixes the held-out split, independent of the run's seed
+
+
+def prompt_text(terms: list[int]) -> str:
+    return "".join(map(str, terms)) + QUESTION_END
+
+
+def answer(terms: list[int], modulus: int) -> str:
+    return str(sum(terms) % modulus)
+
+
+def worked_solution(terms: list[int], rng: random.Random, modulus: int) -> str:
+    """One valid worked solution (with the end-of-text token), branches drawn uniformly."""
+    row: list[int | None] = list(terms)
+    steps = []
+    while sum(x is not None for x in row) > 1:
+        live = [i for i, x in enumerate(row) if x is not None]
+        k = rng.randrange(len(live) - 1)  # the branch: which adjacent pair to merge now
+        i, j = live[k], live[k + 1]
+        row[i], row[j] = (row[i] + row[j]) % modulus, None
+        steps.append("".join(GAP if x is None else str(x) for x in row))
+    return STEP_SEP.join(steps) + ANSWER_SEP + str(sum(terms) % modulus) + EOS
+
+
+def final_answer(response: str) -> str | None:
+    """The text after the last answer marker, up to the end-of-text token; None if absent."""
+    response = response.split(EOS)[0]
+    if ANSWER_SEP not in response:
+        return None
+    return response.rsplit(ANSWER_SEP, 1)[1].strip()
+
+
+def grade(response: str, reference: str) -> bool:
+    return final_answer(response) == reference.strip()
+
+
+def parse_terms(prompt: str) -> list[int]:
+    return [int(x) for x in prompt.rstrip(QUESTION_END)]
+
+
+class ToyTask:
+    """Procedural problems with a held-out split fixed by ``cfg.seed``."""
+
+    def __init__(self, cfg: ToyTaskConfig = ToyTaskConfig()) -> None:
+        if not 2 <= cfg.min_terms <= cfg.max_terms:
+            raise ValueError(f"toy task needs 2 <= min_terms <= max_terms, got {cfg.min_terms}, {cfg.max_terms}")
+        self.cfg = cfg
+        rng = random.Random(cfg.seed)
+        held: dict[str, list[int]] = {}
+        while len(held) < cfg.held_out:
+            terms = self._draw(rng)
+            held.setdefault(prompt_text(terms), terms)
+        self.held_out: list[list[int]] = list(held.values())
+        self._held_keys = set(held)
+
+    def _draw(self, rng: random.Random) -> list[int]:
+        n = rng.randint(self.cfg.min_terms, self.cfg.max_terms)
+        return [rng.randint(1, self.cfg.max_digit) for _ in range(n)]
+
+    def sample_train(self, rng: random.Random) -> list[int]:
+        """A training problem, never one of the held-out ones."""
+        while True:
+            terms = self._draw(rng)
+            if prompt_text(terms) not in self._held_keys:
+                return terms
+
+
+def build_tokenizer(out_dir: str | Path):
+    """A character-level Hugging Face tokenizer for the toy task, saved to ``out_dir``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, *CHARS])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=PAD,
+                                  padding_side="left")
+    tok.save_pretrained(str(out_dir))
+    return tok
+
+
+def _register_benchmark() -> None:
+    """Make the held-out split a benchmark (``benchmark=toy``) graded by exact match."""
+    from dataclasses import asdict
+
+    from dear.data.benchmarks import Problem, register, register_grader
+
+    @register("toy")
+    def load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list[Problem]:
+        del seed  # the split is fixed by the task's own seed, so every run scores the same problems
+        cfg = ToyTaskConfig(**(task or {}))
+        return [Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t, cfg.modulus), kind="toy",
+                        meta={"task": asdict(cfg)})
+                for i, t in enumerate(ToyTask(cfg).held_out[:limit])]
+
+    @register_grader("toy")
+    def grade_toy(problem: Problem, response: str) -> bool:
+        return grade(response, problem.reference)
+
+_register_benchmark()

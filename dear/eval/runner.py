@@ -1,0 +1,92 @@
+"""Generate on a benchmark, grade, summarise: the one evaluation path of dear-eval and training.
+
+``Evaluator.evaluate(model)`` returns per-problem records and a summary: ``accuracy`` (pass@1,
+the mean correctness over all samples, i.e. avg@k), ``pass@k`` (a problem counts when any of
+its ``k`` samples is right) and, when a teacher is given, ``heldout_reverse_kl``: the mean
+per-token ``KL(p_student‖p_teacher)`` over the student's own samples on held-out prompts, a
+smooth measure of distillation progress that does not wait for answers to flip.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from dear.data.benchmarks import Problem, format_prompt, grade
+from dear.objective import token_signals
+from dear.rollout import generate
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, float]
+    records: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Evaluator:
+    name: str
+    problems: list[Problem]
+    tokenizer: object
+    chat_template: bool = False
+    max_new_tokens: int = 256
+    batch_size: int = 64
+    samples: int = 1            # k responses per problem
+    temperature: float = 0.0    # 0: greedy (then samples must be 1)
+    kl_prompts: int = 0         # held-out prompts for the on-policy reverse KL (needs a teacher)
+    vocab_size: int | None = None
+    progress: bool = False
+    grade_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if self.temperature == 0 and self.samples != 1:
+            raise ValueError("greedy evaluation (temperature=0) takes samples=1; set a temperature for k samples")
+        self.prompts = [format_prompt(p, self.tokenizer, chat_template=self.chat_template) for p in self.problems]
+
+    @torch.no_grad()
+    def evaluate(self, model, teacher=None) -> EvalResult:
+        texts = self._generate(model)
+        k = self.samples
+        flat = [(p, t) for i, p in enumerate(self.problems) for t in texts[i * k:(i + 1) * k]]
+        with ThreadPoolExecutor(self.grade_workers) as pool:  # code graders run subprocesses
+            correct = list(pool.map(lambda pt: bool(grade(*pt)), flat))
+        records, n_right, n_any = [], 0, 0
+        for i, problem in enumerate(self.problems):
+            ok = correct[i * k:(i + 1) * k]
+            n_right += sum(ok)
+            n_any += any(ok)
+            records.append({"id": problem.id, "prompt": self.prompts[i], "reference": problem.reference,
+                            "responses": texts[i * k:(i + 1) * k], "correct": ok})
+        n = max(1, len(self.problems))
+        summary = {"accuracy": n_right / (n * k), f"pass@{k}": n_any / n}
+        if teacher is not None and self.kl_prompts > 0:
+            summary["heldout_reverse_kl"] = self.heldout_reverse_kl(model, teacher)
+        return EvalResult(summary, records)
+
+    def _generate(self, model) -> list[str]:
+        out: list[str] = []
+        greedy = self.temperature == 0
+        batches = range(0, len(self.prompts), self.batch_size)
+        for start in tqdm(batches, desc=f"eval {self.name}", disable=not self.progress, leave=False):
+            r = generate(model, self.tokenizer, self.prompts[start:start + self.batch_size], n=self.samples,
+                         temperature=self.temperature or 1.0, max_new_tokens=self.max_new_tokens, greedy=greedy)
+            out.extend(r.texts)
+        return out
+
+    def heldout_reverse_kl(self, model, teacher, temperature: float = 1.0) -> float:
+        """Mean per-token KL(student‖teacher) over the student's own samples (temperature 1)."""
+        total, count = 0.0, 0
+        prompts = self.prompts[: self.kl_prompts]
+        for start in range(0, len(prompts), self.batch_size):
+            r = generate(model, self.tokenizer, prompts[start:start + self.batch_size], n=1,
+                         temperature=temperature, max_new_tokens=self.max_new_tokens)
+            kw = dict(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids)
+            s = model(**kw).logits[:, :-1]
+            t = teacher(**kw).logits[:, :-1]
+            sig = token_signals(s, t, r.target_mask, vocab_size=self.vocab_size)
+            total += float(sig.reverse_kl.sum())
+            count += int(r.target_mask.sum())
+        return total / max(1, count)

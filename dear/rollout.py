@@ -1,0 +1,75 @@
+"""Sampling from the student, and the token layout every later stage reads.
+
+One interface: ``generate(model, tokenizer, prompts, ...) -> Rollout``. The Hugging Face
+``generate`` backend is the only engine today; another engine (vLLM, SGLang) only has to
+return the same ``Rollout``.
+
+Layout: prompts are left-padded, responses right-padded, so a batch is ``[B, L]`` with every
+response starting at column ``P`` (the padded prompt width). ``response_mask`` is True on the
+sampled tokens up to and including the first end-of-text token: never on the prompt, never on
+padding. Position ids count only real tokens, matching what ``generate`` used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor       # [B, L] prompt (left-padded) + response (right-padded)
+    attention_mask: torch.Tensor  # [B, L] 1 on real tokens (prompt and response)
+    position_ids: torch.Tensor    # [B, L]
+    response_mask: torch.Tensor   # [B, L] bool, True on response tokens
+    prompt_width: int             # P: responses start at this column
+    texts: list[str]              # decoded responses (special tokens dropped)
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """[B, L-1] bool: True where logits[:, t] predict a response token input_ids[:, t+1]."""
+        return self.response_mask[:, 1:]
+
+    def to(self, device) -> "Rollout":
+        return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                       self.response_mask.to(device), self.prompt_width, self.texts)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_prompts(tokenizer, prompts: list[str], device) -> dict:
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 1.0,
+             max_new_tokens: int = 64, greedy: bool = False) -> Rollout:
+    """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n … i*n+n-1)."""
+    device = next(model.parameters()).device
+    enc = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], device)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else temperature, top_p=None, top_k=None,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )  # [B, P + new]
+    finally:
+        model.train(was_training)
+    width = enc["input_ids"].shape[1]
+    response = out[:, width:]
+    # Keep tokens up to and including the first end-of-text; generate pads the rest.
+    is_eos = response == tokenizer.eos_token_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    keep = ~after_eos  # [B, new]
+    response = response.masked_fill(~keep, tokenizer.pad_token_id)
+    input_ids = torch.cat([enc["input_ids"], response], dim=1)
+    attention_mask = torch.cat([enc["attention_mask"], keep.long()], dim=1)
+    response_mask = torch.cat([torch.zeros_like(enc["input_ids"], dtype=torch.bool), keep], dim=1)
+    texts = tokenizer.batch_decode(response, skip_special_tokens=True)
+    return Rollout(input_ids, attention_mask, position_ids(attention_mask), response_mask, width, texts)

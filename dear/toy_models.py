@@ -1,0 +1,143 @@
+"""Build the toy teacher and student on first use: small Qwen2 models trained from scratch.
+
+Both are trained by cross-entropy on worked solutions of the toy task (``dear/data/toy.py``)
+whose branches are drawn uniformly, so the teacher learns a calibrated distribution over the
+valid next steps. The student is smaller and trained for fewer steps: it starts well below the
+teacher and has room to move. A model is saved as an ordinary Hugging Face folder (config,
+safetensors, tokenizer) under the cache, keyed by a hash of everything that determines it, and
+is afterwards loaded through the same ``AutoModelForCausalLM`` path as the real presets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dear.data.toy import ToyTask, ToyTaskConfig, build_tokenizer, prompt_text, worked_solution
+
+log = logging.getLogger(__name__)
+
+TOY_FORMAT_VERSION = 1  # bump when the task, tokenizer or training recipe changes
+
+
+@dataclass(frozen=True)
+class ToyModelSpec:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    train_steps: int
+    batch_size: int = 128
+    lr: float = 3e-3
+    seed: int = 0
+
+
+def spec_key(name: str, spec: ToyModelSpec, task: ToyTaskConfig) -> str:
+    blob = json.dumps({"v": TOY_FORMAT_VERSION, "spec": asdict(spec), "task": asdict(task)}, sort_keys=True)
+    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def qwen2_config(spec: ToyModelSpec, tokenizer, max_positions: int = 256):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def sft_batch(task: ToyTask, tokenizer, rng: random.Random, batch_size: int):
+    """Right-padded (input_ids, attention_mask, labels); labels cover the solution only."""
+    rows, prompt_lens = [], []
+    for _ in range(batch_size):
+        terms = task.sample_train(rng)
+        p = tokenizer.encode(prompt_text(terms), add_special_tokens=False)
+        s = tokenizer.encode(worked_solution(terms, rng, task.cfg.modulus), add_special_tokens=False)
+        rows.append(p + s)
+        prompt_lens.append(len(p))
+    width = max(map(len, rows))
+    ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+    labels = torch.full((batch_size, width), -100)
+    for i, (row, n_p) in enumerate(zip(rows, prompt_lens)):
+        ids[i, : len(row)] = torch.tensor(row)
+        labels[i, n_p : len(row)] = torch.tensor(row[n_p:])
+    return ids, (ids != tokenizer.pad_token_id) | (labels != -100), labels
+
+
+def train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, progress: bool = True):
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(spec.seed)
+    rng = random.Random(spec.seed)
+    model = Qwen2ForCausalLM(qwen2_config(spec, tokenizer))
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
+    warmup = max(1, spec.train_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / spec.train_steps)))
+    )
+    model.train()
+    bar = tqdm(range(spec.train_steps), desc=f"building {name}", disable=not progress, leave=False)
+    for _ in bar:
+        ids, attn, labels = sft_batch(task, tokenizer, rng, spec.batch_size)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    return model
+
+
+def ensure_toy_model(name: str, spec: ToyModelSpec, task_cfg: ToyTaskConfig, cache_dir: str | Path,
+                     progress: bool = True) -> Path:
+    """The folder of the toy model ``name``, training and caching it first if needed."""
+    cache_dir = Path(cache_dir).expanduser()
+    target = cache_dir / spec_key(name, spec, task_cfg)
+    if (target / "config.json").exists():
+        return target
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+    except OSError as e:
+        raise CacheNotWritable(f"cannot write the toy-model cache at {cache_dir} ({e.strerror}); "
+                               f"set cache_dir=/a/writable/dir") from e
+    try:
+        log.info("Building toy model %s (%s) in %s", name, spec, target)
+        tokenizer = build_tokenizer(tmp)
+        model = train_toy_model(name, spec, ToyTask(task_cfg), tokenizer, progress=progress)
+        model.save_pretrained(str(tmp))
+        (tmp / "dear_toy.json").write_text(json.dumps({"name": name, "spec": asdict(spec), "task": asdict(task_cfg)}))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished the same model first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists() and tmp != target:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class CacheNotWritable(RuntimeError):
+    """The cache directory cannot be created or written."""

