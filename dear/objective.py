@@ -18,17 +18,19 @@ Conventions shared by every function:
 - Vocabulary: student and teacher heads may be padded to different sizes (Qwen2.5: 151936
   vs 152064 rows). Both are sliced to ``vocab_size`` if given, else to the smaller of the two
   last dims, before anything is computed; padding rows are never compared.
-- Memory: full-vocabulary work runs over chunks of positions. Only one chunk of float32
-  ``[rows, V]`` temporaries is alive at a time (besides the inputs and, in backward, the
-  gradient). By default a chunk holds ``2**26 // V`` positions (441 at V = 151936, i.e.
-  ~256 MiB per float32 temporary); ``chunk_size`` overrides it. bf16/fp16 inputs are upcast
-  per chunk. The loss recomputes each chunk's softmax in backward instead of storing it.
+- Memory: full-vocabulary work runs over chunks of positions, in one reusable workspace of
+  five float32 ``[rows, V]`` buffers (plus a bool one; jsd adds its log-mixture), which is all
+  that is alive besides the inputs and, in backward, the gradient. By default a chunk holds
+  ``2**24 // V`` positions (110 at V = 151936: 64 MiB per buffer, ~340 MiB in all);
+  ``chunk_size`` overrides it. bf16/fp16 inputs are upcast per chunk. The loss keeps only
+  per-position scalars and recomputes each chunk's softmax in backward; only positions with
+  a nonzero weight are computed at all.
 - ``-inf`` logits are allowed: ``0 · log 0 = 0`` everywhere. A divergence that is infinite
   mathematically (e.g. ``KL(p‖q)`` with ``q_v = 0 < p_v``) is returned as ``inf``.
 - Ties are broken deterministically: among equal scores the lower position index wins
   (with ``scope="batch"``, the lower flattened index ``i·T + t``, i.e. earlier sequences first).
 - Counts are ``⌈ρ·T_i⌉`` with ``T_i = mask[i].sum()``, computed with a 1e-9 slack so that a
-  product that is an integer in decimal (0.7·10) is not bumped up by float rounding.
+  product that is an integer in decimal (0.14·50 = 7.000000000000001 in floats) is not bumped up.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ NORMALIZATIONS = ("selected", "all", "sequence")
 
 # Elements per chunk buffer: 2**24 floats = 64 MiB, 110 positions at V = 151936 (see module doc).
 _CHUNK_ELEMENTS = 2**24
-# Slack in ⌈ρ·T⌉ so that float rounding of an exact decimal product (0.7·10 = 7.000000000000001)
+# Slack in ⌈ρ·T⌉ so that float rounding of an exact decimal product (0.14·50 = 7.000000000000001)
 # does not add a token.
 _CEIL_SLACK = 1e-9
 _COS_EPS = 1e-8

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dear.errors import DearError
 from dear.data.toy import ToyTask, ToyTaskConfig, build_tokenizer, prompt_text, worked_solution
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def sft_batch(task: ToyTask, tokenizer, rng: random.Random, batch_size: int):
     for _ in range(batch_size):
         terms = task.sample_train(rng)
         p = tokenizer.encode(prompt_text(terms), add_special_tokens=False)
-        s = tokenizer.encode(worked_solution(terms, rng, task.cfg.modulus), add_special_tokens=False)
+        s = tokenizer.encode(worked_solution(terms, rng), add_special_tokens=False)
         rows.append(p + s)
         prompt_lens.append(len(p))
     width = max(map(len, rows))
@@ -139,5 +140,5 @@ def ensure_toy_model(name: str, spec: ToyModelSpec, task_cfg: ToyTaskConfig, cac
     return target
 
 
-class CacheNotWritable(RuntimeError):
+class CacheNotWritable(DearError):
     """The cache directory cannot be created or written."""

@@ -204,16 +204,6 @@ def _assert_unavailable_fast(name: str) -> str:
 
 
 @pytest.mark.parametrize("name", HUB_SETS)
-def test_hub_sets_fail_fast_when_the_hub_is_unreachable(name, empty_datasets_cache, monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    benchmarks._hub_reachable.cache_clear()
-    if benchmarks._hub_reachable(benchmarks._hub_endpoint()):
-        pytest.skip("the Hugging Face Hub is reachable here; this test is about an offline machine")
-    assert "unreachable" in _assert_unavailable_fast(name)
-
-
-@pytest.mark.parametrize("name", HUB_SETS)
 def test_hub_sets_fail_fast_in_offline_mode(name, empty_datasets_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "offline mode" in _assert_unavailable_fast(name)
@@ -246,7 +236,7 @@ def test_a_cached_hub_set_loads_offline(empty_datasets_cache, tmp_path, monkeypa
         {"question": "Tom has 3 apples and buys 1,000 more. How many?", "answer": "3+1000=1003\n#### 1,003"}
     ]
     _fake_hub_cache(empty_datasets_cache, tmp_path, "openai/gsm8k", "main", "test", rows)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # Offline mode stays on: tests never reach for the hub, not even to probe it.
     start = time.perf_counter()
     (problem,) = load_benchmark("gsm8k")
     assert time.perf_counter() - start < 5.0

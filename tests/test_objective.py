@@ -320,6 +320,20 @@ def test_distill_loss_with_a_sequence_without_response_tokens(normalize):
     assert (x.grad[1] == 0).all()
 
 
+def test_logits_views_need_no_copy_and_route_the_gradient():
+    """``logits[:, :-1]`` (the positions that predict y) is a non-contiguous view: same loss, and
+    the gradient reaches the base tensor's rows only."""
+    zs, zt = make_logits(12)
+    base = torch.cat([zs, torch.randn(3, 1, 9)], dim=1).requires_grad_()  # [3, 7, 9]
+    mask, weights = make_mask(), make_weights(12)
+    loss, _ = distill_loss(base[:, :-1], zt, weights, mask=mask, temperature=0.9)
+    loss.backward()
+    ref, ref_grad = naive_grad(zs, zt, weights, mask, "reverse_kl", "selected", tau=0.9)
+    assert loss.item() == pytest.approx(float(ref), abs=1e-5)
+    torch.testing.assert_close(base.grad[:, :-1].double(), ref_grad, atol=1e-5, rtol=1e-5)
+    assert (base.grad[:, -1] == 0).all()
+
+
 def test_distill_loss_bf16_inputs():
     zs, zt = make_logits(7)
     zs, zt = zs.bfloat16(), zt.bfloat16()

@@ -8,7 +8,7 @@ step at a time, each step replacing one *adjacent* pair by its sum, until one nu
 Every step is a **branch point** (any adjacent pair may go first: a row of ``n`` numbers has
 ``n-1`` valid next steps, and all orders reach the same answer) followed by an
 **intermediate result** that must be computed right (the pair's sum) and copied on. Rows of
-3 to 6 digits mix easy and hard problems, so accuracy over a held-out set moves smoothly
+3 to 5 digits mix easy and hard problems, so accuracy over a held-out set moves smoothly
 rather than in one jump. The final answer follows ``#`` and is graded by exact match.
 
 Training solutions pick each step's pair uniformly at random, so a teacher trained on them by
@@ -25,39 +25,34 @@ QUESTION_END = "?"
 STEP_SEP = ";"
 ANSWER_SEP = "#"
 PAD, EOS = "<pad>", "</s>"
-GAP = "_"
-CHARS = list("0123456789") + [GAP, QUESTION_END, STEP_SEP, ANSWER_SEP]
+CHARS = list("0123456789+") + [QUESTION_END, STEP_SEP, ANSWER_SEP]
 
 
 @dataclass(frozen=True)
 class ToyTaskConfig:
     min_terms: int = 3
-    max_terms: int = 6
+    max_terms: int = 5
     max_digit: int = 9
-    modulus: int = 10  # results are kept mod this, so every number stays one digit
     held_out: int = 500
     seed: int = 1234  # fixes the held-out split, independent of the run's seed
 
 
 def prompt_text(terms: list[int]) -> str:
-    return "".join(map(str, terms)) + QUESTION_END
+    return "+".join(map(str, terms)) + QUESTION_END
 
 
-def answer(terms: list[int], modulus: int) -> str:
-    return str(sum(terms) % modulus)
+def answer(terms: list[int]) -> str:
+    return str(sum(terms))
 
 
-def worked_solution(terms: list[int], rng: random.Random, modulus: int) -> str:
+def worked_solution(terms: list[int], rng: random.Random) -> str:
     """One valid worked solution (with the end-of-text token), branches drawn uniformly."""
-    row: list[int | None] = list(terms)
-    steps = []
-    while sum(x is not None for x in row) > 1:
-        live = [i for i, x in enumerate(row) if x is not None]
-        k = rng.randrange(len(live) - 1)  # the branch: which adjacent pair to merge now
-        i, j = live[k], live[k + 1]
-        row[i], row[j] = (row[i] + row[j]) % modulus, None
-        steps.append("".join(GAP if x is None else str(x) for x in row))
-    return STEP_SEP.join(steps) + ANSWER_SEP + str(sum(terms) % modulus) + EOS
+    row, steps = list(terms), []
+    while len(row) > 1:
+        i = rng.randrange(len(row) - 1)  # the branch: which adjacent pair to merge now
+        row[i : i + 2] = [row[i] + row[i + 1]]
+        steps.append("+".join(map(str, row)))
+    return STEP_SEP.join(steps) + ANSWER_SEP + str(row[0]) + EOS
 
 
 def final_answer(response: str) -> str | None:
@@ -73,7 +68,7 @@ def grade(response: str, reference: str) -> bool:
 
 
 def parse_terms(prompt: str) -> list[int]:
-    return [int(x) for x in prompt.rstrip(QUESTION_END)]
+    return [int(x) for x in prompt.rstrip(QUESTION_END).split("+")]
 
 
 class ToyTask:
@@ -128,7 +123,7 @@ def _register_benchmark() -> None:
     def load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list[Problem]:
         del seed  # the split is fixed by the task's own seed, so every run scores the same problems
         cfg = ToyTaskConfig(**(task or {}))
-        return [Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t, cfg.modulus), kind="toy",
+        return [Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t), kind="toy",
                         meta={"task": asdict(cfg)})
                 for i, t in enumerate(ToyTask(cfg).held_out[:limit])]
 

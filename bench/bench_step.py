@@ -1,0 +1,89 @@
+"""Time one training step per method on the embedded default, side by side on the same batch.
+
+    python bench/bench_step.py [--repeats 20] [--methods opd dear ...] [overrides ...]
+
+One rollout batch is sampled once (same prompts, same samples for every method); then each
+method's step (student forward with hidden states, teacher forward, signals, selection, loss,
+backward) is timed in interleaved rounds, so drift on a shared machine hits all methods alike.
+The rollout itself (identical for every method) is timed separately. Reported: median ms per
+step and the ratio to the first method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--methods", nargs="+", default=["opd", "dear", "entropy", "tip", "random"])
+    args, overrides = parser.parse_known_args()
+
+    from conftest import compose  # the same composition dear-train uses
+
+    from dear import objective
+    from dear.config import method_knobs
+    from dear.data.prompts import prompt_loader
+    from dear.data.toy import ToyTaskConfig
+    from dear.models import check_compatible, load_model
+    from dear.rollout import generate
+
+    cfg = compose(overrides)
+    torch.manual_seed(0)
+    torch.set_num_threads(int(cfg.trainer.threads or 2))
+    toy = ToyTaskConfig(**cfg.toy_task)
+    student = load_model(cfg.model, cfg.cache_dir, toy, trainable=True)
+    teacher = load_model(cfg.teacher, cfg.cache_dir, toy, trainable=False)
+    vocab = check_compatible(student, teacher)
+    prompts = next(iter(prompt_loader(cfg.data, toy, student.tokenizer, chat_template=False,
+                                      batch_size=int(cfg.batch_size), seed=0)))
+    t0 = time.perf_counter()
+    rollout = generate(student.model, student.tokenizer, prompts, n=int(cfg.rollout.n),
+                       temperature=float(cfg.rollout.temperature), max_new_tokens=int(cfg.rollout.max_new_tokens))
+    rollout_ms = 1000 * (time.perf_counter() - t0)
+    kw = dict(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=rollout.position_ids)
+    mask, targets = rollout.target_mask, rollout.input_ids[:, 1:]
+
+    def step(method: str) -> float:
+        mcfg = compose(overrides + [f"method={method}"]).method
+        start = time.perf_counter()
+        out = student.model(**kw, output_hidden_states=True)
+        with torch.no_grad():
+            t_logits = teacher.model(**kw).logits[:, :-1]
+        s_logits = out.logits[:, :-1]
+        hidden = out.hidden_states[-1][:, :-1].detach()
+        sig = objective.token_signals(s_logits.detach(), t_logits, mask, sampled_ids=targets, vocab_size=vocab)
+        sel = objective.select_tokens(method, entropy=sig.entropy, divergence=sig.divergence, hidden=hidden,
+                                      mask=mask, generator=torch.Generator().manual_seed(0), **method_knobs(mcfg))
+        loss, _ = objective.distill_loss(s_logits, t_logits, sel.weights, mask=mask, vocab_size=vocab)
+        loss.backward()
+        student.model.zero_grad(set_to_none=True)
+        return 1000 * (time.perf_counter() - start)
+
+    times: dict[str, list[float]] = {m: [] for m in args.methods}
+    for m in args.methods:  # warm-up
+        step(m)
+    for _ in range(args.repeats):
+        for m in args.methods:
+            times[m].append(step(m))
+    base = statistics.median(times[args.methods[0]])
+    print(f"batch: {rollout.input_ids.shape[0]} sequences x {rollout.input_ids.shape[1]} tokens, "
+          f"{int(mask.sum())} response tokens; rollout (shared) {rollout_ms:.0f} ms; torch threads "
+          f"{torch.get_num_threads()}; {args.repeats} interleaved rounds")
+    print(f"{'method':<16}{'median ms/step':>16}{'ratio':>8}   (step without the rollout)")
+    for m in args.methods:
+        med = statistics.median(times[m])
+        print(f"{m:<16}{med:>16.1f}{med / base:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``dear-table``: collate finished runs into a results table, optionally running the grid first.
+
+    dear-table outputs/                       # every finished run (metrics.json) below outputs/
+    dear-table --run conf/table/toy.yaml      # run the grid the file names, then collate it
+
+A grid file names the overrides shared by every run and the axes to sweep; the runs go through
+``dear-train -m`` (one Hydra multirun), so each lands in its own directory. Rows group runs that
+differ only by seed, and report mean ± std over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from dear.errors import DearError
+
+COLUMNS = ("accuracy_before", "accuracy_after", "gain", "accuracy_auc", "kl_after")
+
+
+def load_runs(roots: list[Path]) -> list[dict]:
+    runs = []
+    for root in roots:
+        for path in sorted(root.rglob("metrics.json")):
+            record = json.loads(path.read_text())
+            if record.get("status") == "complete" and "benchmarks" in record:
+                runs.append(record)
+    return runs
+
+
+def row_key(run: dict) -> tuple:
+    c = run["config"]
+    return (c["model"]["name"], c["teacher"]["name"], c["method"]["name"], c["loss"]["normalize"],
+            next(iter(run["benchmarks"])))
+
+
+def cell(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(runs: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[row_key(run)].append(run)
+    head = ["student", "teacher", "method", "normalize", "benchmark", "seeds", *COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in sorted(groups):
+        rs = groups[key]
+        b = [next(iter(r["benchmarks"].values())) for r in rs]
+        cols = {
+            "accuracy_before": [x["accuracy_before"] for x in b],
+            "accuracy_after": [x["accuracy_after"] for x in b],
+            "gain": [x["gain"] for x in b],
+            "accuracy_auc": [r["accuracy_auc"] for r in rs],
+            "kl_after": [r["heldout_reverse_kl"]["after"] for r in rs],
+        }
+        lines.append("| " + " | ".join([*map(str, key), str(len(rs)), *(cell(cols[c]) for c in COLUMNS)]) + " |")
+    return "\n".join(lines)
+
+
+def run_grid(grid_file: Path, extra: list[str]) -> Path:
+    grid = yaml.safe_load(grid_file.read_text())
+    out = Path(grid.get("output", "outputs/tables")) / grid_file.stem
+    sweep = [f"{k}={','.join(map(str, v))}" for k, v in grid.get("sweep", {}).items()]
+    cmd = [str(Path(sys.executable).parent / "dear-train"), "-m", *grid.get("overrides", []), *sweep, *extra,
+           f"hydra.sweep.dir={out}"]
+    print("running:", " ".join(cmd), file=sys.stderr)
+    if subprocess.run(cmd).returncode != 0:
+        raise DearError(f"the grid {grid_file} did not finish; finished runs stay in {out}")
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="dear-table", description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="*", type=Path, help="folders searched for metrics.json (default: outputs)")
+    parser.add_argument("--run", type=Path, help="a grid file (conf/table/*.yaml) to run before collating")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        roots = list(args.roots)
+        if args.run:
+            if not args.run.exists():
+                raise DearError(f"no grid file {args.run}")
+            roots.append(run_grid(args.run, extra))
+        elif extra:
+            raise DearError(f"unknown arguments {' '.join(extra)} (overrides are only taken with --run)")
+        roots = roots or [Path("outputs")]
+        runs = load_runs(roots)
+        if not runs:
+            raise DearError(f"no finished runs (metrics.json) under {', '.join(map(str, roots))}")
+    except DearError as e:
+        print(f"dear-table: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    text = table(runs)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")

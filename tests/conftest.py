@@ -1,0 +1,47 @@
+"""Shared test set-up: offline always, tiny toy models built once per session."""
+
+from __future__ import annotations
+
+import os
+
+# Offline by design: no test may reach a model or data hub (set before anything imports HF libs).
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Toy models small and briefly trained: the plumbing, not the quality, is under test here.
+TINY_MODELS = [
+    "model.toy.hidden_size=16", "model.toy.intermediate_size=32", "model.toy.train_steps=10",
+    "teacher.toy.hidden_size=24", "teacher.toy.intermediate_size=48", "teacher.toy.train_steps=10",
+]
+TINY_RUN = TINY_MODELS + [
+    "steps=2", "batch_size=3", "rollout.n=2", "rollout.max_new_tokens=24", "eval.every=1",
+    "benchmark.limit=8", "benchmark.max_new_tokens=24", "eval.kl_prompts=4", "logger=csv",
+]
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory) -> Path:
+    """One cache of tiny toy models for the whole session (each build takes a second or two)."""
+    return tmp_path_factory.mktemp("dear-cache")
+
+
+def compose(overrides: list[str], config_name: str = "train"):
+    """The config ``dear-train`` would run with these overrides (Hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    import dear.cli  # noqa: F401  (registers the run-id resolver)
+
+    with initialize_config_module(config_module="dear.conf", version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)

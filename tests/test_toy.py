@@ -1,0 +1,97 @@
+"""The toy task, its tokenizer and the cached toy models."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import torch
+
+from dear.data.toy import (EOS, ToyTask, ToyTaskConfig, answer, build_tokenizer, final_answer, grade, parse_terms,
+                           prompt_text, worked_solution)
+from dear.toy_models import CacheNotWritable, ToyModelSpec, ensure_toy_model
+
+
+def replay(terms: list[int], solution: str) -> list[list[int]]:
+    """Check every step merges one adjacent pair of the previous row; return the rows."""
+    rows = [terms]
+    body = solution.removesuffix(EOS).split("#")[0]
+    for step in body.split(";"):
+        row = [int(x) for x in step.split("+")]
+        prev = rows[-1]
+        assert len(row) == len(prev) - 1
+        merged = [i for i in range(len(row)) if prev[:i] + [prev[i] + prev[i + 1]] + prev[i + 2:] == row]
+        assert merged, f"{step} is not a merge of {prev}"
+        rows.append(row)
+    return rows
+
+
+def test_worked_solutions_are_valid_and_branch():
+    rng = random.Random(0)
+    task = ToyTask(ToyTaskConfig())
+    firsts = set()
+    for _ in range(200):
+        terms = task.sample_train(rng)
+        sol = worked_solution(terms, rng)
+        rows = replay(terms, sol)
+        assert rows[-1] == [sum(terms)] and final_answer(sol) == answer(terms)
+        assert parse_terms(prompt_text(terms)) == terms
+    terms = [3, 8, 5, 1]
+    for seed in range(50):
+        firsts.add(worked_solution(terms, random.Random(seed)).split(";")[0])
+    assert firsts == {"11+5+1", "3+13+1", "3+8+6"}  # every adjacent pair is a valid first step
+
+
+def test_held_out_split_is_fixed_and_never_trained_on():
+    a, b = ToyTask(ToyTaskConfig(seed=7)), ToyTask(ToyTaskConfig(seed=7))
+    assert a.held_out == b.held_out and len(a.held_out) == 500
+    assert ToyTask(ToyTaskConfig(seed=8)).held_out != a.held_out
+    held = {prompt_text(t) for t in a.held_out}
+    rng = random.Random(1)
+    assert not any(prompt_text(a.sample_train(rng)) in held for _ in range(3000))
+
+
+def test_grading_is_exact_match_on_the_final_answer():
+    assert grade("3+13+1;16+1;17#17", "17")
+    assert not grade("3+13+1;16+1;17#18", "17")
+    assert not grade("3+13+1;16+1;17", "17")  # no answer marker
+    assert grade("1+2#17#17", "17")  # the last marker counts
+
+
+def test_bad_task_config_is_refused():
+    with pytest.raises(ValueError, match="min_terms"):
+        ToyTask(ToyTaskConfig(min_terms=5, max_terms=3))
+
+
+def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    build_tokenizer(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "3+8+5+1?3+13+1;16+1;17#17"
+    ids = tok.encode(text + EOS, add_special_tokens=False)
+    assert len(ids) == len(text) + 1 and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_toy_model_is_cached_and_deterministic(tmp_path):
+    spec = ToyModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, train_steps=3, batch_size=8)
+    first = ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "a", progress=False)
+    again_start = time.perf_counter()
+    assert ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "a", progress=False) == first
+    assert time.perf_counter() - again_start < 1.0  # a cache hit trains nothing
+    other = ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "b", progress=False)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(first / "model.safetensors")), load_file(str(other / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_unwritable_cache_raises_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    spec = ToyModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, train_steps=1, batch_size=2)
+    with pytest.raises(CacheNotWritable, match="cache_dir="):
+        ensure_toy_model("t", spec, ToyTaskConfig(), blocker / "cache", progress=False)
