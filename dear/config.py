@@ -42,8 +42,8 @@ def validate_train(cfg: DictConfig) -> None:
     _number(cfg, "eval.every", low=0, integer=True)
     _number(cfg, "eval.kl_prompts", low=0, integer=True)
     _number(cfg, "seed", low=0, integer=True)
-    for key, allowed in (("loss.kind", objective.LOSS_KINDS), ("loss.normalize", objective.NORMALIZATIONS),
-                         ("method.divergence", objective.DIVERGENCES)):
+    for key, allowed in (("optim.schedule", ("cosine", "constant")), ("loss.kind", objective.LOSS_KINDS),
+                         ("loss.normalize", objective.NORMALIZATIONS), ("method.divergence", objective.DIVERGENCES)):
         if OmegaConf.select(cfg, key) not in allowed:
             raise DearError(f"{key} must be one of {', '.join(allowed)}, got {OmegaConf.select(cfg, key)!r}")
     if cfg.loss.kind == "pg" and cfg.loss.normalize not in objective.NORMALIZATIONS:

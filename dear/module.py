@@ -90,8 +90,8 @@ class DistillModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.cfg.optim
         opt = torch.optim.AdamW(self.student.parameters(), lr=float(o.lr), weight_decay=float(o.weight_decay))
-        warmup = max(1, int(o.warmup_steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_factor(int(o.warmup_steps), int(self.cfg.steps), str(o.get("schedule", "cosine"))))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- evaluation -----------------------------------------------------------------------
@@ -99,7 +99,11 @@ class DistillModule(L.LightningModule):
         step = int(self.global_step)
         if self.history and self.history[-1]["step"] == step:
             return self.history[-1]
-        result = self.evaluator.evaluate(self.student, teacher=self.teacher)
+        # Evaluation samples (the held-out KL) from its own seed, so it neither shifts the training
+        # stream nor differs between a continuous run and one resumed from a checkpoint.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(self.cfg.seed) * 1_000_003 + step)
+            result = self.evaluator.evaluate(self.student, teacher=self.teacher)
         row = {"step": step, **result.summary}
         self.history.append(row)
         log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in result.summary.items()))
@@ -130,6 +134,19 @@ class DistillModule(L.LightningModule):
         self.history = list(checkpoint.get("dear_history", []))
         if "dear_generator" in checkpoint:
             self.generator.set_state(checkpoint["dear_generator"])
+
+
+def lr_factor(warmup: int, total: int, schedule: str):
+    """Linear warm-up, then constant or cosine decay to 0 at ``total`` (annealing settles the student)."""
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / max(1, warmup))
+        if schedule == "constant" or step < warmup:
+            return ramp
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def accuracy_auc(history: list[dict], key: str = "accuracy") -> float:

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dear.errors import DearError
-from dear.data.toy import ToyTask, ToyTaskConfig, build_tokenizer, prompt_text, worked_solution
+from dear.data.toy import ToyTask, ToyTaskConfig, build_tokenizer, noisy_solution, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class ToyModelSpec:
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
+    slip_rate: float = 0.1  # share of merges shown miscomputed (loss masked there): see noisy_solution
 
 
 def spec_key(name: str, spec: ToyModelSpec, task: ToyTaskConfig) -> str:
@@ -67,25 +68,40 @@ def qwen2_config(spec: ToyModelSpec, tokenizer, max_positions: int = 256):
     )
 
 
-def sft_batch(task: ToyTask, tokenizer, rng: random.Random, batch_size: int):
-    """Right-padded (input_ids, attention_mask, labels); labels cover the solution only."""
-    rows, prompt_lens = [], []
+def sft_batch(task: ToyTask, tokenizer, rng: random.Random, batch_size: int, slip_rate: float = 0.0):
+    """Right-padded (input_ids, attention_mask, labels); labels cover the solution but not its slips.
+
+    The tokenizer is character-level, so character spans are token spans.
+    """
+    rows, masks = [], []
     for _ in range(batch_size):
         terms = task.sample_train(rng)
         p = tokenizer.encode(prompt_text(terms), add_special_tokens=False)
-        s = tokenizer.encode(worked_solution(terms, rng), add_special_tokens=False)
+        text, slips = noisy_solution(terms, rng, slip_rate)
+        s = tokenizer.encode(text, add_special_tokens=False)
+        learn = [False] * len(p) + [True] * len(s)
+        for a, b in slips:
+            learn[len(p) + a : len(p) + b] = [False] * (b - a)
         rows.append(p + s)
-        prompt_lens.append(len(p))
+        masks.append(learn)
     width = max(map(len, rows))
     ids = torch.full((batch_size, width), tokenizer.pad_token_id)
     labels = torch.full((batch_size, width), -100)
-    for i, (row, n_p) in enumerate(zip(rows, prompt_lens)):
+    attention = torch.zeros((batch_size, width), dtype=torch.long)
+    for i, (row, learn) in enumerate(zip(rows, masks)):
         ids[i, : len(row)] = torch.tensor(row)
-        labels[i, n_p : len(row)] = torch.tensor(row[n_p:])
-    return ids, (ids != tokenizer.pad_token_id) | (labels != -100), labels
+        labels[i, : len(row)] = torch.where(torch.tensor(learn), torch.tensor(row), -100)
+        attention[i, : len(row)] = 1
+    return ids, attention, labels
 
 
 def train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, progress: bool = True):
+    # Its own random stream: building a model on first use must not shift the run's sampling.
+    with torch.random.fork_rng():
+        return _train_toy_model(name, spec, task, tokenizer, progress)
+
+
+def _train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, progress: bool):
     from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(spec.seed)
@@ -99,7 +115,7 @@ def train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, pro
     model.train()
     bar = tqdm(range(spec.train_steps), desc=f"building {name}", disable=not progress, leave=False)
     for _ in bar:
-        ids, attn, labels = sft_batch(task, tokenizer, rng, spec.batch_size)
+        ids, attn, labels = sft_batch(task, tokenizer, rng, spec.batch_size, spec.slip_rate)
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -132,7 +132,7 @@ def test_extract_code_picks_the_final_python_block():
 
 def test_grade_dispatch_toy_and_unknown_kinds():
     toy = Problem(id="t/0", question="3+4?", reference="7", kind="toy")
-    assert grade(toy, " 7\n") and not grade(toy, "8")
+    assert grade(toy, "7#7") and not grade(toy, "7#8") and not grade(toy, "7")
     with pytest.raises(ValueError, match="kind"):
         grade(Problem(id="x", question="q", reference="r", kind="essay"), "r")
 

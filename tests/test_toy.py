@@ -95,3 +95,52 @@ def test_unwritable_cache_raises_a_clear_error(tmp_path):
     spec = ToyModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, train_steps=1, batch_size=2)
     with pytest.raises(CacheNotWritable, match="cache_dir="):
         ensure_toy_model("t", spec, ToyTaskConfig(), blocker / "cache", progress=False)
+
+
+def test_slipped_sums_are_marked_and_the_rest_stays_consistent():
+    from dear.data.toy import noisy_solution
+
+    rng = random.Random(4)
+    n_slips = 0
+    for _ in range(300):
+        terms = [rng.randint(1, 9) for _ in range(rng.randint(3, 5))]
+        text, slips = noisy_solution(terms, rng, slip_rate=0.5)
+        body = text.removesuffix(EOS).split("#")[0]
+        rows = [terms] + [[int(x) for x in step.split("+")] for step in body.split(";")]
+        wrong = 0
+        for prev, row in zip(rows, rows[1:]):
+            assert len(row) == len(prev) - 1
+            # exactly one adjacent pair was merged; its sum may be off, everything else is copied
+            candidates = [i for i in range(len(row)) if prev[:i] == row[:i] and prev[i + 2:] == row[i + 1:]]
+            assert candidates
+            if all(row[i] != prev[i] + prev[i + 1] for i in candidates):
+                wrong += 1
+        assert wrong == len(slips)
+        for a, b in slips:
+            assert text[a:b].isdigit() and (a == 0 or not text[a - 1].isdigit()) and not text[b].isdigit()
+        assert final_answer(text) == str(rows[-1][0])
+        n_slips += len(slips)
+    assert n_slips > 100
+
+
+def test_sft_batch_masks_prompts_padding_and_slips(tmp_path):
+    from dear.toy_models import sft_batch
+
+    tok = build_tokenizer(tmp_path)
+    ids, attention, labels = sft_batch(ToyTask(ToyTaskConfig()), tok, random.Random(0), 16, slip_rate=0.5)
+    q = tok.convert_tokens_to_ids("?")
+    for row, att, lab in zip(ids.tolist(), attention.tolist(), labels.tolist()):
+        end = row.index(q)
+        assert all(x == -100 for x in lab[: end + 1])  # never learn the prompt
+        assert all(x == -100 for x, a in zip(lab, att) if a == 0)  # nor padding
+        assert lab[sum(att) - 1] == tok.eos_token_id
+    assert (labels == -100).sum() > (attention == 0).sum() + 16 * 6  # slips are masked too
+
+
+def test_building_a_model_leaves_the_global_random_stream_alone(tmp_path):
+    spec = ToyModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, train_steps=2, batch_size=4)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path, progress=False)
+    assert torch.equal(torch.rand(3), expected)

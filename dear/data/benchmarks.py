@@ -607,10 +607,23 @@ def _grade_rg(problem: Problem, response: str) -> bool:
     return bool(_NUMBER_RE.match(problem.reference.strip())) and math_grade(response, problem.reference)
 
 
+@register("toy")
+def _load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list[Problem]:
+    """The embedded toy task's held-out split (``dear/data/toy.py``), fixed by the task's own seed."""
+    from dear.data.toy import ToyTask, ToyTaskConfig, answer, prompt_text
+
+    del seed  # every run scores the same problems, whatever its seed
+    cfg = ToyTaskConfig(**(task or {}))
+    return [Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t), kind="toy")
+            for i, t in enumerate(ToyTask(cfg).held_out[:limit])]
+
+
 @register_grader("toy")
 def _grade_toy(problem: Problem, response: str) -> bool:
-    """Exact match after stripping; the toy task module may register its own grader."""
-    return response.strip() == problem.reference.strip()
+    """Exact match of the final answer (after the last ``#``) with the reference."""
+    from dear.data.toy import grade as toy_grade
+
+    return toy_grade(response, problem.reference)
 
 
 # --------------------------------------------------------------------------- prompts

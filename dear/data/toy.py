@@ -47,12 +47,32 @@ def answer(terms: list[int]) -> str:
 
 def worked_solution(terms: list[int], rng: random.Random) -> str:
     """One valid worked solution (with the end-of-text token), branches drawn uniformly."""
-    row, steps = list(terms), []
+    return noisy_solution(terms, rng, slip_rate=0.0)[0]
+
+
+def noisy_solution(terms: list[int], rng: random.Random, slip_rate: float) -> tuple[str, list[tuple[int, int]]]:
+    """A worked solution in which each merge is miscomputed with probability ``slip_rate``.
+
+    Returns the text and the character spans of the slipped sums. Training on such solutions
+    with the loss masked on the slips teaches a model to carry on correctly from a row that
+    already holds a mistake, which is where a student's own samples take it: a teacher that
+    never saw a mistake extrapolates arbitrarily there, and on-policy distillation would copy that.
+    """
+    row, steps, slips, pos = list(terms), [], [], 0
     while len(row) > 1:
         i = rng.randrange(len(row) - 1)  # the branch: which adjacent pair to merge now
-        row[i : i + 2] = [row[i] + row[i + 1]]
-        steps.append("+".join(map(str, row)))
-    return STEP_SEP.join(steps) + ANSWER_SEP + str(row[0]) + EOS
+        value = row[i] + row[i + 1]
+        slipped = rng.random() < slip_rate
+        if slipped:
+            value = max(0, value + rng.choice([-2, -1, 1, 2]))
+        row[i : i + 2] = [value]
+        text = "+".join(map(str, row))
+        if slipped:
+            start = pos + len("+".join(map(str, row[:i]))) + (1 if i else 0)
+            slips.append((start, start + len(str(value))))
+        steps.append(text)
+        pos += len(text) + len(STEP_SEP)
+    return STEP_SEP.join(steps) + ANSWER_SEP + str(row[0]) + EOS, slips
 
 
 def final_answer(response: str) -> str | None:
@@ -112,23 +132,3 @@ def build_tokenizer(out_dir: str | Path):
     tok.save_pretrained(str(out_dir))
     return tok
 
-
-def _register_benchmark() -> None:
-    """Make the held-out split a benchmark (``benchmark=toy``) graded by exact match."""
-    from dataclasses import asdict
-
-    from dear.data.benchmarks import Problem, register, register_grader
-
-    @register("toy")
-    def load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list[Problem]:
-        del seed  # the split is fixed by the task's own seed, so every run scores the same problems
-        cfg = ToyTaskConfig(**(task or {}))
-        return [Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t), kind="toy",
-                        meta={"task": asdict(cfg)})
-                for i, t in enumerate(ToyTask(cfg).held_out[:limit])]
-
-    @register_grader("toy")
-    def grade_toy(problem: Problem, response: str) -> bool:
-        return grade(response, problem.reference)
-
-_register_benchmark()
