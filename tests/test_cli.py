@@ -155,3 +155,19 @@ def test_multirun_writes_separate_runs_and_dear_table_collates_them(tmp_path, to
     assert len(rows) == 1 and "| dear |" in rows[0] and "| 2 |" in rows[0]
     empty = cli("dear-table", str(tmp_path / "nothing-here"), cwd=tmp_path)
     assert_one_line_error(empty, "no finished runs")
+
+
+def test_dear_table_runs_a_grid_file_then_collates_it(tmp_path, toy_cache):
+    import yaml
+
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(yaml.safe_dump({
+        "output": str(tmp_path / "tables"),
+        "overrides": [*TINY_RUN, "steps=1", f"cache_dir={toy_cache}"],
+        "sweep": {"method": ["opd", "dear"]},
+    }))
+    proc = cli("dear-table", "--run", str(grid), "--out", str(tmp_path / "table.md"), cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| toy-student")]
+    assert sorted(row.split(" | ")[2] for row in rows) == ["dear", "opd"]
+    assert len(list((tmp_path / "tables" / "tiny").rglob("metrics.json"))) == 2
