@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dear.errors import DearError
+
+if TYPE_CHECKING:
+    from dear.data.toy import ToyTaskConfig
 
 log = logging.getLogger(__name__)
 

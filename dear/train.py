@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dear.config import validate_train
 from dear.data.prompts import prompt_loader

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from dear.data import benchmarks
 from dear.data.benchmarks import (
     BENCHMARKS,
     GRADERS,
