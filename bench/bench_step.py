@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(int(cfg.trainer.threads or 2))
     toy = ToyTaskConfig(**cfg.toy_task)
     student = load_model(cfg.model, cfg.cache_dir, toy, trainable=True)
-    teacher = load_model(cfg.teacher, cfg.cache_dir, toy, trainable=False)
+    teacher = load_model(cfg.teacher, cfg.cache_dir, toy, trainable=False, group="teacher")
     vocab = check_compatible(student, teacher)
     prompts = next(iter(prompt_loader(cfg.data, toy, student.tokenizer, chat_template=False,
                                       batch_size=int(cfg.batch_size), seed=0)))

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from dear.errors import DearError
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment", "toy_task", "table")
+GROUPS = ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment", "toy_task")
 OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+)=(?P<value>[^=]*)$")
 
 log = logging.getLogger("dear")

@@ -46,8 +46,6 @@ def validate_train(cfg: DictConfig) -> None:
                          ("loss.normalize", objective.NORMALIZATIONS), ("method.divergence", objective.DIVERGENCES)):
         if OmegaConf.select(cfg, key) not in allowed:
             raise DearError(f"{key} must be one of {', '.join(allowed)}, got {OmegaConf.select(cfg, key)!r}")
-    if cfg.loss.kind == "pg" and cfg.loss.normalize not in objective.NORMALIZATIONS:
-        raise DearError("loss.normalize must be set for pg")
     try:
         objective.selection_config(cfg.method.name, **method_knobs(cfg.method))
     except ValueError as e:

@@ -44,14 +44,14 @@ class TokenizerMismatch(DearError):
 
 
 def resolve_weights(preset, cache_dir: str | Path, toy_task: "ToyTaskConfig | None" = None,
-                    progress: bool = True) -> tuple[str, dict]:
+                    progress: bool = True, group: str = "model") -> tuple[str, dict]:
     """Where to read the preset's weights from: a local folder or a hub id, plus loader kwargs."""
     if preset.get("path"):
         path = Path(str(preset.path)).expanduser()
         if not (path / "config.json").exists():
             raise ModelUnavailable(
                 f"{preset.name}: path={path} holds no Hugging Face model (no config.json); "
-                f"point {_group_hint(preset)}.path at a folder made by save_pretrained")
+                f"point {group}.path at a folder made by save_pretrained")
         return str(path), {}
     if preset.source == "toy":
         from dear.data.toy import ToyTaskConfig
@@ -72,15 +72,15 @@ def resolve_weights(preset, cache_dir: str | Path, toy_task: "ToyTaskConfig | No
     raise DearError(f"{preset.name}: unknown source '{preset.source}' (use hub, toy or smollm2)")
 
 
-def _group_hint(preset) -> str:
-    return preset.get("_group", "model")
+def load_model(preset, cache_dir: str | Path, toy_task=None, *, trainable: bool, progress: bool = True,
+               group: str = "model") -> LoadedModel:
+    """Load a preset's model and tokenizer; raise one clear line when the weights are missing.
 
-
-def load_model(preset, cache_dir: str | Path, toy_task=None, *, trainable: bool, progress: bool = True) -> LoadedModel:
-    """Load a preset's model and tokenizer; raise one clear line when the weights are missing."""
+    ``group`` is the config group the preset came from (model or teacher), named in the hint.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where, kwargs = resolve_weights(preset, cache_dir, toy_task, progress=progress)
+    where, kwargs = resolve_weights(preset, cache_dir, toy_task, progress=progress, group=group)
     dtype = DTYPES[str(preset.get("dtype", "float32"))]
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
@@ -88,7 +88,7 @@ def load_model(preset, cache_dir: str | Path, toy_task=None, *, trainable: bool,
     except OSError as e:
         raise ModelUnavailable(
             f"{preset.name}: cannot load '{where}' (not cached and the hub is not reachable); download it with "
-            f"`hf download {where}` or pass {_group_hint(preset)}.path=/local/dir/with/weights") from e
+            f"`hf download {where}` or pass {group}.path=/local/dir/with/weights") from e
     if tokenizer.pad_token is None:  # Llama-style tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # prompts are left-padded so every rollout starts at one column

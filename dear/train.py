@@ -29,7 +29,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     log.info("Loading student %s and teacher %s", cfg.model.name, cfg.teacher.name)
     student = load_model(cfg.model, cfg.cache_dir, toy_task, trainable=True)
-    teacher = load_model(cfg.teacher, cfg.cache_dir, toy_task, trainable=False)
+    teacher = load_model(cfg.teacher, cfg.cache_dir, toy_task, trainable=False, group="teacher")
     vocab_size = check_compatible(student, teacher)
 
     log.info("Preparing prompts (%s) and the %s benchmark", cfg.data.name, cfg.benchmark.name)

@@ -73,6 +73,13 @@ def test_unreachable_real_model_says_how_to_point_at_local_weights(tmp_path, toy
     assert no_metrics(tmp_path)
 
 
+def test_unreachable_teacher_names_the_teacher_group(tmp_path, toy_cache):
+    env = {"HF_HOME": str(tmp_path / "empty-hf-home")}
+    proc = cli("dear-train", *TINY_MODELS[:3], "teacher=qwen-7b", f"cache_dir={toy_cache}", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "qwen-7b", "teacher.path=")
+    assert no_metrics(tmp_path)
+
+
 def test_missing_local_path_is_refused(tmp_path, toy_cache):
     proc = cli("dear-train", "model=qwen-1.5b", f"model.path={tmp_path / 'nothing'}", f"cache_dir={toy_cache}",
                cwd=tmp_path)
