@@ -2,10 +2,12 @@
 
 Both are trained by cross-entropy on worked solutions of the toy task (``dear/data/toy.py``)
 whose branches are drawn uniformly, so the teacher learns a calibrated distribution over the
-valid next steps. The student is smaller and trained for fewer steps: it starts well below the
-teacher and has room to move. A model is saved as an ordinary Hugging Face folder (config,
-safetensors, tokenizer) under the cache, keyed by a hash of everything that determines it, and
-is afterwards loaded through the same ``AutoModelForCausalLM`` path as the real presets.
+valid next steps. The teacher's learning rate decays to zero (cosine); the student is smaller,
+trained for fewer steps at a *constant* learning rate and stopped while it is still learning.
+Measured on this task: the default distillation (120 steps, lr 1e-3) takes the constant-rate
+student from 0.22 to 0.56-0.59 held-out accuracy, while a prototype student whose schedule had
+decayed to zero lost accuracy under the same distillation (0.63 -> 0.54): a student left at the
+bottom of a decayed schedule is first knocked out of its minimum by any new optimizer.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dear.data.toy import ToyTask, ToyTaskConfig, build_tokenizer, noisy_solutio
 
 log = logging.getLogger(__name__)
 
-TOY_FORMAT_VERSION = 1  # bump when the task, tokenizer or training recipe changes
+TOY_FORMAT_VERSION = 2  # bump when the task, tokenizer or training recipe changes
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class ToyModelSpec:
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
-    slip_rate: float = 0.1  # share of merges shown miscomputed (loss masked there): see noisy_solution
+    slip_rate: float = 0.1  # share of totals shown miscomputed (loss masked there): see noisy_solution
+    schedule: str = "cosine"  # cosine (decays to 0) | constant (after warm-up)
 
 
 def spec_key(name: str, spec: ToyModelSpec, task: ToyTaskConfig) -> str:
@@ -77,7 +80,7 @@ def sft_batch(task: ToyTask, tokenizer, rng: random.Random, batch_size: int, sli
     for _ in range(batch_size):
         terms = task.sample_train(rng)
         p = tokenizer.encode(prompt_text(terms), add_special_tokens=False)
-        text, slips = noisy_solution(terms, rng, slip_rate)
+        text, slips = noisy_solution(terms, rng, slip_rate, max_chunk=task.cfg.max_chunk)
         s = tokenizer.encode(text, add_special_tokens=False)
         learn = [False] * len(p) + [True] * len(s)
         for a, b in slips:
@@ -109,9 +112,12 @@ def _train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, pr
     model = Qwen2ForCausalLM(qwen2_config(spec, tokenizer))
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
     warmup = max(1, spec.train_steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / spec.train_steps)))
-    )
+
+    def lr_factor(step: int) -> float:
+        decay = 1.0 if spec.schedule == "constant" else 0.5 * (1 + math.cos(math.pi * min(1.0, step / spec.train_steps)))
+        return min(1.0, (step + 1) / warmup) * decay
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     model.train()
     bar = tqdm(range(spec.train_steps), desc=f"building {name}", disable=not progress, leave=False)
     for _ in bar:

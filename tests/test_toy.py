@@ -13,34 +13,38 @@ from dear.data.toy import (EOS, ToyTask, ToyTaskConfig, answer, build_tokenizer,
 from dear.toy_models import CacheNotWritable, ToyModelSpec, ensure_toy_model
 
 
-def replay(terms: list[int], solution: str) -> list[list[int]]:
-    """Check every step merges one adjacent pair of the previous row; return the rows."""
-    rows = [terms]
+def replay(terms: list[int], solution: str) -> list[tuple[list[int], int]]:
+    """Check every step adds the next 1 or 2 digits to the running total; return (chunk, total) pairs."""
     body = solution.removesuffix(EOS).split("#")[0]
-    for step in body.split(";"):
-        row = [int(x) for x in step.split("+")]
-        prev = rows[-1]
-        assert len(row) == len(prev) - 1
-        merged = [i for i in range(len(row)) if prev[:i] + [prev[i] + prev[i + 1]] + prev[i + 2:] == row]
-        assert merged, f"{step} is not a merge of {prev}"
-        rows.append(row)
-    return rows
+    steps, used, total = [], 0, 0
+    for k, step in enumerate(body.split(";")):
+        assert step.startswith("+") == (k > 0), step
+        head, written = step.removeprefix("+").split("=")
+        chunk = [int(x) for x in head.split("+")]
+        assert chunk == terms[used : used + len(chunk)] and 1 <= len(chunk) <= 2, f"{step} does not take the next digits"
+        used += len(chunk)
+        total += sum(chunk)
+        assert int(written) == total, f"{step}: the total should be {total}"
+        steps.append((chunk, total))
+    assert used == len(terms)
+    return steps
 
 
 def test_worked_solutions_are_valid_and_branch():
     rng = random.Random(0)
     task = ToyTask(ToyTaskConfig())
-    firsts = set()
     for _ in range(200):
         terms = task.sample_train(rng)
         sol = worked_solution(terms, rng)
-        rows = replay(terms, sol)
-        assert rows[-1] == [sum(terms)] and final_answer(sol) == answer(terms)
+        steps = replay(terms, sol)
+        assert steps[-1][1] == sum(terms) and final_answer(sol) == answer(terms)
         assert parse_terms(prompt_text(terms)) == terms
     terms = [3, 8, 5, 1]
-    for seed in range(50):
-        firsts.add(worked_solution(terms, random.Random(seed)).split(";")[0])
-    assert firsts == {"11+5+1", "3+13+1", "3+8+6"}  # every adjacent pair is a valid first step
+    firsts = {worked_solution(terms, random.Random(seed)).split(";")[0] for seed in range(50)}
+    assert firsts == {"3=3", "3+8=11"}  # one digit or two: both are valid first steps
+    whole = {worked_solution(terms, random.Random(seed)) for seed in range(200)}
+    assert len(whole) == 5  # the compositions of 4 into parts of 1 and 2: every path is reachable
+    assert {final_answer(w) for w in whole} == {"17"}
 
 
 def test_held_out_split_is_fixed_and_never_trained_on():
@@ -53,15 +57,17 @@ def test_held_out_split_is_fixed_and_never_trained_on():
 
 
 def test_grading_is_exact_match_on_the_final_answer():
-    assert grade("3+13+1;16+1;17#17", "17")
-    assert not grade("3+13+1;16+1;17#18", "17")
-    assert not grade("3+13+1;16+1;17", "17")  # no answer marker
+    assert grade("3+8=11;+5=16;+1=17#17", "17")
+    assert not grade("3+8=11;+5=16;+1=17#18", "17")
+    assert not grade("3+8=11;+5=16;+1=17", "17")  # no answer marker
     assert grade("1+2#17#17", "17")  # the last marker counts
 
 
 def test_bad_task_config_is_refused():
     with pytest.raises(ValueError, match="min_terms"):
         ToyTask(ToyTaskConfig(min_terms=5, max_terms=3))
+    with pytest.raises(ValueError, match="max_chunk"):
+        ToyTask(ToyTaskConfig(max_chunk=0))
 
 
 def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
@@ -69,7 +75,7 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
 
     build_tokenizer(tmp_path)
     tok = AutoTokenizer.from_pretrained(str(tmp_path))
-    text = "3+8+5+1?3+13+1;16+1;17#17"
+    text = "3+8+5+1?3+8=11;+5=16;+1=17#17"
     ids = tok.encode(text + EOS, add_special_tokens=False)
     assert len(ids) == len(text) + 1 and ids[-1] == tok.eos_token_id
     assert tok.decode(ids, skip_special_tokens=True) == text
@@ -97,30 +103,31 @@ def test_unwritable_cache_raises_a_clear_error(tmp_path):
         ensure_toy_model("t", spec, ToyTaskConfig(), blocker / "cache", progress=False)
 
 
-def test_slipped_sums_are_marked_and_the_rest_stays_consistent():
+def test_slipped_totals_are_marked_and_later_steps_add_on_to_them():
     from dear.data.toy import noisy_solution
 
     rng = random.Random(4)
     n_slips = 0
     for _ in range(300):
-        terms = [rng.randint(1, 9) for _ in range(rng.randint(3, 5))]
+        terms = [rng.randint(1, 9) for _ in range(rng.randint(3, 6))]
         text, slips = noisy_solution(terms, rng, slip_rate=0.5)
         body = text.removesuffix(EOS).split("#")[0]
-        rows = [terms] + [[int(x) for x in step.split("+")] for step in body.split(";")]
-        wrong = 0
-        for prev, row in zip(rows, rows[1:]):
-            assert len(row) == len(prev) - 1
-            # exactly one adjacent pair was merged; its sum may be off, everything else is copied
-            candidates = [i for i in range(len(row)) if prev[:i] == row[:i] and prev[i + 2:] == row[i + 1:]]
-            assert candidates
-            if all(row[i] != prev[i] + prev[i + 1] for i in candidates):
+        used, total, wrong = 0, 0, 0
+        for step in body.split(";"):
+            head, written = step.removeprefix("+").split("=")
+            chunk = [int(x) for x in head.split("+")]
+            assert chunk == terms[used : used + len(chunk)]  # the digits are always the right ones
+            used += len(chunk)
+            if int(written) != total + sum(chunk):
                 wrong += 1
-        assert wrong == len(slips)
+                assert 1 <= abs(int(written) - total - sum(chunk)) <= 2 or int(written) == 0
+            total = int(written)  # later steps add on to the total as written
+        assert wrong == len(slips) and used == len(terms)
         for a, b in slips:
-            assert text[a:b].isdigit() and (a == 0 or not text[a - 1].isdigit()) and not text[b].isdigit()
-        assert final_answer(text) == str(rows[-1][0])
+            assert text[a:b].isdigit() and text[a - 1] == "=" and not text[b].isdigit()
+        assert final_answer(text) == str(total)
         n_slips += len(slips)
-    assert n_slips > 100
+    assert n_slips > 300
 
 
 def test_sft_batch_masks_prompts_padding_and_slips(tmp_path):

@@ -1,18 +1,23 @@
-"""The embedded toy task: add a row of digits by merging adjacent pairs.
+"""The embedded toy task: add a row of digits as a chain of running totals.
 
-A problem is a row of single digits, ``3+8+5+1``. A worked solution rewrites the row one
-step at a time, each step replacing one *adjacent* pair by its sum, until one number is left:
+A problem is a row of single digits, ``3+8+5+1+6``. A worked solution walks the row from left
+to right; each step takes the next **one or two** digits, adds them to the running total and
+writes the new total, until the row is used up:
 
-    3+8+5+1?3+13+1;16+1;17#17
+    3+8+5+1+6?3+8=11;+5=16;+1+6=23#23
 
-Every step is a **branch point** (any adjacent pair may go first: a row of ``n`` numbers has
-``n-1`` valid next steps, and all orders reach the same answer) followed by an
-**intermediate result** that must be computed right (the pair's sum) and copied on. Rows of
-3 to 5 digits mix easy and hard problems, so accuracy over a held-out set moves smoothly
-rather than in one jump. The final answer follows ``#`` and is graded by exact match.
+Every step is a **branch point** (take one digit or two: both are valid, and all choices reach
+the same answer) followed by an **intermediate result** that must be computed right (the new
+total). Rows of 3 to 6 digits mix easy and hard problems, so accuracy over a held-out set
+moves smoothly rather than in one jump. The final answer follows ``#`` and is graded by exact
+match.
 
-Training solutions pick each step's pair uniformly at random, so a teacher trained on them by
-cross-entropy keeps a calibrated distribution over the valid branches instead of a one-hot.
+Training solutions choose each step's size uniformly, so a teacher trained on them by
+cross-entropy keeps a calibrated distribution over the branches instead of a one-hot. A step
+only ever reads the last total and the next digits of the prompt, so a student's slip does
+not scramble the rest of its solution: the teacher can go on scoring every later step.
+(An earlier version of this task rewrote the whole row at every step; there a slip left rows
+that no longer matched the prompt, and distilling on them lowered the student's accuracy.)
 """
 
 from __future__ import annotations
@@ -24,15 +29,17 @@ from pathlib import Path
 QUESTION_END = "?"
 STEP_SEP = ";"
 ANSWER_SEP = "#"
+EQUALS = "="
 PAD, EOS = "<pad>", "</s>"
-CHARS = list("0123456789+") + [QUESTION_END, STEP_SEP, ANSWER_SEP]
+CHARS = list("0123456789+") + [QUESTION_END, STEP_SEP, ANSWER_SEP, EQUALS]
 
 
 @dataclass(frozen=True)
 class ToyTaskConfig:
     min_terms: int = 3
-    max_terms: int = 5
+    max_terms: int = 6
     max_digit: int = 9
+    max_chunk: int = 2  # a step takes 1 … max_chunk digits: the branch
     held_out: int = 500
     seed: int = 1234  # fixes the held-out split, independent of the run's seed
 
@@ -45,34 +52,35 @@ def answer(terms: list[int]) -> str:
     return str(sum(terms))
 
 
-def worked_solution(terms: list[int], rng: random.Random) -> str:
+def worked_solution(terms: list[int], rng: random.Random, max_chunk: int = 2) -> str:
     """One valid worked solution (with the end-of-text token), branches drawn uniformly."""
-    return noisy_solution(terms, rng, slip_rate=0.0)[0]
+    return noisy_solution(terms, rng, slip_rate=0.0, max_chunk=max_chunk)[0]
 
 
-def noisy_solution(terms: list[int], rng: random.Random, slip_rate: float) -> tuple[str, list[tuple[int, int]]]:
-    """A worked solution in which each merge is miscomputed with probability ``slip_rate``.
+def noisy_solution(terms: list[int], rng: random.Random, slip_rate: float,
+                   max_chunk: int = 2) -> tuple[str, list[tuple[int, int]]]:
+    """A worked solution in which each running total is miscomputed with probability ``slip_rate``.
 
-    Returns the text and the character spans of the slipped sums. Training on such solutions
-    with the loss masked on the slips teaches a model to carry on correctly from a row that
-    already holds a mistake, which is where a student's own samples take it: a teacher that
-    never saw a mistake extrapolates arbitrarily there, and on-policy distillation would copy that.
+    Returns the text and the character spans of the slipped totals; later steps add on to the
+    total as written. Training on such solutions with the loss masked on the slips teaches a
+    model to carry on from a total that already holds a mistake, which is where a student's own
+    samples take it: a teacher that never saw a mistake extrapolates arbitrarily there, and
+    on-policy distillation would copy that.
     """
-    row, steps, slips, pos = list(terms), [], [], 0
-    while len(row) > 1:
-        i = rng.randrange(len(row) - 1)  # the branch: which adjacent pair to merge now
-        value = row[i] + row[i + 1]
-        slipped = rng.random() < slip_rate
-        if slipped:
-            value = max(0, value + rng.choice([-2, -1, 1, 2]))
-        row[i : i + 2] = [value]
-        text = "+".join(map(str, row))
-        if slipped:
-            start = pos + len("+".join(map(str, row[:i]))) + (1 if i else 0)
-            slips.append((start, start + len(str(value))))
-        steps.append(text)
-        pos += len(text) + len(STEP_SEP)
-    return STEP_SEP.join(steps) + ANSWER_SEP + str(row[0]) + EOS, slips
+    i, total, steps, slips, pos = 0, 0, [], [], 0
+    while i < len(terms):
+        size = rng.randint(1, min(max_chunk, len(terms) - i))  # the branch: how many digits now
+        chunk = terms[i : i + size]
+        i += size
+        total += sum(chunk)
+        head = ("+" if steps else "") + "+".join(map(str, chunk)) + EQUALS
+        if rng.random() < slip_rate:
+            total = max(0, total + rng.choice([-2, -1, 1, 2]))
+            slips.append((pos + len(head), pos + len(head) + len(str(total))))
+        step = head + str(total)
+        steps.append(step)
+        pos += len(step) + len(STEP_SEP)
+    return STEP_SEP.join(steps) + ANSWER_SEP + str(total) + EOS, slips
 
 
 def final_answer(response: str) -> str | None:
@@ -97,6 +105,8 @@ class ToyTask:
     def __init__(self, cfg: ToyTaskConfig = ToyTaskConfig()) -> None:
         if not 2 <= cfg.min_terms <= cfg.max_terms:
             raise ValueError(f"toy task needs 2 <= min_terms <= max_terms, got {cfg.min_terms}, {cfg.max_terms}")
+        if cfg.max_chunk < 1:
+            raise ValueError(f"toy task needs max_chunk >= 1, got {cfg.max_chunk}")
         self.cfg = cfg
         rng = random.Random(cfg.seed)
         held: dict[str, list[int]] = {}
