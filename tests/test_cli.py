@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_MODELS, TINY_RUN
+from conftest import ROOT, TINY_MODELS, TINY_RUN, compose
 
 BIN = Path(sys.executable).parent
 
@@ -42,6 +42,15 @@ def test_help_lists_the_config_groups(tmp_path):
     for group in ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment"):
         assert f"{group}:" in proc.stdout
     assert "qwen-1.5b" in proc.stdout and "toy-student" in proc.stdout
+
+
+@pytest.mark.parametrize("name,student,teacher", [("toy-s", "toy-student-s", "toy-teacher-s"),
+                                                  ("toy-l", "toy-student-l", "toy-teacher-l"),
+                                                  ("qwen-1.5b-7b", "qwen-1.5b", "qwen-7b")])
+def test_an_experiment_swaps_in_its_pair(name, student, teacher):
+    """The README's form, experiment=<name> (no '+': the defaults list already has the slot)."""
+    cfg = compose([f"experiment={name}"])
+    assert (cfg.model.name, cfg.teacher.name) == (student, teacher)
 
 
 def test_real_preset_composes(tmp_path):
