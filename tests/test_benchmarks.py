@@ -27,7 +27,7 @@ from dear.data.benchmarks import (
 
 OFFLINE_COUNTS = {"humaneval": 164, "math500": 311, "aime24": 30, "aime25": 15, "cnmo": 18}
 MATH_SETS = ["math500", "aime24", "aime25", "cnmo"]
-HUB_SETS = ["gsm8k", "math500-full", "mbpp", "mbpp-plus", "humaneval-plus"]
+HUB_SETS = ["gsm8k", "math500-full", "mbpp", "mbpp-plus", "humaneval-plus", "livecodebench"]
 RG_SETS = ["rg-gsm_symbolic", "rg-basic_arithmetic"]
 
 
@@ -395,3 +395,92 @@ def test_format_prompt_with_smollm2s_real_chat_template():
     text = format_prompt(p, tokenizer)
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert f"<|im_start|>user\n{p.question}\n\nPlease reason step by step" in text
+
+
+# --------------------------------------------------------------------------- LiveCodeBench (stdin/stdout)
+
+
+def _encoded(cases: list[dict]) -> str:
+    """LiveCodeBench's private-test encoding: JSON text, pickled, zlib-compressed, base64."""
+    import base64
+    import pickle
+    import zlib
+
+    return base64.b64encode(zlib.compress(pickle.dumps(json.dumps(cases)))).decode()
+
+
+SUM_CASES = [{"input": "3\n1 2 3\n", "output": "6\n", "testtype": "stdin"}]
+SUM_PRIVATE = [{"input": "2\n5 5\n", "output": "10\n", "testtype": "stdin"},
+               {"input": "1\n-4\n", "output": "-4\n", "testtype": "stdin"}]
+LCB_ROWS = [
+    {"question_title": "Sum", "question_content": "Read N and N integers; print their sum.",
+     "platform": "atcoder", "question_id": "abc001_a", "contest_id": "abc001", "contest_date": "2025-01-04",
+     "starter_code": "", "difficulty": "easy", "public_test_cases": json.dumps(SUM_CASES),
+     "private_test_cases": _encoded(SUM_PRIVATE), "metadata": "{}"},
+    {"question_title": "Two Sum", "question_content": "Return the indices of the two numbers adding to target.",
+     "platform": "leetcode", "question_id": "1", "contest_id": "w1", "contest_date": "2025-01-05",
+     "starter_code": "class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n        ",
+     "difficulty": "easy",
+     "public_test_cases": json.dumps([{"input": "[2, 7, 11, 15]\n9", "output": "[0, 1]", "testtype": "functional"}]),
+     "private_test_cases": _encoded([{"input": "[3, 2, 4]\n6", "output": "[1, 2]", "testtype": "functional"}]),
+     "metadata": json.dumps({"func_name": "twoSum"})},
+]
+SUM_RIGHT = "```python\nn = int(input())\nprint(sum(map(int, input().split())))\n```"
+TWO_SUM_RIGHT = (
+    "```python\nclass Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
+    "        for i, x in enumerate(nums):\n            if target - x in seen:\n"
+    "                return [seen[target - x], i]\n            seen[x] = i\n```"
+)
+
+
+def test_livecodebench_loads_a_local_copy_and_grades_stdin_and_class_problems(tmp_path, tiny_tokenizer):
+    data = tmp_path / "lcb.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in LCB_ROWS) + "\n")
+    stdin, functional = load_benchmark("livecodebench", path=str(data))
+    assert stdin.kind == functional.kind == "code-io" and stdin.id == "livecodebench/abc001_a"
+    assert len(json.loads(stdin.reference)) == 3  # public and decoded private tests
+    assert stdin.entry_point is None and functional.entry_point == "twoSum"
+    assert "standard input" in stdin.question and "class Solution" in format_prompt(functional, tiny_tokenizer)
+    assert grade(stdin, SUM_RIGHT)
+    assert grade(stdin, "```python\nimport sys\nd = sys.stdin.read().split()\nprint(sum(map(int, d[1:])))\n```")
+    # Right on the public test only: the private ones (including a negative number) catch it.
+    assert not grade(stdin, "```python\ninput()\nprint(6)\n```")
+    assert not grade(stdin, "```python\nn = int(input())\nprint(sum(map(abs, map(int, input().split()))))\n```")
+    assert grade(functional, TWO_SUM_RIGHT)
+    assert not grade(functional, "```python\nclass Solution:\n    def twoSum(self, nums, target):\n"
+                                 "        return [0, 1]\n```")
+
+
+def test_io_harness_compares_tokens_and_contains_bad_programs():
+    from dear.eval.code import check_io
+
+    cases = [{"input": "2\n", "output": "0.3333333\n"}]
+    assert check_io("input()\nprint(1/3)", cases).passed  # numbers within 1e-6
+    assert not check_io("input()\nprint(0.3334)", cases).passed
+    assert check_io("input()\nprint('0.3333333')\nraise SystemExit(0)", cases).passed
+    assert check_io("while True:\n    pass", cases, timeout_s=2).status == "timeout"
+    assert check_io("import os\nos._exit(3)", cases).status == "failed"
+    assert check_io("raise SystemExit(2)", cases).status == "failed"
+    with pytest.raises(ValueError, match="at least one"):
+        check_io("print(1)", [])
+
+
+def test_encoded_test_cases_may_hold_only_text():
+    import base64
+    import pickle
+    import zlib
+
+    from dear.eval.code import decode_io_tests
+
+    assert decode_io_tests(_encoded(SUM_PRIVATE)) == [{"input": c["input"], "output": c["output"]}
+                                                     for c in SUM_PRIVATE]
+    assert decode_io_tests(json.dumps(SUM_CASES))[0]["output"] == "6\n" and decode_io_tests("") == []
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/dear-pwned",))
+
+    hostile = base64.b64encode(zlib.compress(pickle.dumps(Payload()))).decode()
+    with pytest.raises(pickle.UnpicklingError, match="may not reference"):
+        decode_io_tests(hostile)
+    assert not os.path.exists("/tmp/dear-pwned")

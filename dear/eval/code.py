@@ -65,7 +65,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["ExecResult", "check_solution", "isolation", "run_program"]
+__all__ = ["ExecResult", "check_io", "check_solution", "decode_io_tests", "isolation", "run_program"]
 
 logger = logging.getLogger(__name__)
 
@@ -721,3 +721,111 @@ def check_solution(
     """Run a HumanEval-style check: prompt + completion, the test, then ``check(entry_point)``."""
     program = prompt + completion + "\n" + test + "\n" + f"check({entry_point})\n"
     return run_program(program, timeout_s)
+
+
+# --------------------------------------------------------------------------- input/output tests
+
+# Runs inside the sandbox: the solution once per test, with the test's input on stdin (or, for a
+# ``class Solution`` problem, its JSON arguments), and compares what comes out.
+_IO_DRIVER = """
+import io, json, math, sys
+
+SOURCE = {source!r}
+CASES = json.loads({cases!r})
+FUNC = {func!r}
+
+
+def same(got, want):
+    if isinstance(want, float) or isinstance(got, float):
+        try:
+            return math.isclose(float(got), float(want), rel_tol=1e-6, abs_tol=1e-6)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
+        return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want))
+    return got == want
+
+
+def same_text(got, want):
+    got, want = got.split(), want.split()
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want):
+        if g != w:
+            try:
+                if not math.isclose(float(g), float(w), rel_tol=1e-6, abs_tol=1e-6):
+                    return False
+            except ValueError:
+                return False
+    return True
+
+
+code = compile(SOURCE, "<solution>", "exec")
+for number, case in enumerate(CASES):
+    if FUNC:
+        scope = {{"__name__": "solution"}}
+        exec(code, scope)
+        args = [json.loads(line) for line in case["input"].splitlines() if line.strip()]
+        got = getattr(scope["Solution"](), FUNC)(*args)
+        ok = same(got, json.loads(case["output"]))
+    else:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(case["input"].encode()))
+        sys.stdout = out = io.StringIO()
+        try:
+            exec(code, {{"__name__": "__main__"}})
+        except SystemExit as stop:
+            if stop.code not in (None, 0):
+                raise
+        finally:
+            sys.stdout, sys.stdin = sys.__stdout__, sys.__stdin__
+        ok = same_text(out.getvalue(), case["output"])
+    if not ok:
+        print(f"test {{number}} failed", file=sys.stderr)
+        sys.exit(1)
+"""
+
+
+def decode_io_tests(field: object) -> list[dict]:
+    """LiveCodeBench's test cases: a JSON list, or that JSON pickled, zlib-compressed and base64-encoded.
+
+    The pickled form holds nothing but a string; anything else in it is refused, so a tampered
+    dataset cannot run code here.
+    """
+    import base64
+    import io
+    import pickle
+    import zlib
+
+    if not field:
+        return []
+    if isinstance(field, list):
+        return [dict(case) for case in field]
+    text = str(field)
+    try:
+        cases = json.loads(text)
+    except json.JSONDecodeError:
+
+        class StringsOnly(pickle.Unpickler):
+            def find_class(self, module: str, name: str):  # refuse every global
+                raise pickle.UnpicklingError(f"test cases may not reference {module}.{name}")
+
+        payload = StringsOnly(io.BytesIO(zlib.decompress(base64.b64decode(text)))).load()
+        if not isinstance(payload, str):
+            raise TypeError(f"encoded test cases hold a {type(payload).__name__}, not JSON text")
+        cases = json.loads(payload)
+    return [{"input": c["input"], "output": c["output"]} for c in cases]
+
+
+def check_io(source: str, cases: list[dict], func_name: str | None = None, *,
+             timeout_s: float | None = None) -> ExecResult:
+    """Run ``source`` against input/output ``cases`` in the sandbox; passed only if every case matches.
+
+    Without ``func_name`` the source is a whole program: each case's ``input`` is its stdin and
+    its stdout must equal ``output`` token by token (numbers within 1e-6). With ``func_name``,
+    ``Solution().<func_name>(*args)`` is called with the input's lines parsed as JSON and must
+    return ``output`` parsed as JSON. The time limit grows with the number of cases.
+    """
+    if not cases:
+        raise ValueError("check_io needs at least one test case")
+    program = _IO_DRIVER.format(source=source, cases=json.dumps(cases), func=func_name or "")
+    return run_program(program, timeout_s if timeout_s is not None else min(60.0, 6.0 + 1.0 * len(cases)))
