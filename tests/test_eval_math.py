@@ -110,3 +110,28 @@ def test_grade_off_the_main_thread() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda case: grade(case[0], case[1]), GRADE_CASES))
     assert results == [expected for _, _, expected in GRADE_CASES]
+
+
+def test_evaluator_grades_math_in_worker_processes(monkeypatch) -> None:
+    """The evaluator's math grading runs in spawned processes (timeouts on) and agrees with threads."""
+    import dear.eval.runner as runner
+    from dear.data.benchmarks import Problem
+
+    pairs = [(Problem(id=f"m{i}", question="q", reference=reference, kind="math"), response)
+             for i, (response, reference, _) in enumerate(GRADE_CASES)]
+    pairs.append((Problem(id="t", question="1+2?", reference="3", kind="toy"), "1+2=3#3"))
+    expected = [ok for _, _, ok in GRADE_CASES] + [True]
+
+    pools = []
+
+    class Recording(runner.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(kwargs.get("mp_context").get_start_method())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", Recording)
+    ev = runner.Evaluator.__new__(runner.Evaluator)  # grading needs no tokenizer or prompts
+    ev.grade_workers, ev.grade_in_processes = 2, True
+    assert ev.grade_all(pairs) == expected and pools == ["spawn"]
+    ev.grade_in_processes = False
+    assert ev.grade_all(pairs) == expected and pools == ["spawn"]  # threads only: no new pool

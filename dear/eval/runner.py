@@ -9,7 +9,8 @@ smooth measure of distillation progress that does not wait for answers to flip.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,9 @@ from tqdm.auto import tqdm
 from dear.data.benchmarks import Problem, format_prompt, grade
 from dear.objective import token_signals
 from dear.rollout import generate
+
+
+PROCESS_KINDS = ("math",)  # problem kinds graded in worker processes (see Evaluator.grade_in_processes)
 
 
 @dataclass
@@ -40,6 +44,10 @@ class Evaluator:
     vocab_size: int | None = None
     progress: bool = False
     grade_workers: int = 4
+    # Math answers are graded in worker processes, where math-verify's signal timeouts bound
+    # pathological inputs (they are off on threads: dear/eval/math.py); code runs in its own
+    # sandbox processes, so its graders stay on threads.
+    grade_in_processes: bool = True
 
     def __post_init__(self) -> None:
         if self.temperature == 0 and self.samples != 1:
@@ -51,8 +59,7 @@ class Evaluator:
         texts = self._generate(model)
         k = self.samples
         flat = [(p, t) for i, p in enumerate(self.problems) for t in texts[i * k:(i + 1) * k]]
-        with ThreadPoolExecutor(self.grade_workers) as pool:  # code graders run subprocesses
-            correct = list(pool.map(lambda pt: bool(grade(*pt)), flat))
+        correct = self.grade_all(flat)
         records, n_right, n_any = [], 0, 0
         for i, problem in enumerate(self.problems):
             ok = correct[i * k:(i + 1) * k]
@@ -65,6 +72,24 @@ class Evaluator:
         if teacher is not None and self.kl_prompts > 0:
             summary["heldout_reverse_kl"] = self.heldout_reverse_kl(model, teacher)
         return EvalResult(summary, records)
+
+    def grade_all(self, pairs: list[tuple[Problem, str]]) -> list[bool]:
+        """Grade (problem, response) pairs in parallel: math in worker processes, the rest on threads."""
+        in_processes = [i for i, (p, _) in enumerate(pairs) if self.grade_in_processes and p.kind in PROCESS_KINDS]
+        correct = [False] * len(pairs)
+        if in_processes:
+            # spawn, not fork: this process holds torch's thread pools, which a fork would copy half-made
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(self.grade_workers, len(in_processes)), mp_context=ctx) as pool:
+                chosen = [pairs[i] for i in in_processes]
+                results = pool.map(grade, [p for p, _ in chosen], [t for _, t in chosen], chunksize=16)
+                for i, ok in zip(in_processes, results):
+                    correct[i] = bool(ok)
+        on_threads = sorted(set(range(len(pairs))) - set(in_processes))
+        with ThreadPoolExecutor(self.grade_workers) as pool:  # code graders run subprocesses
+            for i, ok in zip(on_threads, pool.map(lambda i: bool(grade(*pairs[i])), on_threads)):
+                correct[i] = ok
+        return correct
 
     def _generate(self, model) -> list[str]:
         out: list[str] = []
