@@ -114,7 +114,7 @@ def test_grade_off_the_main_thread() -> None:
 
 def test_evaluator_grades_math_in_worker_processes(monkeypatch) -> None:
     """The evaluator's math grading runs in spawned processes (timeouts on) and agrees with threads."""
-    import dear.eval.runner as runner
+    from dear.eval import runner
     from dear.data.benchmarks import Problem
 
     pairs = [(Problem(id=f"m{i}", question="q", reference=reference, kind="math"), response)

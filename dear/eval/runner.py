@@ -20,7 +20,6 @@ from dear.data.benchmarks import Problem, format_prompt, grade
 from dear.objective import token_signals
 from dear.rollout import generate
 
-
 PROCESS_KINDS = ("math",)  # problem kinds graded in worker processes (see Evaluator.grade_in_processes)
 
 
