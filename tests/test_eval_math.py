@@ -114,8 +114,8 @@ def test_grade_off_the_main_thread() -> None:
 
 def test_evaluator_grades_math_in_worker_processes(monkeypatch) -> None:
     """The evaluator's math grading runs in spawned processes (timeouts on) and agrees with threads."""
-    from dear.eval import runner
     from dear.data.benchmarks import Problem
+    from dear.eval import runner
 
     pairs = [(Problem(id=f"m{i}", question="q", reference=reference, kind="math"), response)
              for i, (response, reference, _) in enumerate(GRADE_CASES)]
