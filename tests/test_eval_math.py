@@ -135,3 +135,25 @@ def test_evaluator_grades_math_in_worker_processes(monkeypatch) -> None:
     assert ev.grade_all(pairs) == expected and pools == ["spawn"]
     ev.grade_in_processes = False
     assert ev.grade_all(pairs) == expected and pools == ["spawn"]  # threads only: no new pool
+
+
+def test_a_script_without_a_main_guard_still_grades_with_a_warning(tmp_path) -> None:
+    """Spawned workers re-run an unguarded script and die; grading falls back to threads, right and loud."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from dear.data.benchmarks import Problem\n"
+        "from dear.eval import runner\n"
+        "ev = runner.Evaluator.__new__(runner.Evaluator)\n"
+        "ev.grade_workers, ev.grade_in_processes = 2, True\n"
+        "pairs = [(Problem(id='a', question='q', reference='1/2', kind='math'), r'\\boxed{0.5}'),\n"
+        "         (Problem(id='b', question='q', reference='3', kind='math'), r'\\boxed{4}')]\n"
+        "print('RESULT', ev.grade_all(pairs))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RESULT [True, False]" in proc.stdout
+    assert "on threads instead of worker processes" in proc.stderr

@@ -9,8 +9,10 @@ smooth measure of distillation progress that does not wait for answers to flip.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +21,8 @@ from tqdm.auto import tqdm
 from dear.data.benchmarks import Problem, format_prompt, grade
 from dear.objective import token_signals
 from dear.rollout import generate
+
+log = logging.getLogger(__name__)
 
 PROCESS_KINDS = ("math",)  # problem kinds graded in worker processes (see Evaluator.grade_in_processes)
 
@@ -77,13 +81,19 @@ class Evaluator:
         in_processes = [i for i, (p, _) in enumerate(pairs) if self.grade_in_processes and p.kind in PROCESS_KINDS]
         correct = [False] * len(pairs)
         if in_processes:
-            # spawn, not fork: this process holds torch's thread pools, which a fork would copy half-made
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(self.grade_workers, len(in_processes)), mp_context=ctx) as pool:
-                chosen = [pairs[i] for i in in_processes]
-                results = pool.map(grade, [p for p, _ in chosen], [t for _, t in chosen], chunksize=16)
-                for i, ok in zip(in_processes, results):
-                    correct[i] = bool(ok)
+            try:
+                # spawn, not fork: this process holds torch's thread pools, which a fork would copy half-made
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(min(self.grade_workers, len(in_processes)), mp_context=ctx) as pool:
+                    chosen = [pairs[i] for i in in_processes]
+                    results = pool.map(grade, [p for p, _ in chosen], [t for _, t in chosen], chunksize=16)
+                    for i, ok in zip(in_processes, results):
+                        correct[i] = bool(ok)
+            except (BrokenProcessPool, OSError) as err:
+                # e.g. a script without `if __name__ == "__main__":`, which spawned workers re-run
+                log.warning("grading %d answers on threads instead of worker processes (%s); "
+                            "math-verify's timeouts are off there", len(in_processes), type(err).__name__)
+                in_processes = []
         on_threads = sorted(set(range(len(pairs))) - set(in_processes))
         with ThreadPoolExecutor(self.grade_workers) as pool:  # code graders run subprocesses
             for i, ok in zip(on_threads, pool.map(lambda i: bool(grade(*pairs[i])), on_threads)):
