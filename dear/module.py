@@ -21,6 +21,7 @@ from dear import objective
 from dear.config import method_knobs
 from dear.eval.runner import Evaluator
 from dear.rollout import Rollout, generate
+from dear.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +135,6 @@ class DistillModule(L.LightningModule):
         self.history = list(checkpoint.get("dear_history", []))
         if "dear_generator" in checkpoint:
             self.generator.set_state(checkpoint["dear_generator"])
-
-
-def lr_factor(warmup: int, total: int, schedule: str):
-    """Linear warm-up, then constant or cosine decay to 0 at ``total`` (annealing settles the student)."""
-
-    def factor(step: int) -> float:
-        ramp = min(1.0, (step + 1) / max(1, warmup))
-        if schedule == "constant" or step < warmup:
-            return ramp
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def accuracy_auc(history: list[dict], key: str = "accuracy") -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -26,12 +25,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dear.data.toy import (
+    ToyTask,
+    ToyTaskConfig,
+    build_tokenizer,
+    noisy_solution,
+    prompt_text,
+)
 from dear.errors import DearError
-from dear.data.toy import ToyTask, ToyTaskConfig, build_tokenizer, noisy_solution, prompt_text
+from dear.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
-TOY_FORMAT_VERSION = 2  # bump when the task, tokenizer or training recipe changes
+TOY_FORMAT_VERSION = 3  # bump when the task, tokenizer or training recipe changes
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,9 @@ class ToyModelSpec:
     seed: int = 0
     slip_rate: float = 0.1  # share of totals shown miscomputed (loss masked there): see noisy_solution
     schedule: str = "cosine"  # cosine (decays to 0) | constant (after warm-up)
+
+    def __post_init__(self) -> None:
+        lr_factor(1, 1, self.schedule)  # refuses an unknown schedule before anything is built
 
 
 def spec_key(name: str, spec: ToyModelSpec, task: ToyTaskConfig) -> str:
@@ -111,13 +120,8 @@ def _train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, pr
     rng = random.Random(spec.seed)
     model = Qwen2ForCausalLM(qwen2_config(spec, tokenizer))
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
-    warmup = max(1, spec.train_steps // 20)
-
-    def lr_factor(step: int) -> float:
-        decay = 1.0 if spec.schedule == "constant" else 0.5 * (1 + math.cos(math.pi * min(1.0, step / spec.train_steps)))
-        return min(1.0, (step + 1) / warmup) * decay
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(max(1, spec.train_steps // 20), spec.train_steps,
+                                                                spec.schedule))
     model.train()
     bar = tqdm(range(spec.train_steps), desc=f"building {name}", disable=not progress, leave=False)
     for _ in bar:

@@ -151,3 +151,17 @@ def test_building_a_model_leaves_the_global_random_stream_alone(tmp_path):
     torch.manual_seed(123)
     ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path, progress=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_an_unknown_build_schedule_is_refused_before_training():
+    with pytest.raises(ValueError, match="schedule 'linear'"):
+        ToyModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, train_steps=1, schedule="linear")
+
+
+def test_the_shared_schedule_warms_up_then_holds_or_decays():
+    """Toy models and distillation share one schedule: a constant one only warms up, cosine ends at 0."""
+    from dear.schedule import lr_factor
+
+    constant, cosine = lr_factor(10, 100, "constant"), lr_factor(10, 100, "cosine")
+    assert [constant(s) for s in (0, 9, 50, 99)] == [0.1, 1.0, 1.0, 1.0]
+    assert cosine(9) == 1.0 and 0.0 <= cosine(100) < 1e-12 and cosine(50) < cosine(20)
