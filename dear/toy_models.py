@@ -5,7 +5,7 @@ whose branches are drawn uniformly, so the teacher learns a calibrated distribut
 valid next steps. The teacher's learning rate decays to zero (cosine); the student is smaller,
 trained for fewer steps at a *constant* learning rate and stopped while it is still learning.
 Measured on this task: the default distillation (120 steps, lr 1e-3) takes the constant-rate
-student from 0.22 to 0.56-0.59 held-out accuracy, while a prototype student whose schedule had
+student from 0.22 to 0.52-0.58 held-out accuracy, while a prototype student whose schedule had
 decayed to zero lost accuracy under the same distillation (0.63 -> 0.54): a student left at the
 bottom of a decayed schedule is first knocked out of its minimum by any new optimizer.
 """
