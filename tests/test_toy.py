@@ -165,3 +165,16 @@ def test_the_shared_schedule_warms_up_then_holds_or_decays():
     constant, cosine = lr_factor(10, 100, "constant"), lr_factor(10, 100, "cosine")
     assert [constant(s) for s in (0, 9, 50, 99)] == [0.1, 1.0, 1.0, 1.0]
     assert cosine(9) == 1.0 and 0.0 <= cosine(100) < 1e-12 and cosine(50) < cosine(20)
+
+
+@pytest.mark.parametrize("name", ["toy-student", "toy-student-s", "toy-student-l",
+                                  "toy-teacher", "toy-teacher-s", "toy-teacher-l"])
+def test_a_toy_preset_is_the_same_in_both_groups(name):
+    """model=toy-teacher (dear-eval) and teacher=toy-teacher must build the same cached model."""
+    from pathlib import Path
+
+    import yaml
+
+    conf = Path(__file__).resolve().parents[1] / "dear" / "conf"
+    model, teacher = (yaml.safe_load((conf / group / f"{name}.yaml").read_text()) for group in ("model", "teacher"))
+    assert model == teacher
