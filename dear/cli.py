@@ -55,11 +55,9 @@ def check_group_overrides(prog: str, argv: list[str]) -> None:
 
 def guarded(prog: str, fn, *args):
     """Run ``fn``; a user's mistake becomes one line and exit status 2."""
-    from dear.data.benchmarks import BenchmarkUnavailable
-
     try:
         return fn(*args)
-    except (DearError, BenchmarkUnavailable) as e:
+    except DearError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         fail(prog, str(e))

@@ -14,16 +14,15 @@ import pytest
 
 from dear.data.benchmarks import (
     BENCHMARKS,
-    GRADERS,
     BenchmarkUnavailable,
     Problem,
-    extract_code,
+    decode_io_tests,
     format_prompt,
-    grade,
     load_benchmark,
     register,
-    register_grader,
 )
+from dear.errors import DearError
+from dear.eval.grading import GRADERS, extract_code, grade, register_grader
 
 OFFLINE_COUNTS = {"humaneval": 164, "math500": 311, "aime24": 30, "aime25": 15, "cnmo": 18}
 MATH_SETS = ["math500", "aime24", "aime25", "cnmo"]
@@ -470,8 +469,6 @@ def test_encoded_test_cases_may_hold_only_text():
     import pickle
     import zlib
 
-    from dear.eval.code import decode_io_tests
-
     assert decode_io_tests(_encoded(SUM_PRIVATE)) == [{"input": c["input"], "output": c["output"]}
                                                      for c in SUM_PRIVATE]
     assert decode_io_tests(json.dumps(SUM_CASES))[0]["output"] == "6\n" and decode_io_tests("") == []
@@ -484,3 +481,27 @@ def test_encoded_test_cases_may_hold_only_text():
     with pytest.raises(pickle.UnpicklingError, match="may not reference"):
         decode_io_tests(hostile)
     assert not os.path.exists("/tmp/dear-pwned")
+
+
+def test_data_never_imports_eval():
+    """Imports run one way: ``dear.eval`` may import ``dear.data``, never the reverse (lazy imports included)."""
+    import ast
+
+    import dear.data
+
+    offenders = []
+    for path in sorted(Path(dear.data.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any(n == "dear.eval" or n.startswith("dear.eval.") for n in names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+
+
+def test_benchmark_unavailable_is_a_user_error():
+    assert issubclass(BenchmarkUnavailable, DearError)

@@ -13,43 +13,46 @@ under a name and :func:`load_benchmark` calls it by that name. Three families sh
   :class:`BenchmarkUnavailable` at once (no retry loop), and ``path=<dir or file>`` loads a
   copy saved with ``Dataset.save_to_disk`` or a json/jsonl/parquet/csv export instead.
 
-:func:`grade` checks a model response against a problem by its ``kind`` (math, code, rg,
-toy); :func:`format_prompt` turns a problem into the model's input text. Heavy imports
-(``datasets``, ``reasoning_gym``, the graders) happen inside the functions that need them,
-so importing this module is cheap.
+:func:`format_prompt` turns a problem into the model's input text; grading lives in
+:mod:`dear.eval.grading` (``eval`` imports ``data``, never the reverse). Heavy imports
+(``datasets``, ``reasoning_gym``) happen inside the functions that need them, so importing
+this module is cheap.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import importlib.util
 import inspect
+import io
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dear.errors import DearError
+
 __all__ = [
     "BENCHMARKS",
-    "GRADERS",
     "INSTRUCTIONS",
     "BenchmarkUnavailable",
     "Problem",
-    "extract_code",
+    "decode_io_tests",
     "format_prompt",
-    "grade",
     "known_benchmarks",
     "load_benchmark",
     "register",
-    "register_grader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,18 +77,15 @@ class Problem:
     meta: dict = field(default_factory=dict, hash=False)
 
 
-class BenchmarkUnavailable(RuntimeError):
+class BenchmarkUnavailable(DearError):
     """A benchmark's data cannot be had here; the message says what is missing and the fix."""
 
 
 Loader = Callable[..., list[Problem]]
-Grader = Callable[[Problem, str], bool]
 
 # name -> loader, called as loader(seed=..., limit=..., **options). `limit` is only a hint
 # (a generator may make no more than that); load_benchmark trims the list itself.
 BENCHMARKS: dict[str, Loader] = {}
-# kind -> grader(problem, response); other modules may replace one (e.g. the toy task's).
-GRADERS: dict[str, Grader] = {}
 
 _RG_PREFIX = "rg-"
 
@@ -100,16 +100,6 @@ def register(name: str) -> Callable[[Loader], Loader]:
     def decorate(loader: Loader) -> Loader:
         BENCHMARKS[name] = loader
         return loader
-
-    return decorate
-
-
-def register_grader(kind: str) -> Callable[[Grader], Grader]:
-    """Decorator that sets the grader :func:`grade` uses for problems of ``kind``."""
-
-    def decorate(grader: Grader) -> Grader:
-        GRADERS[kind] = grader
-        return grader
 
     return decorate
 
@@ -542,9 +532,33 @@ def _load_livecodebench(
     return [_livecodebench_problem(row) for row in rows]
 
 
-def _livecodebench_problem(row: dict[str, Any]) -> Problem:
-    from dear.eval.code import decode_io_tests
+def decode_io_tests(field: object) -> list[dict]:
+    """LiveCodeBench's test cases: a JSON list, or that JSON pickled, zlib-compressed and base64-encoded.
 
+    The pickled form holds nothing but a string; anything else in it is refused, so a tampered
+    dataset cannot run code here.
+    """
+    if not field:
+        return []
+    if isinstance(field, list):
+        return [dict(case) for case in field]
+    text = str(field)
+    try:
+        cases = json.loads(text)
+    except json.JSONDecodeError:
+
+        class StringsOnly(pickle.Unpickler):
+            def find_class(self, module: str, name: str):  # refuse every global
+                raise pickle.UnpicklingError(f"test cases may not reference {module}.{name}")
+
+        payload = StringsOnly(io.BytesIO(zlib.decompress(base64.b64decode(text)))).load()
+        if not isinstance(payload, str):
+            raise TypeError(f"encoded test cases hold a {type(payload).__name__}, not JSON text")
+        cases = json.loads(payload)
+    return [{"input": c["input"], "output": c["output"]} for c in cases]
+
+
+def _livecodebench_problem(row: dict[str, Any]) -> Problem:
     cases = decode_io_tests(row.get("public_test_cases")) + decode_io_tests(row.get("private_test_cases"))
     metadata = row.get("metadata") or "{}"
     func_name = (json.loads(metadata) if isinstance(metadata, str) else metadata).get("func_name")
@@ -562,93 +576,6 @@ def _livecodebench_problem(row: dict[str, Any]) -> Problem:
     )
 
 
-# --------------------------------------------------------------------------- grading
-
-
-def grade(problem: Problem, response: str) -> bool:
-    """Whether ``response`` solves ``problem``; dispatches on ``problem.kind`` via :data:`GRADERS`."""
-    grader = GRADERS.get(problem.kind)
-    if grader is None:
-        raise ValueError(
-            f"no grader for problem kind {problem.kind!r}; known kinds: {', '.join(sorted(GRADERS))}"
-        )
-    return grader(problem, response)
-
-
-def _after_thinking(response: str) -> str:
-    """The part after a reasoning model's ``</think>``, where its final answer lives."""
-    return response.rsplit("</think>", 1)[-1]
-
-
-_FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-
-
-def extract_code(response: str) -> str:
-    """The code in a response: its last ```python block, else its last fenced block, else all of it.
-
-    An unclosed last fence (a truncated response) counts up to the end. Leading indentation
-    is kept: a bare function body must stay indented to follow the prompt.
-    """
-    text = _after_thinking(response)
-    blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text)]
-    python = [body for lang, body in blocks if lang in ("python", "py", "python3")]
-    chosen = python or [body for _, body in blocks]
-    code = chosen[-1] if chosen else text
-    return code.rstrip() + "\n"
-
-
-@register_grader("math")
-def _grade_math(problem: Problem, response: str) -> bool:
-    from dear.eval.math import grade as math_grade
-
-    return math_grade(response, problem.reference)
-
-
-@register_grader("code")
-def _grade_code(problem: Problem, response: str) -> bool:
-    from dear.eval.code import check_solution
-
-    result = check_solution(
-        problem.code_prompt or "", extract_code(response), problem.reference, problem.entry_point or ""
-    )
-    return bool(result.passed)
-
-
-@register_grader("code-io")
-def _grade_code_io(problem: Problem, response: str) -> bool:
-    from dear.eval.code import check_io
-
-    return bool(check_io(extract_code(response), json.loads(problem.reference), problem.entry_point).passed)
-
-
-@functools.cache
-def _rg_scorer(task: str) -> Callable[[str | None, dict[str, Any]], float]:
-    from reasoning_gym.factory import get_score_answer_fn
-
-    return get_score_answer_fn(task)
-
-
-_NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
-
-
-@register_grader("rg")
-def _grade_rg(problem: Problem, response: str) -> bool:
-    """Reasoning-gym's own scorer on the final answer (1.0 = right).
-
-    Numeric references also accept a mathematically equal answer ("28,080" for 28080), which
-    the exact-match scorers of tasks like gsm_symbolic would miss.
-    """
-    from dear.eval.math import extract_answer
-    from dear.eval.math import grade as math_grade
-
-    answer = extract_answer(_after_thinking(response))
-    if answer is None:
-        return False
-    if _rg_scorer(problem.meta["task"])(answer, problem.meta["entry"]) >= 1.0:
-        return True
-    return bool(_NUMBER_RE.match(problem.reference.strip())) and math_grade(response, problem.reference)
-
-
 @register("toy")
 def _load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list[Problem]:
     """The embedded toy task's held-out split (``dear/data/toy.py``), fixed by the task's own seed."""
@@ -658,14 +585,6 @@ def _load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list
     cfg = ToyTaskConfig(**(task or {}))
     return [Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t), kind="toy")
             for i, t in enumerate(ToyTask(cfg).held_out[:limit])]
-
-
-@register_grader("toy")
-def _grade_toy(problem: Problem, response: str) -> bool:
-    """Exact match of the final answer (after the last ``#``) with the reference."""
-    from dear.data.toy import grade as toy_grade
-
-    return toy_grade(response, problem.reference)
 
 
 # --------------------------------------------------------------------------- prompts

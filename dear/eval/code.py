@@ -65,7 +65,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["ExecResult", "check_io", "check_solution", "decode_io_tests", "isolation", "run_program"]
+__all__ = ["ExecResult", "check_io", "check_solution", "isolation", "run_program"]
 
 logger = logging.getLogger(__name__)
 
@@ -783,37 +783,6 @@ for number, case in enumerate(CASES):
         print(f"test {{number}} failed", file=sys.stderr)
         sys.exit(1)
 """
-
-
-def decode_io_tests(field: object) -> list[dict]:
-    """LiveCodeBench's test cases: a JSON list, or that JSON pickled, zlib-compressed and base64-encoded.
-
-    The pickled form holds nothing but a string; anything else in it is refused, so a tampered
-    dataset cannot run code here.
-    """
-    import base64
-    import io
-    import pickle
-    import zlib
-
-    if not field:
-        return []
-    if isinstance(field, list):
-        return [dict(case) for case in field]
-    text = str(field)
-    try:
-        cases = json.loads(text)
-    except json.JSONDecodeError:
-
-        class StringsOnly(pickle.Unpickler):
-            def find_class(self, module: str, name: str):  # refuse every global
-                raise pickle.UnpicklingError(f"test cases may not reference {module}.{name}")
-
-        payload = StringsOnly(io.BytesIO(zlib.decompress(base64.b64decode(text)))).load()
-        if not isinstance(payload, str):
-            raise TypeError(f"encoded test cases hold a {type(payload).__name__}, not JSON text")
-        cases = json.loads(payload)
-    return [{"input": c["input"], "output": c["output"]} for c in cases]
 
 
 def check_io(source: str, cases: list[dict], func_name: str | None = None, *,

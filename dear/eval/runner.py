@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from dear.data.benchmarks import Problem, format_prompt, grade
+from dear.data.benchmarks import Problem, format_prompt
+from dear.eval.grading import grade
 from dear.objective import token_signals
 from dear.rollout import generate
 
