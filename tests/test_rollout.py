@@ -1,0 +1,143 @@
+"""The rollout layout every later stage reads: masks, padding, position ids, grouping, greedy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_MODELS, compose
+from dear.data.toy import ToyTaskConfig, build_tokenizer
+from dear.models import load_model
+from dear.rollout import generate
+
+PROMPTS = ["1+2?", "3+4+5?"]  # 4 and 6 characters: the first is left-padded by 2
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("toy-tok"))
+
+
+class Scripted(torch.nn.Module):
+    """Stands in for a model: ``generate`` appends the given responses to the prompts it is given."""
+
+    def __init__(self, responses: torch.Tensor):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.responses = responses
+        self.seen: dict = {}
+
+    def generate(self, input_ids, attention_mask, **kw):
+        self.seen = {"input_ids": input_ids, "attention_mask": attention_mask, **kw}
+        return torch.cat([input_ids, self.responses[: input_ids.shape[0]]], dim=1)
+
+
+def ids(tok, text: str) -> list[int]:
+    return tok.convert_tokens_to_ids(list(text))
+
+
+def scripted_rollout(tok):
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    responses = torch.tensor([
+        [*ids(tok, "12"), eos, pad, pad],  # ends after two tokens
+        ids(tok, "34567"),                 # never ends: cut at max_new_tokens
+        [eos, pad, pad, pad, pad],         # ends at once
+        [*ids(tok, "8"), eos, *ids(tok, "9"), eos, *ids(tok, "1")],  # junk after the first end-of-text
+    ])
+    model = Scripted(responses)
+    return model, generate(model, tok, PROMPTS * 2, max_new_tokens=5)
+
+
+def test_response_mask_covers_sampled_tokens_through_the_first_end_of_text(tok):
+    _, r = scripted_rollout(tok)
+    P = 6
+    assert r.prompt_width == P and r.input_ids.shape == (4, P + 5)
+    expected = torch.tensor([
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+    ], dtype=torch.bool)
+    assert not r.response_mask[:, :P].any(), "the prompt is never in the response mask"
+    assert torch.equal(r.response_mask[:, P:], expected)
+    # the end-of-text token itself is learned: it sits inside the mask
+    eos_cols = [P + 2, None, P + 0, P + 1]
+    for row, col in enumerate(eos_cols):
+        if col is not None:
+            assert r.input_ids[row, col] == tok.eos_token_id and r.response_mask[row, col]
+    assert torch.equal(r.target_mask, r.response_mask[:, 1:])
+    assert r.texts == ["12", "34567", "", "8"]
+
+
+def test_padding_is_outside_the_masks_and_replaces_junk_after_end_of_text(tok):
+    _, r = scripted_rollout(tok)
+    P, pad = r.prompt_width, tok.pad_token_id
+    # after the first end-of-text every token becomes padding, out of both masks
+    assert r.input_ids[3, P + 2:].tolist() == [pad, pad, pad]
+    response = r.input_ids[:, P:]
+    assert not r.response_mask[:, P:][response == pad].any()
+    assert not r.attention_mask[:, P:][response == pad].any()
+    # left padding of the shorter prompt: out of the attention mask, never a response token
+    assert r.input_ids[0, :2].tolist() == [pad, pad] and r.attention_mask[0, :2].tolist() == [0, 0]
+    assert r.attention_mask[0, 2:P].tolist() == [1] * 4 and r.attention_mask[1, :P].tolist() == [1] * 6
+    # past the prompt, what is attended to is exactly what is learned
+    assert torch.equal(r.attention_mask[:, P:].bool(), r.response_mask[:, P:])
+
+
+def test_position_ids_count_real_tokens_only(tok):
+    _, r = scripted_rollout(tok)
+    assert r.position_ids.tolist() == [
+        [0, 0, 0, 1, 2, 3, 4, 5, 6, 6, 6],        # 2 left pads, 4 prompt tokens, "12</s>", padding
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],       # 6 prompt tokens, 5 response tokens
+        [0, 0, 0, 1, 2, 3, 4, 4, 4, 4, 4],        # "</s>" at once
+        [0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7],        # "8</s>", then padding
+    ]
+
+
+def test_n_samples_of_a_prompt_are_consecutive_rows(tok):
+    responses = torch.tensor([ids(tok, f"{i}") + [tok.eos_token_id] for i in range(6)])
+    model = Scripted(responses)
+    r = generate(model, tok, PROMPTS, n=3, max_new_tokens=2)
+    sent = model.seen["input_ids"]
+    first = tok(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    second = tok(PROMPTS[1], add_special_tokens=False)["input_ids"]
+    for row in range(6):  # rows i*n … i*n+n-1 belong to prompt i
+        real = sent[row][model.seen["attention_mask"][row].bool()].tolist()
+        assert real == (first if row < 3 else second), row
+    assert r.texts == ["0", "1", "2", "3", "4", "5"]
+    assert model.seen["max_new_tokens"] == 2 and model.seen["eos_token_id"] == tok.eos_token_id
+
+
+@pytest.fixture(scope="module")
+def toy_student(toy_cache):
+    cfg = compose(TINY_MODELS + [f"cache_dir={toy_cache}"])
+    return load_model(cfg.model, cfg.cache_dir, ToyTaskConfig(**cfg.toy_task), trainable=False, progress=False)
+
+
+def test_greedy_is_deterministic_and_sampling_is_asked_for(toy_student):
+    m, tok = toy_student.model, toy_student.tokenizer
+    prompts = ["1+2+3?", "4+5?", "6+7+8+9?"]
+    torch.manual_seed(0)
+    a = generate(m, tok, prompts, n=2, greedy=True, max_new_tokens=12)
+    torch.manual_seed(1)
+    b = generate(m, tok, prompts, n=2, greedy=True, max_new_tokens=12)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.response_mask, b.response_mask)
+    assert a.texts[0::2] == a.texts[1::2], "greedy samples of one prompt are identical"
+    model = Scripted(torch.tensor([[tok.eos_token_id]] * 2))
+    generate(model, tok, prompts[:2], temperature=0.7, max_new_tokens=1)
+    assert model.seen["do_sample"] is True and model.seen["temperature"] == 0.7
+    generate(model, tok, prompts[:2], greedy=True, max_new_tokens=1)
+    assert model.seen["do_sample"] is False
+
+
+def test_a_forward_pass_on_the_rollout_reproduces_the_greedy_tokens(toy_student):
+    """The layout (masks, position ids) is the one generate used: logits at t predict token t+1."""
+    m, tok = toy_student.model, toy_student.tokenizer
+    r = generate(m, tok, ["1+2+3?", "4+5?", "6+7+8+9+1?"], greedy=True, max_new_tokens=16)
+    assert not r.response_mask[:, : r.prompt_width].any()
+    with torch.no_grad():
+        logits = m(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids).logits
+    predicted = logits[:, :-1].argmax(-1)
+    mask = r.target_mask
+    assert mask.sum() >= 3
+    assert torch.equal(predicted[mask], r.input_ids[:, 1:][mask])
