@@ -32,7 +32,6 @@ def test_each_method_trains_the_student(tmp_path, toy_cache, method):
     after = load_file(str(run_dir / "student" / "model.safetensors"))
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "the student's weights did not change"
-    teacher_before = toy_weights(toy_cache, "toy-teacher")
     assert metrics["steps"] == 2
     # the loss of every step is finite and logged
     rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
@@ -40,8 +39,6 @@ def test_each_method_trains_the_student(tmp_path, toy_cache, method):
     losses = [float(r.split(",")[header.index("train/loss")]) for r in rows[1:]
               if r.split(",")[header.index("train/loss")]]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
-    # the teacher on disk is untouched (it is frozen and never saved with the run)
-    assert all(torch.equal(teacher_before[k], toy_weights(toy_cache, "toy-teacher")[k]) for k in teacher_before)
 
 
 def test_metrics_record_everything_needed_to_rebuild_the_run(tmp_path, toy_cache):
