@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 import torch
@@ -81,12 +80,14 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
     assert tok.decode(ids, skip_special_tokens=True) == text
 
 
-def test_toy_model_is_cached_and_deterministic(tmp_path):
+def test_toy_model_is_cached_and_deterministic(tmp_path, monkeypatch):
+    import dear.toy_models
+
     spec = ToyModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, train_steps=3, batch_size=8)
     first = ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "a", progress=False)
-    again_start = time.perf_counter()
-    assert ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "a", progress=False) == first
-    assert time.perf_counter() - again_start < 1.0  # a cache hit trains nothing
+    with monkeypatch.context() as m:  # a cache hit trains nothing
+        m.setattr(dear.toy_models, "train_toy_model", lambda *a, **k: pytest.fail("a cache hit trained a model"))
+        assert ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "a", progress=False) == first
     other = ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "b", progress=False)
     from safetensors.torch import load_file
 
@@ -130,18 +131,38 @@ def test_slipped_totals_are_marked_and_later_steps_add_on_to_them():
     assert n_slips > 300
 
 
+def slipped_spans(solution: str) -> list[tuple[int, int]]:
+    """Character spans of the totals that do not add up, found by redoing the sums."""
+    spans, pos, total = [], 0, 0
+    for step in solution.split("#")[0].split(";"):
+        head, written = step.removeprefix("+").split("=")
+        start = pos + len(step) - len(written)
+        if int(written) != total + sum(int(x) for x in head.split("+")):
+            spans.append((start, start + len(written)))
+        total = int(written)
+        pos += len(step) + 1
+    return spans
+
+
 def test_sft_batch_masks_prompts_padding_and_slips(tmp_path):
     from dear.toy_models import sft_batch
 
     tok = build_tokenizer(tmp_path)
     ids, attention, labels = sft_batch(ToyTask(ToyTaskConfig()), tok, random.Random(0), 16, slip_rate=0.5)
     q = tok.convert_tokens_to_ids("?")
+    n_slips = 0
     for row, att, lab in zip(ids.tolist(), attention.tolist(), labels.tolist()):
-        end = row.index(q)
+        end, length = row.index(q), sum(att)
         assert all(x == -100 for x in lab[: end + 1])  # never learn the prompt
         assert all(x == -100 for x, a in zip(lab, att) if a == 0)  # nor padding
-        assert lab[sum(att) - 1] == tok.eos_token_id
-    assert (labels == -100).sum() > (attention == 0).sum() + 16 * 6  # slips are masked too
+        assert lab[length - 1] == tok.eos_token_id
+        # in the solution, exactly the slipped totals are masked; every other token is learned
+        solution = "".join(tok.convert_ids_to_tokens(row[end + 1 : length - 1]))
+        slipped = {end + 1 + i for a, b in slipped_spans(solution) for i in range(a, b)}
+        for i in range(end + 1, length):
+            assert lab[i] == (-100 if i in slipped else row[i]), (solution, i - end - 1)
+        n_slips += len(slipped_spans(solution))
+    assert n_slips >= 8  # slip_rate=0.5 over 16 solutions: the masking above was exercised
 
 
 def test_building_a_model_leaves_the_global_random_stream_alone(tmp_path):
