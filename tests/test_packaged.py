@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -101,9 +100,7 @@ def test_second_call_is_a_noop(materialized, cache_dir, monkeypatch):
         raise AssertionError("materialize_smollm2 reloaded the GGUF for a finished folder")
 
     monkeypatch.setattr(packaged, "load_smollm2_gguf", must_not_load)
-    start = time.perf_counter()
-    assert materialize_smollm2(cache_dir) == materialized
-    assert time.perf_counter() - start < 1.0
+    assert materialize_smollm2(cache_dir) == materialized  # without reloading: the folder is done
 
 
 @needs_smollm2
