@@ -30,41 +30,33 @@ def main() -> None:
 
     from conftest import compose  # the same composition dear-train uses
 
-    from dear import objective
-    from dear.config import method_knobs
+    from dear.config import train_config
     from dear.data.prompts import prompt_loader
-    from dear.data.toy import ToyTaskConfig
     from dear.models import check_compatible, load_model
     from dear.rollout import generate
+    from dear.step import distill_step
 
-    cfg = compose(overrides)
+    s = train_config(compose(overrides))
     torch.manual_seed(0)
-    torch.set_num_threads(int(cfg.trainer.threads or 2))
-    toy = ToyTaskConfig(**cfg.toy_task)
-    student = load_model(cfg.model, cfg.cache_dir, toy, trainable=True)
-    teacher = load_model(cfg.teacher, cfg.cache_dir, toy, trainable=False, group="teacher")
+    torch.set_num_threads(s.trainer.threads or 2)
+    student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
+    teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
     vocab = check_compatible(student, teacher)
-    prompts = next(iter(prompt_loader(cfg.data, toy, student.tokenizer, chat_template=False,
-                                      batch_size=int(cfg.batch_size), seed=0)))
+    prompts = next(iter(prompt_loader(s.data, s.toy_task, student.tokenizer, chat_template=False,
+                                      batch_size=s.batch_size, seed=0)))
     t0 = time.perf_counter()
-    rollout = generate(student.model, student.tokenizer, prompts, n=int(cfg.rollout.n),
-                       temperature=float(cfg.rollout.temperature), max_new_tokens=int(cfg.rollout.max_new_tokens))
+    rollout = generate(student.model, student.tokenizer, prompts, n=s.rollout.n, temperature=s.rollout.temperature,
+                       max_new_tokens=s.rollout.max_new_tokens)
     rollout_ms = 1000 * (time.perf_counter() - t0)
-    kw = dict(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=rollout.position_ids)
-    mask, targets = rollout.target_mask, rollout.input_ids[:, 1:]
+    mask = rollout.target_mask
+    methods = {m: train_config(compose(overrides + [f"method={m}"])) for m in args.methods}
 
     def step(method: str) -> float:
-        mcfg = compose(overrides + [f"method={method}"]).method
+        """The training step dear-train runs (dear.step.distill_step), forward and backward, timed."""
+        settings = methods[method]
         start = time.perf_counter()
-        out = student.model(**kw, output_hidden_states=True)
-        with torch.no_grad():
-            t_logits = teacher.model(**kw).logits[:, :-1]
-        s_logits = out.logits[:, :-1]
-        hidden = out.hidden_states[-1][:, :-1].detach()
-        sig = objective.token_signals(s_logits.detach(), t_logits, mask, sampled_ids=targets, vocab_size=vocab)
-        sel = objective.select_tokens(method, entropy=sig.entropy, divergence=sig.divergence, hidden=hidden,
-                                      mask=mask, generator=torch.Generator().manual_seed(0), **method_knobs(mcfg))
-        loss, _ = objective.distill_loss(s_logits, t_logits, sel.weights, mask=mask, vocab_size=vocab)
+        loss, _ = distill_step(student.model, teacher.model, rollout, settings.method, settings.loss,
+                               vocab_size=vocab, generator=torch.Generator().manual_seed(0))
         loss.backward()
         student.model.zero_grad(set_to_none=True)
         return 1000 * (time.perf_counter() - start)

@@ -63,6 +63,101 @@ def guarded(prog: str, fn, *args):
         fail(prog, str(e))
 
 
+# Hydra's own flags: those that take a value, and those after which nothing runs (no check needed).
+_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
+                     "--info", "-i"}
+_FLAGS_NOTHING_RUNS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                       "--version", "--resolve", "-p", "--package"}
+
+
+def user_overrides(argv: list[str]) -> list[str] | None:
+    """The config overrides in ``argv`` (Hydra's flags dropped); None when Hydra will run nothing."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in _FLAGS_NOTHING_RUNS:
+            return None
+        if arg in _FLAGS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-") and not arg.lstrip("+~").startswith("hydra"):
+            out.append(arg)
+    return out
+
+
+def sweep_points(overrides: list[str]) -> list[list[str]]:
+    """Override lists that cover every value of every sweep once (the others at their first value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+              for o in parsed]
+    firsts = [f"{o.get_key_element()}={v[0]}" for o, v in zip(parsed, values)]
+    points = [firsts]
+    for i, (o, vs) in enumerate(zip(parsed, values)):
+        points += [firsts[:i] + [f"{o.get_key_element()}={v}"] + firsts[i + 1:] for v in vs[1:]]
+    return points
+
+
+def _not_a_key(overrides: list[str], config_name: str, message: str) -> str:
+    """Hydra's "Could not override 'a.b'" as one line that lists the keys ``a`` does have."""
+    m = re.search(r"Could not override '([^']+)'", message)
+    if not m:
+        return message.strip().splitlines()[0]
+    key = m[1]
+    parent, _, leaf = key.rpartition(".")
+    rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
+    cfg = _compose(rest, config_name)
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if parent == "method":
+        from dear.schema import MethodConfig
+
+        MethodConfig.keys_for({**OmegaConf.to_container(node, resolve=True), leaf: None})  # raises the one line
+    keys = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "none (not a section)"
+    return f"{key} is not a setting of {parent or 'the config'}; valid keys: {keys}"
+
+
+def _compose(overrides: list[str], config_name: str) -> DictConfig:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="dear.conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def preflight(prog: str, config_name: str, argv: list[str], check) -> None:
+    """Compose and check the config of every run ``argv`` asks for, before Hydra creates anything.
+
+    A bad value, an unknown key or a missing path ends the program here in one line, exit status 2,
+    with nothing written.
+    """
+    overrides = user_overrides(argv)
+    if overrides is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        points = sweep_points(overrides)
+    except HydraException as e:
+        fail(prog, str(e).strip().splitlines()[0])
+    for point in points:
+        try:
+            check(_compose(point, config_name))
+        except (HydraException, OmegaConfBaseException) as e:
+            try:
+                fail(prog, _not_a_key(point, config_name, str(e)))
+            except DearError as one_line:
+                fail(prog, str(one_line))
+        except DearError as e:
+            fail(prog, str(e))
+
+
+def _number(x: float | None) -> float:
+    """A summary value for printing: NaN only when it is missing (0.0 is a value)."""
+    return float("nan") if x is None else float(x)
+
+
 def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
@@ -75,8 +170,7 @@ def _train_app(cfg: DictConfig) -> None:
     for name, b in metrics["benchmarks"].items():
         log.info("student %s on %s: accuracy %.3f -> %.3f (%+.1f points); held-out reverse KL %.4f -> %.4f",
                  cfg.model.name, name, b["accuracy_before"], b["accuracy_after"], 100 * b["gain"],
-                 metrics["heldout_reverse_kl"]["before"] or float("nan"),
-                 metrics["heldout_reverse_kl"]["after"] or float("nan"))
+                 _number(metrics["heldout_reverse_kl"]["before"]), _number(metrics["heldout_reverse_kl"]["after"]))
     log.info("run directory: %s (metrics.json, config, checkpoints, student/, wandb/)", metrics["run_dir"])
 
 
@@ -91,12 +185,18 @@ def _eval_app(cfg: DictConfig) -> None:
 
 
 def train() -> None:
+    from dear.config import train_config
+
     check_group_overrides("dear-train", sys.argv[1:])
+    preflight("dear-train", "train", sys.argv[1:], train_config)
     _train_app()
 
 
 def evaluate() -> None:
+    from dear.config import eval_config
+
     check_group_overrides("dear-eval", sys.argv[1:])
+    preflight("dear-eval", "eval", sys.argv[1:], eval_config)
     _eval_app()
 
 

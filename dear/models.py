@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dear.errors import DearError
+from dear.schema import ModelPreset, load
 
 if TYPE_CHECKING:
-    from dear.data.toy import ToyTaskConfig
+    from dear.schema import ToyTaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +44,28 @@ class TokenizerMismatch(DearError):
     """Student and teacher do not share a token->id mapping or a chat template."""
 
 
+def as_preset(preset: Any, group: str = "model") -> ModelPreset:
+    """A `ModelPreset` from a preset section (already one, a DictConfig or a mapping), checked."""
+    if isinstance(preset, ModelPreset):
+        return preset
+    from omegaconf import DictConfig, OmegaConf
+
+    data = OmegaConf.to_container(preset, resolve=True) if isinstance(preset, DictConfig) else dict(preset)
+    return load(ModelPreset, data, f"{group}.")
+
+
 def resolve_weights(preset, cache_dir: str | Path, toy_task: "ToyTaskConfig | None" = None,
                     progress: bool = True, group: str = "model") -> tuple[str, dict]:
     """Where to read the preset's weights from: a local folder or a hub id, plus loader kwargs."""
-    if preset.get("path"):
-        path = Path(str(preset.path)).expanduser()
-        if not (path / "config.json").exists():
-            raise ModelUnavailable(
-                f"{preset.name}: path={path} holds no Hugging Face model (no config.json); "
-                f"point {group}.path at a folder made by save_pretrained")
-        return str(path), {}
+    preset = as_preset(preset, group)
+    if preset.path:  # the schema checked that it holds a model
+        return str(Path(preset.path).expanduser()), {}
     if preset.source == "toy":
-        from dear.data.toy import ToyTaskConfig
-        from dear.toy_models import ToyModelSpec, ensure_toy_model
+        from dear.schema import ToyTaskConfig
+        from dear.toy_models import ensure_toy_model
 
         task = toy_task or ToyTaskConfig()
-        spec = ToyModelSpec(**dict(preset.toy))
-        return str(ensure_toy_model(preset.name, spec, task, cache_dir, progress=progress)), {}
+        return str(ensure_toy_model(preset.name, preset.toy, task, cache_dir, progress=progress)), {}
     if preset.source == "smollm2":
         from dear.packaged import materialize_smollm2
 
@@ -67,9 +73,7 @@ def resolve_weights(preset, cache_dir: str | Path, toy_task: "ToyTaskConfig | No
             return str(materialize_smollm2(Path(cache_dir).expanduser())), {}
         except RuntimeError as e:
             raise ModelUnavailable(f"{preset.name}: {e}") from e
-    if preset.source == "hub":
-        return str(preset.hub_id), {"revision": preset.get("revision")}
-    raise DearError(f"{preset.name}: unknown source '{preset.source}' (use hub, toy or smollm2)")
+    return str(preset.hub_id), {"revision": preset.revision}  # source: hub
 
 
 def load_model(preset, cache_dir: str | Path, toy_task=None, *, trainable: bool, progress: bool = True,
@@ -80,8 +84,9 @@ def load_model(preset, cache_dir: str | Path, toy_task=None, *, trainable: bool,
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    preset = as_preset(preset, group)
     where, kwargs = resolve_weights(preset, cache_dir, toy_task, progress=progress, group=group)
-    dtype = DTYPES[str(preset.get("dtype", "float32"))]
+    dtype = DTYPES[preset.dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
@@ -94,7 +99,7 @@ def load_model(preset, cache_dir: str | Path, toy_task=None, *, trainable: bool,
     tokenizer.padding_side = "left"  # prompts are left-padded so every rollout starts at one column
     model.train(trainable)
     model.requires_grad_(trainable)
-    return LoadedModel(preset.name, model, tokenizer, bool(preset.get("chat_template", False)), where)
+    return LoadedModel(preset.name, model, tokenizer, preset.chat_template, where)
 
 
 def shared_vocab_size(tokenizer) -> int:

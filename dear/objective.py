@@ -36,23 +36,24 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+import typing
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from dear.schema import Divergence, LossKind, MethodConfig, Normalization
+
 __all__ = [
     "Signals",
     "Selection",
-    "SelectionConfig",
-    "METHODS",
+    "MethodConfig",
     "DIVERGENCES",
     "LOSS_KINDS",
     "NORMALIZATIONS",
     "token_entropy",
     "token_divergence",
     "token_signals",
-    "selection_config",
     "select_decisions",
     "evidence_similarity",
     "score_evidence",
@@ -64,9 +65,9 @@ __all__ = [
     "selection_stats",
 ]
 
-DIVERGENCES = ("reverse_kl", "forward_kl", "jsd", "logratio")  # signal D_t
-LOSS_KINDS = ("reverse_kl", "forward_kl", "jsd", "pg")  # loss ℓ_t
-NORMALIZATIONS = ("selected", "all", "sequence")
+DIVERGENCES: tuple[str, ...] = typing.get_args(Divergence)  # signal D_t
+LOSS_KINDS: tuple[str, ...] = typing.get_args(LossKind)  # loss ℓ_t
+NORMALIZATIONS: tuple[str, ...] = typing.get_args(Normalization)
 
 # Elements per chunk buffer: 2**24 floats = 64 MiB, 110 positions at V = 151936 (see module doc).
 _CHUNK_ELEMENTS = 2**24
@@ -493,87 +494,6 @@ def token_signals(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SelectionConfig:
-    """The §2 selection knobs; `selection_config` fills them from a method preset and overrides.
-
-    decision_ratio ρ_d, evidence_ratio ρ_e, tip_ratio ∈ [0, 1]; mode "topk" | "threshold" (decisions
-    are ``H_t ≥ h_min``); scope "sequence" | "batch" (where the top-k is taken); agg "max" | "mean";
-    direction "both" | "before" (evidence t < decision d) | "after" (t > d); window: ``|t-d| ≤ w``
-    or None; boost "multiplicative" | "additive" | "none", lam λ ≥ 0; confident_only: only
-    ``H_t ≤`` the sequence median compete for evidence; similarity "cosine" | "none" (sim ≡ 1, the
-    dear_nosim ablation); w_dec, w_evi, w_other ≥ 0: weights of decisions, evidence, the rest.
-    """
-
-    decision_ratio: float = 0.2
-    evidence_ratio: float = 0.2
-    mode: str = "topk"
-    h_min: float | None = None
-    scope: str = "sequence"
-    agg: str = "max"
-    direction: str = "both"
-    window: int | None = None
-    boost: str = "multiplicative"
-    lam: float = 1.0
-    confident_only: bool = False
-    similarity: str = "cosine"
-    w_dec: float = 1.0
-    w_evi: float = 1.0
-    w_other: float = 0.0
-    tip_ratio: float = 0.5
-
-
-# Method presets (DESIGN §2 table): knob values on top of the defaults; overrides win over both.
-METHODS: dict[str, dict[str, object]] = {
-    "opd": {"decision_ratio": 0.0, "evidence_ratio": 0.0, "w_other": 1.0},  # every response token, w = 1
-    "entropy": {"evidence_ratio": 0.0},  # decisions only ("forking tokens")
-    "tip": {},  # soft-OR of normalised H and D, top tip_ratio: `select_tip`
-    "random": {},  # as many tokens as DEAR, uniformly at random: `select_random`
-    "dear": {},
-    "dear_nosim": {"similarity": "none"},
-    "dear_noboost": {"lam": 0.0},
-    "evidence_only": {"w_dec": 0.0},
-}
-
-_CHOICES = {
-    "mode": ("topk", "threshold"),
-    "scope": ("sequence", "batch"),
-    "agg": ("max", "mean"),
-    "direction": ("both", "before", "after"),
-    "boost": ("multiplicative", "additive", "none"),
-    "similarity": ("cosine", "none"),
-}
-
-
-def selection_config(method: str, **overrides: object) -> SelectionConfig:
-    """Defaults, then the method's preset, then ``overrides``; validated (ValueError, one line)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    known = {f.name for f in fields(SelectionConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown selection knob(s) {', '.join(unknown)}; known knobs: {', '.join(sorted(known))}")
-    cfg = replace(SelectionConfig(), **{**METHODS[method], **overrides})
-    for name in ("decision_ratio", "evidence_ratio", "tip_ratio"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    for name in ("lam", "w_dec", "w_evi", "w_other"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < math.inf):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    for name, allowed in _CHOICES.items():
-        _check_choice(name, getattr(cfg, name), allowed)
-    if cfg.window is not None and (isinstance(cfg.window, bool) or not isinstance(cfg.window, int) or cfg.window < 0):
-        raise ValueError(f"window must be an integer >= 0 or None, got {cfg.window!r}")
-    if not isinstance(cfg.confident_only, bool):
-        raise ValueError(f"confident_only must be true or false, got {cfg.confident_only!r}")
-    if cfg.mode == "threshold" and (isinstance(cfg.h_min, bool) or not isinstance(cfg.h_min, (int, float))
-                                    or math.isnan(cfg.h_min)):
-        raise ValueError(f"h_min must be a number (the entropy threshold, nats) when mode='threshold', got {cfg.h_min!r}")
-    return cfg
-
-
 def _topk_mask(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
     """Per row, the ``k[i]`` eligible positions with the highest score; ties -> lower index.
 
@@ -760,21 +680,22 @@ class Selection:
 
 
 def select_tokens(
-    method: str,
+    method: MethodConfig,
     *,
     entropy: Tensor,
     divergence: Tensor,
     hidden: Tensor | None,
     mask: Tensor,
     generator: torch.Generator | None = None,
-    **overrides: object,
 ) -> Selection:
-    """Run a method's selection (DESIGN §2 table) and return per-token weights.
+    """Run a method's selection (DESIGN §2 table, ``method.selector``) and return per-token weights.
 
+    selector ``all``: every response token, weight 1 (OPD); ``entropy``: decisions only, weight 1;
+    ``tip``: `select_tip`; ``random``: `select_random`; ``dear``: decisions, then evidence scored by
+    `evidence_similarity` and `score_evidence`, weights ``w_dec``/``w_evi``/``w_other``.
     entropy, divergence, mask ``[B, T]`` (mask True on response tokens), hidden ``[B, T, H]`` (only
-    needed when evidence is scored by cosine similarity). ``overrides``: any `SelectionConfig` knob.
+    needed when evidence is scored by cosine similarity).
     """
-    cfg = selection_config(method, **overrides)
     if tuple(entropy.shape) != tuple(mask.shape) or tuple(divergence.shape) != tuple(mask.shape):
         raise ValueError(f"entropy, divergence and mask must all be [B, T], got {tuple(entropy.shape)}, "
                          f"{tuple(divergence.shape)}, {tuple(mask.shape)}")
@@ -782,29 +703,33 @@ def select_tokens(
     entropy = entropy.float().masked_fill(~mask, 0.0)  # masked values (even NaN/huge) never enter
     divergence = divergence.float().masked_fill(~mask, 0.0)
     nothing = torch.zeros_like(mask)
+    m = method
 
-    if method == "tip":
-        chosen, s = select_tip(entropy, divergence, mask, ratio=cfg.tip_ratio, scope=cfg.scope)
+    if m.selector == "all":
+        return Selection(weights=mask.float(), decision=nothing, evidence=nothing)
+    if m.selector == "tip":
+        chosen, s = select_tip(entropy, divergence, mask, ratio=m.tip_ratio, scope=m.scope)
         return Selection(weights=chosen.float(), decision=nothing, evidence=nothing, score=s)
-    if method == "random":
-        chosen = select_random(mask, decision_ratio=cfg.decision_ratio, evidence_ratio=cfg.evidence_ratio,
-                               scope=cfg.scope, generator=generator)
+    if m.selector == "random":
+        chosen = select_random(mask, decision_ratio=m.decision_ratio, evidence_ratio=m.evidence_ratio,
+                               scope=m.scope, generator=generator)
         return Selection(weights=chosen.float(), decision=nothing, evidence=nothing)
 
-    decision = select_decisions(entropy, mask, ratio=cfg.decision_ratio, mode=cfg.mode, h_min=cfg.h_min,
-                                scope=cfg.scope)
+    decision = select_decisions(entropy, mask, ratio=m.decision_ratio, mode=m.mode, h_min=m.h_min, scope=m.scope)
+    if m.selector == "entropy":
+        return Selection(weights=decision.float(), decision=decision, evidence=nothing)
     candidates = mask & ~decision
-    if cfg.confident_only:
+    if m.confident_only:
         candidates = candidates & (entropy <= _sequence_median(entropy, mask)[:, None])
-    if cfg.evidence_ratio > 0:
-        sim = evidence_similarity(hidden, decision, mask, agg=cfg.agg, direction=cfg.direction,
-                                  window=cfg.window, similarity=cfg.similarity)
-        score = score_evidence(sim, divergence, candidates, mask, boost=cfg.boost, lam=cfg.lam)
-        evidence = select_evidence(score, mask, ratio=cfg.evidence_ratio, scope=cfg.scope)
+    if m.evidence_ratio > 0:
+        sim = evidence_similarity(hidden, decision, mask, agg=m.agg, direction=m.direction,
+                                  window=m.window, similarity=m.similarity)
+        score = score_evidence(sim, divergence, candidates, mask, boost=m.boost, lam=m.lam)
+        evidence = select_evidence(score, mask, ratio=m.evidence_ratio, scope=m.scope)
     else:  # no evidence requested: skip the similarity (and the need for hidden states)
         score, evidence = None, nothing
     other = mask & ~decision & ~evidence
-    weights = cfg.w_dec * decision.float() + cfg.w_evi * evidence.float() + cfg.w_other * other.float()
+    weights = m.w_dec * decision.float() + m.w_evi * evidence.float() + m.w_other * other.float()
     return Selection(weights=weights, decision=decision, evidence=evidence, score=score)
 
 

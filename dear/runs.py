@@ -8,12 +8,11 @@ import os
 import platform
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
-from dear.data.toy import ToyTaskConfig
 from dear.eval.runner import Evaluator
+from dear.schema import EvalConfig, TrainConfig
 
 PACKAGES = ("dear", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "wandb", "datasets")
 
@@ -43,56 +42,53 @@ def write_json_atomic(path: Path, obj: dict) -> None:
         raise
 
 
-def run_record(cfg: DictConfig, run_dir: Path, *, wall_time_s: float, extra: dict) -> dict:
+def run_record(settings: TrainConfig | EvalConfig, run_dir: Path, *, wall_time_s: float, extra: dict) -> dict:
+    """What every run writes beside its numbers: seed, names, versions, the command and every setting."""
     return {
         "status": "complete",
         "run_dir": str(run_dir),
-        "seed": int(cfg.seed),
-        "model": cfg.model.name,
-        "teacher": cfg.teacher.name if "teacher" in cfg else None,
-        "method": cfg.method.name if "method" in cfg else None,
+        "seed": settings.seed,
+        "model": settings.model.name,
+        "teacher": settings.teacher.name if isinstance(settings, TrainConfig) else None,
+        "method": settings.method.name if isinstance(settings, TrainConfig) else None,
         **extra,
         "wall_time_s": wall_time_s,
         "versions": versions(),
         "command": " ".join(sys.argv),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config_record(settings),
     }
 
 
-def build_evaluator(cfg: DictConfig, loaded, toy_task: ToyTaskConfig, *, vocab_size: int | None = None,
-                    kl_prompts: int = 0, progress: bool = False) -> Evaluator:
-    from dataclasses import asdict
+def config_record(settings: TrainConfig | EvalConfig) -> dict:
+    """Every setting a run used, as plain JSON (None where a knob is not read)."""
+    return json.loads(json.dumps(asdict(settings), default=str))
 
+
+def build_evaluator(settings: TrainConfig | EvalConfig, loaded, *, vocab_size: int | None = None,
+                    kl_prompts: int = 0, progress: bool = False) -> Evaluator:
     from dear.data.benchmarks import load_benchmark
 
-    b = cfg.benchmark
-    options = dict(b.get("options") or {})
+    b = settings.benchmark
+    options = dict(b.options or {})
     if b.name == "toy":
-        options["task"] = asdict(toy_task)
-    problems = load_benchmark(b.name, limit=b.get("limit"), seed=int(cfg.seed), **options)
+        options["task"] = asdict(settings.toy_task)
+    problems = load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
     return Evaluator(
         name=b.name, problems=problems, tokenizer=loaded.tokenizer, chat_template=loaded.chat_template,
-        max_new_tokens=int(b.max_new_tokens), batch_size=int(cfg.eval.batch_size),
-        samples=int(b.get("samples", 1)), temperature=float(b.get("temperature", 0.0)),
-        kl_prompts=kl_prompts, vocab_size=vocab_size, progress=progress)
+        max_new_tokens=b.max_new_tokens, batch_size=settings.eval.batch_size, samples=b.samples or 1,
+        temperature=b.temperature or 0.0, kl_prompts=kl_prompts, vocab_size=vocab_size, progress=progress)
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path):
-    name = cfg.logger.name
-    if name == "none":
+def build_loggers(settings: TrainConfig, run_dir: Path):
+    lg = settings.logger
+    if lg.name == "none":
         return False
-    if name == "csv":
+    if lg.name == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
-    if name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.loggers import WandbLogger  # logger=wandb
 
-        offline = bool(cfg.logger.offline)
-        os.environ.setdefault("WANDB_SILENT", "true")
-        return WandbLogger(project=cfg.logger.project, entity=cfg.logger.get("entity"), save_dir=str(run_dir),
-                           offline=offline, name=run_dir.name,
-                           config=OmegaConf.to_container(cfg, resolve=True))
-    from dear.errors import DearError
-
-    raise DearError(f"logger={name} is not one of wandb, csv, none")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(project=lg.project, entity=lg.entity, save_dir=str(run_dir), offline=lg.offline,
+                       name=run_dir.name, config=config_record(settings))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import typing
 
-SCHEDULES = ("cosine", "constant")
+from dear.schema import Schedule
+
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 
 
 def lr_factor(warmup: int, total: int, schedule: str):

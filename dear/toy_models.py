@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -34,27 +34,11 @@ from dear.data.toy import (
 )
 from dear.errors import DearError
 from dear.schedule import lr_factor
+from dear.schema import ToyModelSpec
 
 log = logging.getLogger(__name__)
 
 TOY_FORMAT_VERSION = 3  # bump when the task, tokenizer or training recipe changes
-
-
-@dataclass(frozen=True)
-class ToyModelSpec:
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
-    train_steps: int
-    batch_size: int = 128
-    lr: float = 3e-3
-    seed: int = 0
-    slip_rate: float = 0.1  # share of totals shown miscomputed (loss masked there): see noisy_solution
-    schedule: str = "cosine"  # cosine (decays to 0) | constant (after warm-up)
-
-    def __post_init__(self) -> None:
-        lr_factor(1, 1, self.schedule)  # refuses an unknown schedule before anything is built
 
 
 def spec_key(name: str, spec: ToyModelSpec, task: ToyTaskConfig) -> str:

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
 
-from dear.config import validate_train
+from dear.config import train_config
 from dear.data.prompts import prompt_loader
-from dear.data.toy import ToyTaskConfig
 from dear.models import check_compatible, load_model
 from dear.module import DistillModule, accuracy_auc
 from dear.runs import build_evaluator, build_loggers, run_record, write_json_atomic
@@ -20,45 +18,45 @@ from dear.runs import build_evaluator, build_loggers, run_record, write_json_ato
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    validate_train(cfg)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if cfg.trainer.get("threads"):
-        torch.set_num_threads(int(cfg.trainer.threads))
-    toy_task = ToyTaskConfig(**cfg.toy_task)
+def train(cfg, run_dir: Path) -> dict:
+    """Distil ``cfg.model`` from ``cfg.teacher`` as the composed config ``cfg`` says; return metrics.json."""
+    s = train_config(cfg)  # every setting checked before anything is loaded
+    L.seed_everything(s.seed, workers=True, verbose=False)
+    if s.trainer.threads:
+        torch.set_num_threads(s.trainer.threads)
 
-    log.info("Loading student %s and teacher %s", cfg.model.name, cfg.teacher.name)
-    student = load_model(cfg.model, cfg.cache_dir, toy_task, trainable=True)
-    teacher = load_model(cfg.teacher, cfg.cache_dir, toy_task, trainable=False, group="teacher")
+    log.info("Loading student %s and teacher %s", s.model.name, s.teacher.name)
+    student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
+    teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
     vocab_size = check_compatible(student, teacher)
 
-    log.info("Preparing prompts (%s) and the %s benchmark", cfg.data.name, cfg.benchmark.name)
-    data = prompt_loader(cfg.data, toy_task, student.tokenizer, chat_template=student.chat_template,
-                         batch_size=int(cfg.batch_size), seed=int(cfg.seed))
-    evaluator = build_evaluator(cfg, student, toy_task, vocab_size=vocab_size, kl_prompts=int(cfg.eval.kl_prompts))
-    module = DistillModule(cfg, student.model, teacher.model, student.tokenizer, vocab_size, evaluator)
+    log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
+    data = prompt_loader(s.data, s.toy_task, student.tokenizer, chat_template=student.chat_template,
+                         batch_size=s.batch_size, seed=s.seed)
+    evaluator = build_evaluator(s, student, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts)
+    module = DistillModule(s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator)
 
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=cfg.trainer.precision,
-        max_steps=int(cfg.steps), logger=build_loggers(cfg, run_dir), default_root_dir=str(run_dir),
+        accelerator=s.trainer.accelerator, devices=s.trainer.devices, precision=s.trainer.precision,
+        max_steps=s.steps, logger=build_loggers(s, run_dir), default_root_dir=str(run_dir),
         callbacks=[L.pytorch.callbacks.ModelCheckpoint(
             dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-            every_n_train_steps=max(1, int(cfg.eval.every) or int(cfg.steps) or 1))],
-        gradient_clip_val=float(cfg.optim.grad_clip), log_every_n_steps=1, num_sanity_val_steps=0,
+            every_n_train_steps=max(1, s.eval.every or s.steps or 1))],
+        gradient_clip_val=s.optim.grad_clip, log_every_n_steps=1, num_sanity_val_steps=0,
         limit_val_batches=0, enable_model_summary=False,
     )
-    log.info("Training %s for %d steps (method=%s) in %s", cfg.model.name, cfg.steps, cfg.method.name, run_dir)
+    log.info("Training %s for %d steps (method=%s) in %s", s.model.name, s.steps, s.method.name, run_dir)
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=data, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, train_dataloaders=data, ckpt_path=s.ckpt_path)
     wall = time.perf_counter() - t0
 
     student.model.save_pretrained(run_dir / "student")
     student.tokenizer.save_pretrained(run_dir / "student")
     first, last = module.history[0], module.history[-1]
-    metrics = run_record(cfg, run_dir, wall_time_s=wall, extra={
+    metrics = run_record(s, run_dir, wall_time_s=wall, extra={
         "steps": int(trainer.global_step),
-        "benchmarks": {cfg.benchmark.name: {"accuracy_before": first["accuracy"], "accuracy_after": last["accuracy"],
-                                            "gain": last["accuracy"] - first["accuracy"]}},
+        "benchmarks": {s.benchmark.name: {"accuracy_before": first["accuracy"], "accuracy_after": last["accuracy"],
+                                          "gain": last["accuracy"] - first["accuracy"]}},
         "heldout_reverse_kl": {"before": first.get("heldout_reverse_kl"), "after": last.get("heldout_reverse_kl")},
         "accuracy_auc": accuracy_auc(module.history),
         "curve": module.history,

@@ -10,6 +10,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import functools  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -45,3 +46,17 @@ def compose(overrides: list[str], config_name: str = "train"):
 
     with initialize_config_module(config_module="dear.conf", version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+@functools.cache
+def _method_yaml(name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose([f"method={name}"]).method, resolve=True)
+
+
+def method_config(name: str, **overrides):
+    """The `MethodConfig` of conf/method/<name>.yaml with ``overrides`` (the path dear-train takes)."""
+    from dear.schema import MethodConfig, load
+
+    return load(MethodConfig, {**_method_yaml(name), **overrides}, "method.")

@@ -13,6 +13,7 @@ from fractions import Fraction
 import pytest
 import torch
 
+from conftest import method_config
 from dear.objective import (
     Selection,
     Signals,
@@ -25,6 +26,12 @@ from dear.objective import (
 )
 
 NEG = float("-inf")
+
+
+def select(method: str, *, entropy, divergence, hidden, mask, generator=None, **overrides) -> Selection:
+    """`select_tokens` with conf/method/<method>.yaml and ``overrides``, as dear-train calls it."""
+    return select_tokens(method_config(method, **overrides), entropy=entropy, divergence=divergence,
+                         hidden=hidden, mask=mask, generator=generator)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +537,7 @@ SELECTION_CASES = [
 def test_select_tokens_matches_naive(method, overrides):
     for seed in range(4):
         H, D, hidden, mask = make_selection_inputs(seed, ties=seed < 2)
-        sel = select_tokens(method, entropy=H, divergence=D, hidden=hidden, mask=mask, **overrides)
+        sel = select(method, entropy=H, divergence=D, hidden=hidden, mask=mask, **overrides)
         assert isinstance(sel, Selection)
         dec, evi, weights = naive_select(H, D, hidden, mask, **{**METHOD_KNOBS[method], **overrides})
         got_dec = {tuple(k) for k in sel.decision.nonzero().tolist()}
@@ -547,7 +554,7 @@ def test_select_tokens_matches_naive(method, overrides):
 
 def test_default_dear_selects_the_documented_counts():
     H, D, hidden, mask = make_selection_inputs(1)
-    sel = select_tokens("dear", entropy=H, divergence=D, hidden=hidden, mask=mask)
+    sel = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask)
     for i in range(mask.shape[0]):
         n = int(mask[i].sum())
         assert int(sel.decision[i].sum()) == math.ceil(0.2 * n)
@@ -557,7 +564,7 @@ def test_default_dear_selects_the_documented_counts():
 def test_count_is_not_bumped_by_float_rounding():
     mask = torch.ones(1, 50, dtype=torch.bool)
     H = torch.arange(50.0)[None]
-    sel = select_tokens("entropy", entropy=H, divergence=H, hidden=None, mask=mask, decision_ratio=0.14)
+    sel = select("entropy", entropy=H, divergence=H, hidden=None, mask=mask, decision_ratio=0.14)
     assert 0.14 * 50 > 7  # 7.000000000000001 in floats
     assert int(sel.decision.sum()) == 7
     assert sel.decision[0, 43:].all()
@@ -568,7 +575,7 @@ def test_ties_go_to_the_lower_position():
     mask[0, 1:] = True
     mask[1, :5] = True
     H = torch.full((2, 8), 0.5)
-    sel = select_tokens("entropy", entropy=H, divergence=H, hidden=None, mask=mask, decision_ratio=0.3)
+    sel = select("entropy", entropy=H, divergence=H, hidden=None, mask=mask, decision_ratio=0.3)
     assert sel.decision[0].nonzero().flatten().tolist() == [1, 2, 3]  # ⌈0.3·7⌉ = 3, first three
     assert sel.decision[1].nonzero().flatten().tolist() == [0, 1]  # ⌈0.3·5⌉ = 2
 
@@ -578,8 +585,9 @@ def test_ties_go_to_the_lower_position():
 @pytest.mark.parametrize("scope", ["sequence", "batch"])
 def test_masked_positions_are_never_selected(method, scope):
     H, D, hidden, mask = make_selection_inputs(2)
-    sel = select_tokens(method, entropy=H, divergence=D, hidden=hidden, mask=mask, scope=scope,
-                        generator=torch.Generator().manual_seed(0))
+    scoped = {} if method == "opd" else {"scope": scope}  # opd selects everything: it has no scope knob
+    sel = select(method, entropy=H, divergence=D, hidden=hidden, mask=mask, generator=torch.Generator().manual_seed(0),
+                 **scoped)
     assert (sel.weights[~mask] == 0).all()
     assert not sel.decision[~mask].any() and not sel.evidence[~mask].any()
     assert torch.isfinite(sel.weights).all()
@@ -610,7 +618,7 @@ def naive_tip(H, D, mask, tip_ratio=0.5, scope="sequence"):
 def test_tip_matches_naive(overrides):
     for seed in range(3):
         H, D, hidden, mask = make_selection_inputs(seed)
-        sel = select_tokens("tip", entropy=H, divergence=D, hidden=None, mask=mask, **overrides)
+        sel = select("tip", entropy=H, divergence=D, hidden=None, mask=mask, **overrides)
         got = {tuple(k) for k in (sel.weights > 0).nonzero().tolist()}
         assert got == naive_tip(H, D, mask, **overrides)
         assert set(sel.weights.unique().tolist()) <= {0.0, 1.0}
@@ -618,7 +626,7 @@ def test_tip_matches_naive(overrides):
 
 def test_random_counts_determinism_and_uniformity():
     H, D, hidden, mask = make_selection_inputs(3)
-    pick = lambda seed, **kw: select_tokens("random", entropy=H, divergence=D, hidden=None, mask=mask,  # noqa: E731
+    pick = lambda seed, **kw: select("random", entropy=H, divergence=D, hidden=None, mask=mask,  # noqa: E731
                                             generator=torch.Generator().manual_seed(seed), **kw).weights
     a, b, c = pick(0), pick(0), pick(1)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -632,7 +640,7 @@ def test_random_counts_determinism_and_uniformity():
     # uniform: each of 10 response positions is picked with probability 4/10
     many = torch.zeros(4000, 12, dtype=torch.bool)
     many[:, 1:11] = True
-    w = select_tokens("random", entropy=many.float(), divergence=many.float(), hidden=None, mask=many,
+    w = select("random", entropy=many.float(), divergence=many.float(), hidden=None, mask=many,
                       generator=torch.Generator().manual_seed(5)).weights
     freq = (w > 0).float().mean(0)
     assert (freq[[0, 11]] == 0).all()
@@ -649,7 +657,7 @@ def test_selection_stats_matches_naive(ties):
     rkl = torch.rand(B, T, generator=g)
     rkl[~mask] = 1e6
     signals = Signals(entropy=H, divergence=D, reverse_kl=rkl, student_argmax=s_arg, teacher_argmax=t_arg)
-    sel = select_tokens("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, w_other=0.0)
+    sel = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, w_other=0.0)
     stats = selection_stats(sel, signals, mask)
 
     keys = [(i, t) for i in range(B) for t in range(T) if mask[i, t]]
@@ -676,7 +684,7 @@ def test_selection_stats_matches_naive(ties):
     assert stats["cyw_in_evidence"] == pytest.approx(len(cyw & evi) / len(cyw))
     assert stats["cyw_in_selected"] == pytest.approx(len(cyw & (dec | evi)) / len(cyw))
     # an empty group is NaN, not a misleading 0
-    opd = select_tokens("opd", entropy=H, divergence=D, hidden=None, mask=mask)
+    opd = select("opd", entropy=H, divergence=D, hidden=None, mask=mask)
     assert math.isnan(selection_stats(opd, signals, mask)["entropy_evidence"])
 
 
@@ -690,7 +698,7 @@ def test_cosine_is_against_the_sequence_own_decisions_only():
     hidden[0, 4] = torch.tensor([0.0, 1.0])
     hidden[1, :, 1] = 1.0  # sequence 1 all along e1 except position 2
     hidden[1, 2] = torch.tensor([1.0, 0.0])
-    sel = select_tokens("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, decision_ratio=0.1,
+    sel = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, decision_ratio=0.1,
                         evidence_ratio=0.6)  # 1 decision (position 0), 4 evidence of 5
     assert sel.evidence[0].nonzero().flatten().tolist() == [1, 2, 3, 5]
     assert sel.evidence[1].nonzero().flatten().tolist() == [1, 3, 4, 5]
@@ -710,7 +718,7 @@ BAD_KNOBS = [
     ({"w_evi": -0.5}, r"w_evi must be"),
     ({"w_other": float("inf")}, r"w_other must be a finite number >= 0"),
     ({"mode": "top"}, r"mode must be one of topk, threshold; got 'top'"),
-    ({"mode": "threshold"}, r"h_min must be a number"),
+    ({"mode": "threshold", "h_min": None}, r"h_min must be a number"),
     ({"scope": "global"}, r"scope must be one of sequence, batch"),
     ({"agg": "min"}, r"agg must be one of max, mean"),
     ({"direction": "left"}, r"direction must be one of both, before, after"),
@@ -719,24 +727,23 @@ BAD_KNOBS = [
     ({"window": 2.5}, r"window must be an integer >= 0 or None"),
     ({"confident_only": "yes"}, r"confident_only must be true or false"),
     ({"similarity": "dot"}, r"similarity must be one of cosine, none"),
-    ({"rho": 0.2}, r"unknown selection knob\(s\) rho; known knobs: "),
+    ({"rho": 0.2}, r"method.rho is not a knob of method=dear .*; valid keys: "),
 ]
 
 
 @pytest.mark.parametrize("overrides,message", BAD_KNOBS)
 def test_bad_knobs_raise_one_line_value_errors(overrides, message):
     H, D, hidden, mask = make_selection_inputs(0)
+    method = "tip" if "tip_ratio" in overrides else "dear"  # the knob's own method
     with pytest.raises(ValueError, match=message) as err:
-        select_tokens("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, **overrides)
+        select(method, entropy=H, divergence=D, hidden=hidden, mask=mask, **overrides)
     assert "\n" not in str(err.value)
 
 
 def test_other_user_errors():
     H, D, hidden, mask = make_selection_inputs(0)
-    with pytest.raises(ValueError, match=r"unknown method 'deer'; choose one of opd, entropy, tip, random, dear"):
-        select_tokens("deer", entropy=H, divergence=D, hidden=hidden, mask=mask)
     with pytest.raises(ValueError, match="hidden must be given"):
-        select_tokens("dear", entropy=H, divergence=D, hidden=None, mask=mask)
+        select("dear", entropy=H, divergence=D, hidden=None, mask=mask)
     zs, zt = make_logits(0)
     w = make_mask().float()
     for kwargs, message in [({"kind": "kl"}, r"kind must be one of reverse_kl, forward_kl, jsd, pg"),

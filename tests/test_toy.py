@@ -175,7 +175,7 @@ def test_building_a_model_leaves_the_global_random_stream_alone(tmp_path):
 
 
 def test_an_unknown_build_schedule_is_refused_before_training():
-    with pytest.raises(ValueError, match="schedule 'linear'"):
+    with pytest.raises(ValueError, match="schedule must be one of cosine, constant; got 'linear'"):
         ToyModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, train_steps=1, schedule="linear")
 
 
@@ -189,13 +189,10 @@ def test_the_shared_schedule_warms_up_then_holds_or_decays():
 
 
 @pytest.mark.parametrize("name", ["toy-student", "toy-student-s", "toy-student-l",
-                                  "toy-teacher", "toy-teacher-s", "toy-teacher-l"])
-def test_a_toy_preset_is_the_same_in_both_groups(name):
-    """model=toy-teacher (dear-eval) and teacher=toy-teacher must build the same cached model."""
-    from pathlib import Path
+                                  "toy-teacher", "toy-teacher-s", "toy-teacher-l", "qwen-7b", "smollm2-135m"])
+def test_a_teacher_preset_is_the_model_preset(name):
+    """teacher=X composes conf/model/X.yaml itself, so dear-eval model=X scores the same cached model."""
+    from conftest import compose
 
-    import yaml
-
-    conf = Path(__file__).resolve().parents[1] / "dear" / "conf"
-    model, teacher = (yaml.safe_load((conf / group / f"{name}.yaml").read_text()) for group in ("model", "teacher"))
-    assert model == teacher
+    cfg = compose([f"model={name}", f"teacher={name}"])
+    assert cfg.teacher == cfg.model and cfg.teacher.name == name

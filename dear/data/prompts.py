@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from dear.data.toy import ToyTask, ToyTaskConfig, prompt_text
+from dear.data.toy import ToyTask, prompt_text
+from dear.schema import DataConfig, ToyTaskConfig
 
 
 class PromptStream(IterableDataset):
@@ -36,7 +37,7 @@ def cycle_draw(prompts: list[str]) -> Callable[[random.Random], str]:
     return draw
 
 
-def prompt_loader(data_cfg, toy_task: ToyTaskConfig, tokenizer, *, chat_template: bool, batch_size: int,
+def prompt_loader(data_cfg: DataConfig, toy_task: ToyTaskConfig, tokenizer, *, chat_template: bool, batch_size: int,
                   seed: int) -> DataLoader:
     if data_cfg.name == "toy":
         task = ToyTask(toy_task)
@@ -44,7 +45,6 @@ def prompt_loader(data_cfg, toy_task: ToyTaskConfig, tokenizer, *, chat_template
     else:
         from dear.data.benchmarks import format_prompt, load_benchmark
 
-        options = dict(data_cfg.get("options") or {})
-        problems = load_benchmark(data_cfg.name, limit=data_cfg.get("limit"), seed=seed, **options)
+        problems = load_benchmark(data_cfg.name, limit=data_cfg.limit, seed=seed, **(data_cfg.options or {}))
         draw = cycle_draw([format_prompt(p, tokenizer, chat_template=chat_template) for p in problems])
     return DataLoader(PromptStream(draw, seed), batch_size=batch_size, collate_fn=list)

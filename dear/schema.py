@@ -1,0 +1,474 @@
+"""The schema of every config dear reads: types, ranges and choices, checked right after composition.
+
+A YAML file under ``conf/`` says *what* a run uses; this module says what is *allowed*. Each
+config section is a frozen dataclass whose fields carry their type (``Literal`` for choices,
+``Annotated[..., Range(...)]`` for bounds); building one checks every field, so a bad value
+fails where it is written, in one line that names the key::
+
+    method.decision_ratio must be a number in [0, 1], got 1.5
+    model.toy.lr is not a setting of model.toy; valid keys: batch_size, hidden_size, ...
+
+`load` turns a composed config (a plain mapping) into these dataclasses: unknown keys, missing
+keys, wrong types and out-of-range values are all refused with a `ConfigError` before anything
+is built or loaded. The YAML files are the one table of values: no field has a default, except
+that a field typed ``X | None`` may be left out of a YAML file ("not set") and the toy recipes
+keep defaults for building small models in code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from dear.errors import DearError
+
+
+class ConfigError(DearError, ValueError):
+    """A config value the schema refuses: one line naming the key, what is allowed and what was given."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number: ``low <= x <= high`` (``low < x`` when ``open_low``); finite unless said."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a number"
+        if self.high < math.inf and self.low > -math.inf:
+            return f"{kind} in [{_fmt(self.low)}, {_fmt(self.high)}]"
+        if self.low > -math.inf:
+            op = ">" if self.open_low else ">="
+            return f"{kind} {op} {_fmt(self.low)}" if integer else f"a finite number {op} {_fmt(self.low)}"
+        return kind
+
+    def holds(self, x: float) -> bool:
+        above = x > self.low if self.open_low else x >= self.low
+        return above and x <= self.high and math.isfinite(x)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+Ratio = Annotated[float, Range(0.0, 1.0)]
+NonNegative = Annotated[float, Range(0.0)]
+Positive = Annotated[float, Range(0.0, open_low=True)]
+Count = Annotated[int, Range(0)]  # 0, 1, 2, ...
+PositiveInt = Annotated[int, Range(1)]
+
+Selector = Literal["all", "entropy", "dear", "tip", "random"]
+Divergence = Literal["reverse_kl", "forward_kl", "jsd", "logratio"]  # the signal D_t
+LossKind = Literal["reverse_kl", "forward_kl", "jsd", "pg"]  # the per-token loss ℓ_t
+Normalization = Literal["selected", "all", "sequence"]
+Schedule = Literal["cosine", "constant"]
+# Which knobs each selector reads (the schema of the method group; values live in conf/method/).
+SELECTOR_KNOBS: dict[str, tuple[str, ...]] = {
+    "all": (),
+    "entropy": ("decision_ratio", "mode", "h_min", "scope"),
+    "dear": ("decision_ratio", "evidence_ratio", "mode", "h_min", "scope", "agg", "direction", "window", "boost",
+             "lam", "confident_only", "similarity", "w_dec", "w_evi", "w_other", "hidden_layer"),
+    "tip": ("tip_ratio", "scope"),
+    "random": ("decision_ratio", "evidence_ratio", "scope"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking one value against one type
+# ---------------------------------------------------------------------------------------------
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), optional
+    return tp, False
+
+
+def _describe(tp: Any, show_none: bool = True) -> str:
+    tp, optional = _strip_optional(tp)
+    suffix = " or None" if optional and show_none else ""
+    if typing.get_origin(tp) is Annotated:
+        base, *meta = typing.get_args(tp)
+        rng = next((m for m in meta if isinstance(m, Range)), None)
+        return (rng.describe(base is int) if rng else _describe(base)) + suffix
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp))) + suffix
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp)) + suffix
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(tp, getattr(tp, "__name__", str(tp))) + suffix
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        return optional
+    if typing.get_origin(tp) is Annotated:
+        base, *meta = typing.get_args(tp)
+        rng = next((m for m in meta if isinstance(m, Range)), None)
+        return _matches(value, base) and (rng is None or rng.holds(float(value)))
+    if typing.get_origin(tp) is Literal:
+        return any(value == c and type(value) is type(c) for c in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is dict:
+        return isinstance(value, dict)
+    return isinstance(value, tp)
+
+
+def check_value(key: str, value: Any, tp: Any, show_none: bool = True) -> None:
+    """Raise a one-line `ConfigError` unless ``value`` is of type ``tp`` (and within its range).
+
+    ``show_none=False``: None is allowed but not worth mentioning (a knob that is simply unused)."""
+    if not _matches(value, tp):
+        tp_shown, _ = _strip_optional(tp)
+        sep = "; got" if typing.get_origin(tp_shown) is Literal else ", got"
+        raise ConfigError(f"{key} must be {_describe(tp, show_none)}{sep} {value!r}")
+
+
+class Schema:
+    """Base of every config section: building an instance checks each field's type and range."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self), include_extras=True)
+        prefix = getattr(self, "_path", "")
+        for f in fields(self):  # type: ignore[arg-type]
+            if dataclasses.is_dataclass(hints[f.name]):
+                continue  # a nested section checked itself when it was built
+            check_value(f"{prefix}{f.name}", getattr(self, f.name), hints[f.name], self.none_is_a_value(f.name))
+        self.check()
+
+    def none_is_a_value(self, name: str) -> bool:
+        """Whether None is a meaningful setting of field ``name`` (said in its error message)."""
+        return True
+
+    def check(self) -> None:
+        """Rules across fields; subclasses override."""
+
+
+def _fields_of(cls: type, data: dict) -> tuple[list[str], list[str]]:
+    """(allowed keys, required keys) of a section given its data (a hook lets a section vary them)."""
+    if hasattr(cls, "keys_for"):
+        return cls.keys_for(data)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    allowed = [f.name for f in fields(cls) if not f.name.startswith("_")]
+    required = [k for k in allowed if not _strip_optional(hints[k])[1]]
+    return allowed, required
+
+
+def load(cls: type, data: Any, path: str = "") -> Any:
+    """Build section ``cls`` from a plain mapping: unknown or missing keys and bad values are refused."""
+    where = path.rstrip(".") or "the config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, got {data!r}")
+    allowed, required = _fields_of(cls, data)
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{path}{key} is not a setting of {where}; valid keys: {', '.join(sorted(allowed))}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{where} is missing {', '.join(path + k for k in missing)}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name.startswith("_"):
+            continue
+        value = data.get(f.name)
+        inner, _ = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(inner) and value is not None:
+            value = load(inner, value, f"{path}{f.name}.")
+        values[f.name] = value
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "_path", path)
+    obj.__init__(**values)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# The sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToyTaskConfig(Schema):
+    """The embedded procedural task (``dear/data/toy.py``): a row of digits added as running totals."""
+
+    # Defaults for programmatic use only; they equal conf/toy_task/default.yaml (a test holds them together).
+    min_terms: Annotated[int, Range(2)] = 3
+    max_terms: PositiveInt = 6
+    max_digit: Annotated[int, Range(1, 9)] = 9
+    max_chunk: PositiveInt = 2  # a step takes 1 … max_chunk digits: the branch
+    held_out: Count = 500
+    seed: Count = 1234  # fixes the held-out split, independent of the run's seed
+
+    def check(self) -> None:
+        if self.max_terms < self.min_terms:
+            raise ConfigError(f"toy_task.max_terms ({self.max_terms}) must be >= toy_task.min_terms ({self.min_terms})")
+
+
+@dataclass(frozen=True)
+class ToyModelSpec(Schema):
+    """Architecture and training recipe of a toy model (``dear/toy_models.py``); the cache key hashes it."""
+
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    intermediate_size: PositiveInt
+    train_steps: PositiveInt
+    # Defaults for building test models in code; every preset under conf/ spells all of them.
+    batch_size: PositiveInt = 128
+    lr: Positive = 3e-3
+    seed: Count = 0
+    slip_rate: Ratio = 0.1  # share of totals shown miscomputed (loss masked there): see noisy_solution
+    schedule: Schedule = "cosine"  # cosine (decays to 0) | constant (after warm-up)
+
+    def check(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"{self._where()}hidden_size ({self.hidden_size}) must be a multiple of num_heads "
+                              f"({self.num_heads})")
+
+    def _where(self) -> str:
+        return getattr(self, "_path", "")
+
+
+@dataclass(frozen=True)
+class ModelPreset(Schema):
+    """Where a model's weights come from and how prompts are formatted for it (conf/model/)."""
+
+    name: str
+    source: Literal["hub", "toy", "smollm2"]
+    dtype: Literal["float32", "bfloat16", "float16"]
+    chat_template: bool  # format prompts with the tokenizer's chat template
+    context_length: PositiveInt
+    path: str | None = None  # a local folder made by save_pretrained; wins over everything else
+    hub_id: str | None = None
+    revision: str | None = None
+    toy: ToyModelSpec | None = None
+
+    def check(self) -> None:
+        group = getattr(self, "_path", "model.").rstrip(".")
+        if self.source == "toy" and self.toy is None and not self.path:
+            raise ConfigError(f"{group}.toy (the toy recipe) is required when {group}.source is toy")
+        if self.source == "hub" and not self.hub_id and not self.path:
+            raise ConfigError(f"{group}.hub_id or {group}.path is required when {group}.source is hub")
+        if self.path:
+            folder = Path(self.path).expanduser()
+            if not (folder / "config.json").is_file():
+                raise ConfigError(f"{group}.path={folder} holds no Hugging Face model for {self.name} (no "
+                                  f"config.json); point it at a folder made by save_pretrained")
+
+
+@dataclass(frozen=True)
+class MethodConfig(Schema):
+    """A method (conf/method/): which tokens carry the loss (DESIGN §2) and the signal D_t it uses.
+
+    name: the method's name in tables; divergence: the signal D_t (reverse_kl | forward_kl | jsd |
+    logratio); selector: which selection runs, ``all`` (every response token), ``entropy``
+    (decisions only), ``dear`` (decisions and evidence), ``tip`` (soft-OR of entropy and divergence)
+    or ``random`` (as many tokens as DEAR, at random). Knobs, each None when the selector does not
+    read it (`SELECTOR_KNOBS`): decision_ratio ρ_d, evidence_ratio ρ_e, tip_ratio; mode topk |
+    threshold (decisions are ``H_t ≥ h_min``); scope sequence | batch (where the top-k is taken);
+    agg max | mean over the allowed decisions; direction both | before (evidence before its
+    decision) | after; window ``|t - d| ≤ window`` or None (anywhere); boost multiplicative |
+    additive | none with weight lam; confident_only: only ``H_t ≤`` the sequence median compete as
+    evidence; similarity cosine | none (``cos ≡ 1``); w_dec, w_evi, w_other: the weights of
+    decisions, evidence and the rest; hidden_layer: the student layer whose states are compared
+    (-1: the one the LM head reads).
+    """
+
+    name: str
+    divergence: Divergence
+    selector: Selector
+    decision_ratio: Ratio | None = None
+    evidence_ratio: Ratio | None = None
+    tip_ratio: Ratio | None = None
+    mode: Literal["topk", "threshold"] | None = None
+    h_min: float | None = None
+    scope: Literal["sequence", "batch"] | None = None
+    agg: Literal["max", "mean"] | None = None
+    direction: Literal["both", "before", "after"] | None = None
+    window: Count | None = None
+    boost: Literal["multiplicative", "additive", "none"] | None = None
+    lam: NonNegative | None = None
+    confident_only: bool | None = None
+    similarity: Literal["cosine", "none"] | None = None
+    w_dec: NonNegative | None = None
+    w_evi: NonNegative | None = None
+    w_other: NonNegative | None = None
+    hidden_layer: int | None = None
+
+    @classmethod
+    def keys_for(cls, data: dict) -> tuple[list[str], list[str]]:
+        """Allowed and required keys: the common ones plus the knobs of the method's selector."""
+        path = "method."
+        check_value(f"{path}selector", data.get("selector"), Selector)
+        keys = ["name", "divergence", "selector", *SELECTOR_KNOBS[data["selector"]]]
+        for key in data:
+            if key not in keys:
+                reads = "reads no knobs" if not SELECTOR_KNOBS[data["selector"]] else "does not read it"
+                raise ConfigError(f"{path}{key} is not a knob of method={data.get('name')} (selector "
+                                  f"{data['selector']} {reads}); valid keys: {', '.join(sorted(keys))}")
+        return keys, [k for k in keys if k not in ("h_min", "window")]
+
+    def none_is_a_value(self, name: str) -> bool:
+        return name == "window"  # every other knob is None only when its selector does not read it
+
+    def check(self) -> None:
+        reads = SELECTOR_KNOBS[self.selector]
+        unused = [f.name for f in fields(self) if f.name not in ("name", "divergence", "selector")
+                  and f.name not in reads and getattr(self, f.name) is not None]
+        if unused:
+            raise ConfigError(f"selector {self.selector} does not read {', '.join(unused)}")
+        if self.mode == "threshold" and (self.h_min is None or math.isnan(self.h_min)):
+            raise ConfigError(f"h_min must be a number (the entropy threshold, nats) when mode='threshold', "
+                              f"got {self.h_min!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig(Schema):
+    """Training prompts (conf/data/): the toy task's stream, or a benchmark loader's prompts cycled."""
+
+    name: str
+    limit: Count | None = None
+    options: dict | None = None  # extra keyword arguments of the loader
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig(Schema):
+    """Held-out evaluation (conf/benchmark/): which problems, how long an answer may be, how sampled."""
+
+    name: str
+    max_new_tokens: PositiveInt
+    limit: Count | None = None
+    samples: PositiveInt | None = None  # k responses per problem (pass@k); None = 1
+    temperature: NonNegative | None = None  # 0 or None = greedy
+    options: dict | None = None
+
+    def check(self) -> None:
+        if (self.samples or 1) > 1 and not self.temperature:
+            raise ConfigError(f"benchmark.samples={self.samples} needs benchmark.temperature > 0 "
+                              f"(greedy decoding gives one answer per problem)")
+
+
+@dataclass(frozen=True)
+class TrainerConfig(Schema):
+    """Lightning trainer settings (conf/trainer/)."""
+
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"]
+    devices: PositiveInt | Literal["auto"]
+    precision: Literal["32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"]
+    threads: PositiveInt | None = None  # torch intra-op threads; None = torch's default
+
+
+@dataclass(frozen=True)
+class LoggerConfig(Schema):
+    """Where per-step logs go (conf/logger/): wandb (offline unless offline=false), csv or none."""
+
+    name: Literal["wandb", "csv", "none"]
+    project: str | None = None
+    entity: str | None = None
+    offline: bool | None = None
+
+    def check(self) -> None:
+        if self.name == "wandb" and (self.project is None or self.offline is None):
+            raise ConfigError("logger=wandb needs logger.project and logger.offline")
+
+
+@dataclass(frozen=True)
+class RolloutConfig(Schema):
+    n: PositiveInt  # samples per prompt
+    temperature: Positive  # sampling temperature of the student
+    max_new_tokens: PositiveInt
+
+
+@dataclass(frozen=True)
+class OptimConfig(Schema):
+    lr: Positive
+    warmup_steps: Count
+    schedule: Schedule
+    weight_decay: NonNegative
+    grad_clip: NonNegative  # 0 turns clipping off
+
+
+@dataclass(frozen=True)
+class LossConfig(Schema):
+    kind: LossKind
+    normalize: Normalization
+    temperature: Positive  # distillation temperature τ
+    beta: Ratio  # jsd's mixture weight (the loss and a jsd signal D_t)
+
+
+@dataclass(frozen=True)
+class EvalSettings(Schema):
+    every: Count  # evaluate every this many steps (and before and after training); 0 = ends only
+    kl_prompts: Count  # held-out prompts sampled for the on-policy reverse KL
+    batch_size: PositiveInt
+
+
+@dataclass(frozen=True)
+class TrainConfig(Schema):
+    """Everything ``dear-train`` reads (conf/train.yaml and its groups)."""
+
+    seed: Count
+    cache_dir: str
+    steps: Count
+    batch_size: PositiveInt  # prompts per step
+    model: ModelPreset
+    teacher: ModelPreset
+    method: MethodConfig
+    data: DataConfig
+    benchmark: BenchmarkConfig
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    toy_task: ToyTaskConfig
+    rollout: RolloutConfig
+    optim: OptimConfig
+    loss: LossConfig
+    eval: EvalSettings
+    ckpt_path: str | None = None  # a checkpoint to resume from
+
+    def check(self) -> None:
+        if self.ckpt_path and not Path(self.ckpt_path).expanduser().is_file():
+            raise ConfigError(f"ckpt_path={self.ckpt_path} does not exist; give a run's checkpoints/last.ckpt")
+
+
+@dataclass(frozen=True)
+class EvalAppSettings(Schema):
+    batch_size: PositiveInt
+
+
+@dataclass(frozen=True)
+class EvalConfig(Schema):
+    """Everything ``dear-eval`` reads (conf/eval.yaml and its groups)."""
+
+    seed: Count
+    cache_dir: str
+    model: ModelPreset
+    benchmark: BenchmarkConfig
+    toy_task: ToyTaskConfig
+    eval: EvalAppSettings
+    threads: PositiveInt | None = None
+
+
+def load_config(cfg: Any, cls: type = TrainConfig) -> Any:
+    """Check a composed config (a DictConfig or a mapping) against ``cls`` and return the typed sections."""
+    from omegaconf import DictConfig, OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    data = {k: v for k, v in data.items() if k != "hydra"}
+    return load(cls, data)

@@ -1,0 +1,93 @@
+"""One step of on-policy distillation, from a batch of rollouts to ``(loss, stats)``.
+
+Plain functions, no Lightning: the LightningModule (``dear/module.py``), the benchmark
+(``bench/bench_step.py``) and the evaluator's held-out KL (``dear/eval/runner.py``) all call
+them, so there is one forward pass and one step to read and to test.
+
+    rollout ──forward_pair──> student logits (grad), teacher logits, student hidden states
+            ──token_signals──> H_t, D_t, true KL, argmaxes          (dear/objective.py)
+            ──select_tokens──> per-token weights w_t                  (method)
+            ──distill_loss───> L = Σ w_t ℓ_t / normaliser            (loss)
+
+Alignment: the logits at column ``t`` predict token ``input_ids[:, t+1]``, so every tensor here is
+``[B, L-1, ...]`` and the response mask is ``rollout.target_mask``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dear import objective
+from dear.rollout import Rollout
+from dear.schema import LossConfig, MethodConfig
+
+
+@dataclass
+class Forward:
+    student_logits: Tensor  # [B, L-1, Vs]: column t predicts input_ids[:, t+1]; carries grad if asked
+    teacher_logits: Tensor  # [B, L-1, Vt], no grad
+    hidden: Tensor | None  # [B, L-1, H] detached student hidden states at the asked layer, or None
+
+
+def forward_pair(student, teacher, rollout: Rollout, *, hidden_layer: int | None = None,
+                 grad: bool = True) -> Forward:
+    """Run student and teacher over the same tokens (same attention mask and position ids).
+
+    ``hidden_layer``: index into the student's hidden states (-1: the last layer's output, which the
+    LM head reads); None skips them. ``grad=False`` runs the student without autograd too.
+    """
+    kw = dict(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+              position_ids=rollout.position_ids)
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        out = student(**kw, output_hidden_states=hidden_layer is not None)
+    with torch.no_grad():
+        t_logits = teacher(**kw).logits[:, :-1]
+    hidden = out.hidden_states[hidden_layer][:, :-1].detach() if hidden_layer is not None else None
+    return Forward(out.logits[:, :-1], t_logits, hidden)
+
+
+def step_signals(fwd: Forward, rollout: Rollout, method: MethodConfig, loss: LossConfig,
+                 vocab_size: int | None) -> objective.Signals:
+    """The per-token signals of one batch (no grad): entropy, the method's D_t, the true KL, argmaxes."""
+    return objective.token_signals(
+        fwd.student_logits.detach(), fwd.teacher_logits, rollout.target_mask, sampled_ids=rollout.input_ids[:, 1:],
+        divergence=method.divergence, temperature=loss.temperature, beta=loss.beta, vocab_size=vocab_size)
+
+
+def distill_step(student, teacher, rollout: Rollout, method: MethodConfig, loss: LossConfig, *,
+                 vocab_size: int | None, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Forward both models, select the tokens that count, and return the weighted loss and step stats.
+
+    The loss carries the student's graph (call ``backward`` on it); stats are floats named as they
+    are logged (``train/...``): the selection diagnostics of `objective.selection_stats`, the loss and
+    the mean response length.
+    """
+    fwd = forward_pair(student, teacher, rollout,
+                       hidden_layer=method.hidden_layer if method.selector == "dear" else None)
+    mask, targets = rollout.target_mask, rollout.input_ids[:, 1:]
+    signals = step_signals(fwd, rollout, method, loss, vocab_size)
+    selection = objective.select_tokens(method, entropy=signals.entropy, divergence=signals.divergence,
+                                        hidden=fwd.hidden, mask=mask, generator=generator)
+    value, loss_stats = objective.distill_loss(
+        fwd.student_logits, fwd.teacher_logits, selection.weights, kind=loss.kind, sampled_ids=targets, mask=mask,
+        normalize=loss.normalize, temperature=loss.temperature, beta=loss.beta, vocab_size=vocab_size)
+    stats = {f"train/{k}": v for k, v in objective.selection_stats(selection, signals, mask).items()
+             if not math.isnan(v)}
+    stats["train/loss"] = float(loss_stats["loss"])
+    stats["train/response_tokens"] = float(mask.sum()) / mask.shape[0]
+    return value, stats
+
+
+@torch.no_grad()
+def rollout_reverse_kl(student, teacher, rollout: Rollout, vocab_size: int | None,
+                       temperature: float = 1.0) -> tuple[float, int]:
+    """``(Σ KL(p‖q), number of response tokens)`` over a batch of rollouts: the held-out KL's terms."""
+    fwd = forward_pair(student, teacher, rollout, grad=False)
+    signals = objective.token_signals(fwd.student_logits, fwd.teacher_logits, rollout.target_mask,
+                                      temperature=temperature, vocab_size=vocab_size)
+    return float(signals.reverse_kl.sum()), int(rollout.target_mask.sum())
