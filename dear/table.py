@@ -30,7 +30,10 @@ def load_runs(roots: list[Path]) -> list[dict]:
     runs = []
     for root in roots:
         for path in sorted(root.rglob("metrics.json")):
-            record = json.loads(path.read_text())
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise DearError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); fix or delete it") from e
             if record.get("status") == "complete" and "benchmarks" in record:
                 runs.append(record)
     return runs
@@ -71,8 +74,22 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def read_grid(grid_file: Path) -> dict:
+    """The grid file's mapping: ``overrides`` (a list), ``sweep`` (key: list of values), ``output``."""
+    try:
+        grid = yaml.safe_load(grid_file.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        raise DearError(f"{grid_file} is not valid YAML{f' (line {where.line + 1})' if where else ''}") from e
+    if not isinstance(grid, dict) or not isinstance(grid.get("overrides", []), list) or not isinstance(
+            grid.get("sweep", {}), dict) or not all(isinstance(v, list) for v in grid.get("sweep", {}).values()):
+        raise DearError(f"{grid_file} must map overrides to a list and sweep to lists of values "
+                        f"(see conf/table/toy.yaml)")
+    return grid
+
+
 def run_grid(grid_file: Path, extra: list[str]) -> Path:
-    grid = yaml.safe_load(grid_file.read_text())
+    grid = read_grid(grid_file)
     out = Path(grid.get("output", "outputs/tables")) / grid_file.stem
     sweep = [f"{k}={','.join(map(str, v))}" for k, v in grid.get("sweep", {}).items()]
     cmd = [str(Path(sys.executable).parent / "dear-train"), "-m", *grid.get("overrides", []), *sweep, *extra,
@@ -98,6 +115,11 @@ def main(argv: list[str]) -> None:
         elif extra:
             raise DearError(f"unknown arguments {' '.join(extra)} (overrides are only taken with --run)")
         roots = roots or [Path("outputs")]
+        missing = [str(r) for r in roots if not r.is_dir()]
+        if [m for m in missing if "=" in m]:
+            raise DearError(f"no folder {', '.join(missing)} (overrides are only taken with --run)")
+        if missing:
+            raise DearError(f"no folder {', '.join(missing)}; give the folders that hold the runs")
         runs = load_runs(roots)
         if not runs:
             raise DearError(f"no finished runs (metrics.json) under {', '.join(map(str, roots))}")
