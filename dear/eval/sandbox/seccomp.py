@@ -1,0 +1,119 @@
+"""A seccomp filter for every program the sandbox runs, built as classic BPF with ctypes.
+
+It refuses, with ``EPERM`` unless noted:
+
+* ``socket`` for any family but ``AF_UNIX`` (``EAFNOSUPPORT``): no ``AF_INET``/``AF_INET6`` (the
+  network namespace has nothing to reach anyway), ``AF_VSOCK`` (which would leave the machine),
+  ``AF_NETLINK``, ``AF_PACKET``, ...;
+* new namespaces (``unshare``, ``setns``, ``clone`` with a ``CLONE_NEW*`` flag; ``clone3`` gets
+  ``ENOSYS`` so the C library falls back to ``clone``, whose flags can be checked);
+* reaching other processes' memory (``ptrace``, ``process_vm_readv``/``writev``);
+* mounts, keyrings, BPF, perf events, ``userfaultfd``, ``io_uring`` (which can open sockets
+  without ``socket(2)``), file handles (``open_by_handle_at``), kernel modules and ``kexec``;
+* any system call of another ABI (32-bit ``int 0x80`` or x32 on x86_64).
+
+Only x86_64 and aarch64 are known here; elsewhere :func:`install` raises ``OSError`` and the
+sandbox cannot claim full isolation. Standard library only: this file runs in the bootstrap.
+"""
+
+import ctypes
+import errno
+import os
+import struct
+
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+RET_ALLOW, RET_ERRNO, RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
+LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+OFFSET_NR, OFFSET_ARCH, OFFSET_ARG0 = 0, 4, 16  # struct seccomp_data; arg0's low 32 bits (little-endian)
+AF_UNIX = 1
+CLONE_NEW_ANY = 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00020000 | 0x80
+
+ARCHES = {
+    # machine: (AUDIT_ARCH_*, first number of a foreign ABI or None, {name: number})
+    "x86_64": (0xC000003E, 0x40000000, dict(
+        socket=41, clone=56, clone3=435, ptrace=101, process_vm_readv=310, process_vm_writev=311,
+        unshare=272, setns=308, mount=165, umount2=166, pivot_root=155, chroot=161, keyctl=250,
+        add_key=248, request_key=249, bpf=321, perf_event_open=298, userfaultfd=323, io_uring_setup=425,
+        io_uring_enter=426, io_uring_register=427, open_by_handle_at=304, name_to_handle_at=303,
+        fsopen=430, fsconfig=431, fsmount=432, move_mount=429, open_tree=428, mount_setattr=442,
+        kexec_load=246, kexec_file_load=320, init_module=175, finit_module=313, delete_module=176,
+        swapon=167, swapoff=168, reboot=169, acct=163, quotactl=179, syslog=103,
+    )),
+    "aarch64": (0xC00000B7, None, dict(
+        socket=198, clone=220, clone3=435, ptrace=117, process_vm_readv=270, process_vm_writev=271,
+        unshare=97, setns=268, mount=40, umount2=39, pivot_root=41, chroot=51, keyctl=219,
+        add_key=217, request_key=218, bpf=280, perf_event_open=241, userfaultfd=282, io_uring_setup=425,
+        io_uring_enter=426, io_uring_register=427, open_by_handle_at=265, name_to_handle_at=264,
+        fsopen=430, fsconfig=431, fsmount=432, move_mount=429, open_tree=428, mount_setattr=442,
+        kexec_load=104, kexec_file_load=294, init_module=105, finit_module=273, delete_module=106,
+        swapon=224, swapoff=225, reboot=142, acct=89, quotactl=60, syslog=116,
+    )),
+}
+
+
+def program(machine: str) -> list:
+    """The filter as (code, jt, jf, k) tuples, jump targets resolved."""
+    if machine not in ARCHES:
+        raise OSError(errno.ENOSYS, "no seccomp filter for %s" % machine)
+    audit_arch, foreign, numbers = ARCHES[machine]
+    denied = sorted(v for k, v in numbers.items() if k not in ("socket", "clone", "clone3"))
+    # Instructions with symbolic jump targets: ("jeq", k, label_true, label_false); None = next.
+    code = [("ld", OFFSET_ARCH), ("jeq", audit_arch, None, "kill"), ("ld", OFFSET_NR)]
+    if foreign is not None:
+        code.append(("jge", foreign, "eperm", None))
+    code += [("jeq", nr, "eperm", None) for nr in denied]
+    code += [
+        ("jeq", numbers["socket"], "socket", None),
+        ("jeq", numbers["clone"], "clone", None),
+        ("jeq", numbers["clone3"], "enosys", None),
+        ("ret", RET_ALLOW),
+        ("label", "socket"), ("ld", OFFSET_ARG0), ("jeq", AF_UNIX, "allow", None),
+        ("ret", RET_ERRNO | errno.EAFNOSUPPORT),
+        ("label", "clone"), ("ld", OFFSET_ARG0), ("jset", CLONE_NEW_ANY, "eperm", "allow"),
+        ("label", "allow"), ("ret", RET_ALLOW),
+        ("label", "eperm"), ("ret", RET_ERRNO | errno.EPERM),
+        ("label", "enosys"), ("ret", RET_ERRNO | errno.ENOSYS),
+        ("label", "kill"), ("ret", RET_KILL_PROCESS),
+    ]
+    labels, position = {}, 0
+    for item in code:
+        if item[0] == "label":
+            labels[item[1]] = position
+        else:
+            position += 1
+    out, position = [], 0
+    for item in code:
+        op = item[0]
+        if op == "label":
+            continue
+        if op == "ld":
+            out.append((LD_W_ABS, 0, 0, item[1]))
+        elif op == "ret":
+            out.append((RET_K, 0, 0, item[1]))
+        else:
+            offsets = [0 if t is None else labels[t] - position - 1 for t in item[2:4]]
+            if not all(0 <= o < 256 for o in offsets):
+                raise ValueError("seccomp jump out of range")
+            out.append(({"jeq": JEQ_K, "jge": JGE_K, "jset": JSET_K}[op], offsets[0], offsets[1], item[1]))
+        position += 1
+    return out
+
+
+def install() -> None:
+    """Load the filter into this thread (inherited by its children and across ``execve``).
+
+    ``no_new_privs`` must be set first (the sandbox sets it just before).
+    """
+    instructions = program(os.uname().machine)
+    raw = b"".join(struct.pack("=HBBI", *ins) for ins in instructions)
+    buffer = ctypes.create_string_buffer(raw, len(raw))
+
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = Fprog(len(instructions), ctypes.addressof(buffer))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "seccomp: %s" % os.strerror(err))
