@@ -75,8 +75,8 @@ def build_evaluator(settings: TrainConfig | EvalConfig, loaded, *, vocab_size: i
     problems = load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
     return Evaluator(
         name=b.name, problems=problems, tokenizer=loaded.tokenizer, chat_template=loaded.chat_template,
-        max_new_tokens=b.max_new_tokens, batch_size=settings.eval.batch_size, samples=b.samples or 1,
-        temperature=b.temperature or 0.0, kl_prompts=kl_prompts, vocab_size=vocab_size, progress=progress)
+        max_new_tokens=b.max_new_tokens, batch_size=settings.eval.batch_size, samples=b.samples,
+        temperature=b.temperature, kl_prompts=kl_prompts, vocab_size=vocab_size, progress=progress)
 
 
 def build_loggers(settings: TrainConfig, run_dir: Path):

@@ -354,13 +354,13 @@ class BenchmarkConfig(Schema):
 
     name: str
     max_new_tokens: PositiveInt
+    samples: PositiveInt  # k responses per problem (pass@k, avg@k)
+    temperature: NonNegative  # 0 = greedy
     limit: Count | None = None
-    samples: PositiveInt | None = None  # k responses per problem (pass@k); None = 1
-    temperature: NonNegative | None = None  # 0 or None = greedy
     options: dict | None = None
 
     def check(self) -> None:
-        if (self.samples or 1) > 1 and not self.temperature:
+        if self.samples > 1 and not self.temperature:
             raise ConfigError(f"benchmark.samples={self.samples} needs benchmark.temperature > 0 "
                               f"(greedy decoding gives one answer per problem)")
 

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from dear.data.benchmarks import Problem, format_prompt
 from dear.eval.grading import grade
-from dear.objective import token_signals
 from dear.rollout import generate
+from dear.step import rollout_reverse_kl
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,7 @@ class Evaluator:
         for start in range(0, len(prompts), self.batch_size):
             r = generate(model, self.tokenizer, prompts[start:start + self.batch_size], n=1,
                          temperature=temperature, max_new_tokens=self.max_new_tokens)
-            kw = dict(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids)
-            s = model(**kw).logits[:, :-1]
-            t = teacher(**kw).logits[:, :-1]
-            sig = token_signals(s, t, r.target_mask, vocab_size=self.vocab_size)
-            total += float(sig.reverse_kl.sum())
-            count += int(r.target_mask.sum())
+            kl_sum, tokens = rollout_reverse_kl(model, teacher, r, self.vocab_size)  # the training step's forward
+            total += kl_sum
+            count += tokens
         return total / max(1, count)

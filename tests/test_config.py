@@ -1,0 +1,144 @@
+"""The config schema: every bad value, unknown key and missing path is refused in one line, at once.
+
+Compose-time tests: nothing here builds or loads a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, compose
+from dear.cli import choices, sweep_points, user_overrides
+from dear.config import train_config
+from dear.runs import config_record
+from dear.schema import ConfigError, MethodConfig, ToyTaskConfig, load
+
+BIN = Path(sys.executable).parent
+
+
+def dear(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEAR_OUTPUTS": str(cwd / "outputs"), "DEAR_CACHE": str(cwd / "cache")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+# One case per mistake a user has made: the arguments, then words the one line must hold.
+BAD_RUNS = [
+    (["model.toy.train_steps=-5"], ["model.toy.train_steps must be an integer >= 1, got -5"]),
+    (["model.toy.lr=fast"], ["model.toy.lr must be a finite number > 0, got 'fast'"]),
+    (["teacher.toy.hidden_size=50"], ["teacher.toy.hidden_size (50) must be a multiple of num_heads"]),
+    (["ckpt_path=/no/such/last.ckpt"], ["ckpt_path=/no/such/last.ckpt does not exist"]),
+    (["model=qwen-1.5b", "model.path=/no/such/dir"], ["model.path=/no/such/dir", "qwen-1.5b", "config.json"]),
+    (["teacher.path=/no/such/dir"], ["teacher.path=/no/such/dir", "config.json"]),
+    (["method=opd", "method.decision_ratio=0.3"], ["method.decision_ratio is not a knob of method=opd",
+                                                   "valid keys: divergence, name, selector"]),
+    (["method.decison_ratio=0.3"], ["method.decison_ratio is not a knob of method=dear", "decision_ratio",
+                                    "evidence_ratio"]),
+    (["method.decision_ratio=1.5"], ["method.decision_ratio must be a number in [0, 1], got 1.5"]),
+    (["method.boost=exp"], ["method.boost must be one of multiplicative, additive, none; got 'exp'"]),
+    (["method=tip", "method.tip_ratio=-1"], ["method.tip_ratio must be a number in [0, 1]"]),
+    (["method.mode=threshold", "method.h_min=null"], ["h_min must be a number"]),
+    (["rollout.n=0"], ["rollout.n must be an integer >= 1, got 0"]),
+    (["rollout.temperature=0"], ["rollout.temperature must be a finite number > 0"]),
+    (["optim.lr=-1e-3"], ["optim.lr must be a finite number > 0"]),
+    (["optim.schedule=linear"], ["optim.schedule must be one of cosine, constant"]),
+    (["loss.kind=kl"], ["loss.kind must be one of reverse_kl, forward_kl, jsd, pg"]),
+    (["loss.beta=2"], ["loss.beta must be a number in [0, 1], got 2"]),
+    (["steps=ten"], ["steps must be an integer >= 0, got 'ten'"]),
+    (["seed=-1"], ["seed must be an integer >= 0"]),
+    (["toy_task.max_digit=12"], ["toy_task.max_digit must be an integer in [1, 9], got 12"]),
+    (["toy_task.min_terms=5", "toy_task.max_terms=3"], ["toy_task.max_terms (3) must be >= toy_task.min_terms (5)"]),
+    (["benchmark.samples=4"], ["benchmark.samples=4 needs benchmark.temperature > 0"]),
+    (["trainer.precision=fp8"], ["trainer.precision must be one of"]),
+    (["logger.name=tensorboard"], ["logger.name must be one of wandb, csv, none"]),
+    (["+foo=1"], ["foo is not a setting of the config; valid keys:", "method", "rollout"]),
+    (["rollout.nn=2"], ["rollout.nn is not a setting of rollout; valid keys: max_new_tokens, n, temperature"]),
+    (["-m", "seed=0,1", "method=opd,dear", "method.lam=2"], ["method.lam is not a knob of method=opd"]),
+    (["-m", "method.decision_ratio=0.1,0.3,1.5"], ["method.decision_ratio must be a number in [0, 1], got 1.5"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", BAD_RUNS, ids=[" ".join(a) for a, _ in BAD_RUNS])
+def test_a_bad_config_is_one_line_exit_2_and_nothing_written(tmp_path, args, needles):
+    proc = dear("dear-train", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dear-train: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "outputs").exists(), "a refused run must not create a run directory"
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir()), "nothing may be built"
+
+
+def test_dear_eval_checks_its_config_too(tmp_path):
+    proc = dear("dear-eval", "benchmark.limit=-3", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "dear-eval: error: benchmark.limit must be an integer >= 0 or None, got -3", proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_every_shipped_config_passes_the_schema():
+    """Each preset of each group, and each experiment, composes into a config the schema accepts."""
+    for group in ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment"):
+        for name in choices(group):
+            train_config(compose([f"{group}={name}"]))
+
+
+def test_any_knob_works_on_a_method_whose_selector_reads_it():
+    s = train_config(compose(["method=random", "method.decision_ratio=0.3", "method.scope=batch"]))
+    assert (s.method.decision_ratio, s.method.scope, s.method.evidence_ratio) == (0.3, "batch", 0.2)
+    s = train_config(compose(["method=entropy", "method.decision_ratio=0.3"]))
+    assert s.method.selector == "entropy" and s.method.decision_ratio == 0.3
+
+
+def test_the_recorded_config_shows_every_knob_a_run_used():
+    """What makes dear_nosim an ablation (similarity: none) is in its config and in metrics.json's record."""
+    record = config_record(train_config(compose(["method=dear_nosim"])))
+    method = record["method"]
+    assert method["similarity"] == "none" and method["selector"] == "dear" and method["name"] == "dear_nosim"
+    assert {k for k, v in method.items() if v is not None} >= {"decision_ratio", "evidence_ratio", "boost", "lam",
+                                                               "agg", "w_dec", "w_evi", "w_other", "hidden_layer"}
+    assert record["loss"]["beta"] == 0.5 and record["toy_task"]["seed"] == 1234
+
+
+def test_each_method_file_spells_out_what_its_selector_reads():
+    """A method's composed config holds exactly its selector's knobs (no hidden defaults in code)."""
+    from dear.schema import SELECTOR_KNOBS
+
+    for name in choices("method"):
+        method = compose([f"method={name}"]).method
+        assert set(method) == {"name", "selector", "divergence", *SELECTOR_KNOBS[method.selector]}, name
+
+
+def test_the_toy_task_defaults_are_the_yaml_file():
+    on_disk = yaml.safe_load((ROOT / "dear" / "conf" / "toy_task" / "default.yaml").read_text())
+    assert dataclasses.asdict(ToyTaskConfig()) == on_disk
+
+
+def test_a_method_built_in_code_is_checked_the_same_way():
+    with pytest.raises(ConfigError, match="selector all does not read decision_ratio"):
+        MethodConfig(name="x", divergence="reverse_kl", selector="all", decision_ratio=0.2)
+    with pytest.raises(ConfigError, match=r"method.selector must be one of all, entropy, dear, tip, random"):
+        load(MethodConfig, {"name": "x", "divergence": "reverse_kl", "selector": "greedy"}, "method.")
+    with pytest.raises(ConfigError, match="method is missing method.scope"):
+        load(MethodConfig, {"name": "x", "divergence": "reverse_kl", "selector": "tip", "tip_ratio": 0.5}, "method.")
+
+
+def test_sweeps_are_checked_point_by_point_without_the_product():
+    points = sweep_points(["seed=0,1,2", "method=opd,dear", "steps=3"])
+    assert points[0] == ["seed=0", "method=opd", "steps=3"]
+    assert ["seed=2", "method=opd", "steps=3"] in points and ["seed=0", "method=dear", "steps=3"] in points
+    assert len(points) == 1 + 2 + 1  # every value once, not 3 x 2 combinations
+
+
+def test_hydra_flags_are_not_overrides():
+    assert user_overrides(["-m", "seed=1", "hydra/launcher=basic", "--config-dir", "/x", "method=opd"]) == \
+        ["seed=1", "method=opd"]
+    assert user_overrides(["seed=1", "--cfg", "job"]) is None  # nothing runs: nothing to refuse
