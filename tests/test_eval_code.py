@@ -361,6 +361,10 @@ def test_grading_needs_the_token_even_in_the_fallback() -> None:
     assert graded("def f(x):\n    return 0\n").status == "failed"
     early = graded("def f(x):\n    return 0\nimport os\nos._exit(0)\n")
     assert early.status == "failed" and "the program ended before its tests ran" in early.stderr
+    # The pass is the token, not the checker's exit status: a checker that stops early, status 0, fails.
+    quitter = code._run("def f(x):\n    return x * 2\n", 10, 1024, 10_000, code._Mode.PLAIN,
+                        job={**job, "test": "import os\ndef check(f):\n    os._exit(0)\n"})
+    assert quitter.status == "failed" and quitter.note == "the tests did not run to the end"
 
 
 @pytest.fixture()

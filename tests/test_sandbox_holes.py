@@ -398,3 +398,54 @@ def test_a_failed_probe_stops_grading_with_one_line(monkeypatch) -> None:
     assert "\n" not in message and "no namespaces here" in message and "DEAR_SANDBOX=weak" in message
     with pytest.raises(DearError):  # asked again, not silently downgraded after one failure
         run_program("print(1)")
+
+
+@needs_full_isolation
+def test_the_candidate_cannot_reach_the_checker(humaneval) -> None:
+    # The checker (and init) are undumpable and ptrace is filtered: no reading their memory or fds.
+    spy = WRONG + textwrap.dedent(
+        """
+        import ctypes, os, sys
+        reached = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            if int(pid) == os.getpid():
+                continue
+            for path in ("/proc/%s/mem" % pid, "/proc/%s/environ" % pid):
+                try:
+                    open(path, "rb").read(1)
+                    reached.append(path)
+                except OSError:
+                    pass
+            try:
+                fds = os.listdir("/proc/%s/fd" % pid)  # the numbers show; the pipes behind them must not open
+            except OSError:
+                fds = []
+            for fd in fds:
+                for mode in (os.O_RDONLY, os.O_WRONLY):
+                    try:
+                        os.close(os.open("/proc/%s/fd/%s" % (pid, fd), mode | os.O_NONBLOCK))
+                        reached.append("/proc/%s/fd/%s" % (pid, fd))
+                    except OSError:
+                        pass
+            if ctypes.CDLL(None).ptrace(16, int(pid), 0, 0) == 0:  # PTRACE_ATTACH
+                reached.append("ptrace %s" % pid)
+        print("REACHED", reached, file=sys.stderr)
+        """
+    )
+    result = _check(humaneval["HumanEval/0"], spy)
+    assert not result.passed and "REACHED []" in result.stderr, result
+
+
+@needs_full_isolation
+def test_the_sandbox_has_its_own_cgroup_and_ipc_limits() -> None:
+    program = textwrap.dedent(
+        """
+        print(open("/proc/self/cgroup").read())
+        for key in ("shmmni", "shmmax", "shmall"):
+            print(key, open("/proc/sys/kernel/" + key).read().strip())
+        """
+    )
+    result = run_program(program, timeout_s=10)
+    assert result.passed and "dear-sandbox-" in result.stdout, result
+    for key in ("shmmni", "shmmax", "shmall"):
+        assert f"{key} {code.IPC_LIMITS[key]}\n" in result.stdout
