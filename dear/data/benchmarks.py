@@ -251,10 +251,14 @@ def _rg_tasks() -> frozenset[str]:
 RG_SEED_STRIDE = 1_000_000
 
 
-def _load_reasoning_gym(*, seed: int, limit: int | None, task: str, **config: Any) -> list[Problem]:
+def _load_reasoning_gym(
+    *, seed: int, limit: int | None, task: str, seed_offset: int = 0, **config: Any
+) -> list[Problem]:
     """``limit`` (or the task's default size) problems of a reasoning-gym task, made by ``seed``.
 
     Extra options are the task's config fields (e.g. ``min_terms``) and pass straight through.
+    ``seed_offset`` shifts the generator seed: a training set at offset 500000 shares no
+    generator seed with the benchmark of the same run seed (sizes below the offset).
     """
     try:
         import reasoning_gym
@@ -268,7 +272,7 @@ def _load_reasoning_gym(*, seed: int, limit: int | None, task: str, **config: An
     # problem. Spacing the seeds RG_SEED_STRIDE apart keeps each seed's problems its own (for
     # sizes up to the stride); seed 0 stays reasoning-gym's own seed 0. A larger size extends
     # the list, never reorders it.
-    generator_seed = seed * RG_SEED_STRIDE
+    generator_seed = seed * RG_SEED_STRIDE + seed_offset
     try:
         dataset = reasoning_gym.create_dataset(task, seed=generator_seed, **config)
     except TypeError as err:  # an option that is no field of the task's config
