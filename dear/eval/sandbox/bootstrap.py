@@ -263,22 +263,26 @@ def launch(isolated):
     requests_r, requests_w = os.pipe()
     replies_r, replies_w = os.pipe()
     ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
     checker_fds = [job_r, requests_w, replies_r, TOKEN_FD, ready_w]
     checker = spawn([python, "-I", "-B", drivers + "/checker.py"] + [str(fd) for fd in checker_fds],
                     checker_fds, isolated, False)
-    for fd in (job_r, ready_w, TOKEN_FD):
+    # Both interpreters start at once, but the candidate's driver runs none of the program's code
+    # until the checker has made itself undumpable and said so ("go").
+    candidate_fds = [requests_r, replies_w, go_r]
+    candidate = spawn([python, "-B", "-s", drivers + "/candidate.py"] + [str(fd) for fd in candidate_fds]
+                      + [program, job["kind"]], candidate_fds, isolated, True)
+    for fd in (job_r, ready_w, go_r, TOKEN_FD, requests_r, requests_w, replies_r, replies_w):
         os.close(fd)
     try:
         with os.fdopen(job_w, "wb") as f:
             f.write(json.dumps(job).encode())
     except OSError:
         pass  # the checker died: no token
-    os.read(ready_r, 1)  # undumpable by now; empty if it died
+    if os.read(ready_r, 1) == b"r":  # empty if the checker died: the candidate then never starts
+        os.write(go_w, b"g")
     os.close(ready_r)
-    candidate = spawn([python, "-B", "-s", drivers + "/candidate.py", str(requests_r), str(replies_w), program,
-                       job["kind"]], [requests_r, replies_w], isolated, True)
-    for fd in (requests_r, requests_w, replies_r, replies_w):
-        os.close(fd)
+    os.close(go_w)
     return [checker, candidate]
 
 

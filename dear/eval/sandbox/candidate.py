@@ -1,6 +1,7 @@
 """The candidate's side of a graded run: run the program, then answer the checker's calls.
 
-Started as ``python candidate.py <requests fd> <replies fd> <program path> <mode>``. In ``module``
+Started as ``python candidate.py <requests fd> <replies fd> <go fd> <program path> <mode>``, it waits
+for a byte on the go pipe (sent once the checker is undumpable) before it runs anything. In ``module``
 mode the program runs once as ``__main__`` (as ``python program.py`` would run it) and the names it
 defines are announced; each request then calls one of them with the arguments it carries. In ``io``
 mode each request runs the program afresh, on a given stdin (``stdin``) or as a ``class Solution``
@@ -79,7 +80,11 @@ def run_io(path: str, source: str, requests, replies) -> None:
 def main() -> None:
     requests = os.fdopen(int(sys.argv[1]), "rb")
     replies = os.fdopen(int(sys.argv[2]), "wb")
-    path, mode = sys.argv[3], sys.argv[4]
+    go = int(sys.argv[3])
+    path, mode = sys.argv[4], sys.argv[5]
+    if os.read(go, 1) != b"g":
+        raise SystemExit("sandbox: the checker did not start")
+    os.close(go)
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         source = f.read()
     sys.argv = [path]  # as if run as `python program.py`
