@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from conftest import TINY_MODELS, compose
-from dear.data.toy import ToyTaskConfig, build_tokenizer
-from dear.models import load_model
+from dear.data.toy import build_tokenizer
 from dear.rollout import generate
+from tiny import tiny_qwen2
 
 PROMPTS = ["1+2?", "3+4+5?"]  # 4 and 6 characters: the first is left-padded by 2
 
@@ -109,9 +110,8 @@ def test_n_samples_of_a_prompt_are_consecutive_rows(tok):
 
 
 @pytest.fixture(scope="module")
-def toy_student(toy_cache):
-    cfg = compose(TINY_MODELS + [f"cache_dir={toy_cache}"])
-    return load_model(cfg.model, cfg.cache_dir, ToyTaskConfig(**cfg.toy_task), trainable=False, progress=False)
+def toy_student(tok):
+    return SimpleNamespace(model=tiny_qwen2(tok), tokenizer=tok)
 
 
 def test_greedy_is_deterministic_and_sampling_is_asked_for(toy_student):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,21 +11,23 @@ import torch
 from conftest import TINY_MODELS, compose
 from dear import objective
 from dear.config import train_config
-from dear.models import load_model
+from dear.data.toy import build_tokenizer
 from dear.rollout import generate
 from dear.step import distill_step, forward_pair
+from tiny import tiny_qwen2
 
 PROMPTS = ["1+2+3?", "4+5?", "6+7+8+9+1?"]  # different lengths: rows are left-padded
 
 
 @pytest.fixture(scope="module")
-def settings(toy_cache):
-    return train_config(compose(TINY_MODELS + [f"cache_dir={toy_cache}", "method=dear"]))
+def settings():
+    return train_config(compose(TINY_MODELS + ["method=dear"]))
 
 
 @pytest.fixture(scope="module")
-def student(settings):
-    return load_model(settings.model, settings.cache_dir, settings.toy_task, trainable=True, progress=False)
+def student(tmp_path_factory):
+    tok = build_tokenizer(tmp_path_factory.mktemp("toy-tok"))
+    return SimpleNamespace(model=tiny_qwen2(tok).train(), tokenizer=tok)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +95,8 @@ def test_column_t_predicts_token_t_plus_one(student, rollout):
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_the_step_loss_is_zero_against_a_copy_and_the_kl_against_a_perturbed_teacher(toy_cache, student, rollout):
-    opd = train_config(compose(TINY_MODELS + [f"cache_dir={toy_cache}", "method=opd"]))
+def test_the_step_loss_is_zero_against_a_copy_and_the_kl_against_a_perturbed_teacher(student, rollout):
+    opd = train_config(compose(TINY_MODELS + ["method=opd"]))
     vocab = len(student.tokenizer)
     same, stats = distill_step(student.model, copy.deepcopy(student.model), rollout, opd.method, opd.loss,
                                vocab_size=vocab)
