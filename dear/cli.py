@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from dear.errors import DearError
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment", "toy_task")
+GROUPS = ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment", "toy_task", "setup")
 OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+)=(?P<value>[^=]*)$")
 
 log = logging.getLogger("dear")
@@ -125,6 +125,38 @@ def _compose(overrides: list[str], config_name: str) -> DictConfig:
         return compose(config_name=config_name, overrides=overrides)
 
 
+def choose_setup(overrides: list[str]) -> str | None:
+    """The setup a run needs but did not name: ``real-math`` for a real student, None to keep the default.
+
+    A run that names ``setup=`` or an ``experiment=`` keeps what it says. A sweep over students of both
+    kinds must name its setup.
+    """
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    if {"setup", "experiment"} & keys:
+        return None
+    kinds = {"toy" if _compose(point, "train").model.source == "toy" else "real" for point in sweep_points(overrides)}
+    if len(kinds) > 1:
+        raise DearError("this sweep mixes toy and real students; say which settings it runs with: "
+                        "setup=toy or setup=real-math")
+    return "real-math" if kinds == {"real"} else None
+
+
+def with_setup(prog: str, argv: list[str]) -> list[str]:
+    """``argv`` plus ``setup=real-math`` when the student is a real model and no setup was named."""
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        setup = choose_setup(overrides)
+    except DearError as e:
+        fail(prog, str(e))
+    except Exception:  # noqa: BLE001  (a bad override: preflight or Hydra reports it in its own words)
+        return argv
+    if setup is None:
+        return argv
+    print(f"{prog}: the student is a real model, so setup={setup} (data, benchmark, trainer, optimisation; "
+          f"conf/setup/{setup}.yaml); setup=toy keeps the toy settings", file=sys.stderr)
+    return [f"setup={setup}", *argv]
+
+
 def preflight(prog: str, config_name: str, argv: list[str], check) -> None:
     """Compose and check the config of every run ``argv`` asks for, before Hydra creates anything.
 
@@ -188,6 +220,7 @@ def train() -> None:
     from dear.config import train_config
 
     check_group_overrides("dear-train", sys.argv[1:])
+    sys.argv[1:] = with_setup("dear-train", sys.argv[1:])
     preflight("dear-train", "train", sys.argv[1:], train_config)
     _train_app()
 

