@@ -461,14 +461,12 @@ def _send_config(proc: subprocess.Popen[bytes], config: dict) -> None:
     """Hand the bootstrap its configuration (program and tests included) on its stdin, never argv."""
     assert proc.stdin is not None
     data = json.dumps(config).encode("utf-8", "surrogateescape")
-    done = threading.Event()
 
     def write() -> None:
         with contextlib.suppress(OSError):
             proc.stdin.write(data)
         with contextlib.suppress(OSError):
             proc.stdin.close()
-        done.set()
 
     if len(data) < 60_000:  # fits the pipe: no thread needed
         write()
@@ -517,7 +515,7 @@ def _select_mode() -> _Mode:
     for candidate in candidates:
         result = _probe(candidate)
         if result.passed:
-            if candidate is not candidates[0] or reasons:
+            if candidate.label != "full":
                 warnings.warn(f"DEAR_SANDBOX=weak: sandboxed code runs with {candidate.value} "
                               f"({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
             return candidate

@@ -18,6 +18,8 @@ import types
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wire  # noqa: E402
 
+wire.allow_big_ints()
+
 
 def error_reply(exc: BaseException) -> dict:
     return {"raise": [type(exc).__name__, str(exc)[:2000]]}

@@ -19,6 +19,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import wire  # noqa: E402
 
+wire.allow_big_ints()
+
 PR_SET_DUMPABLE = 4
 
 

@@ -13,8 +13,12 @@ import sys
 MAX_LINE = 256 << 20  # bytes of one message; more is a protocol error
 MAX_ITEMS = 1_000_000  # items taken from an iterator the candidate returns
 
-if hasattr(sys, "set_int_max_str_digits"):
-    sys.set_int_max_str_digits(0)  # big integers are answers too
+
+
+def allow_big_ints() -> None:
+    """Big integers are answers too: lift Python's limit on int <-> str conversion (3.11+)."""
+    if hasattr(sys, "set_int_max_str_digits"):
+        sys.set_int_max_str_digits(0)
 
 
 def encode(value: object) -> object:
@@ -45,6 +49,8 @@ def encode(value: object) -> object:
         return ["A", bytes(value).hex()]
     if isinstance(value, range):
         return ["R", value.start, value.stop, value.step]
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):  # a numpy scalar: its Python value
+        return encode(value.item())
     if hasattr(value, "__next__") and hasattr(value, "__iter__"):  # generator, map, zip, ...
         items = []
         for item in value:
