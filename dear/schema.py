@@ -247,11 +247,27 @@ class ToyModelSpec(Schema):
 
 
 @dataclass(frozen=True)
+class TuneRecipe(Schema):
+    """How a teacher is made from SmolLM2 by fine-tuning on a reasoning-gym task (``dear/tuned.py``).
+
+    Supervised steps on chat-formatted problems whose target is the bare ``\\boxed{answer}``;
+    the problems come from generator seeds no benchmark run uses. The cache key hashes it all.
+    """
+
+    task: str  # a reasoning-gym task, e.g. chain_sum
+    options: dict | None  # the task's config fields, e.g. {min_terms: 2, max_terms: 3}
+    steps: PositiveInt  # optimizer steps (AdamW, constant learning rate)
+    lr: Positive
+    batch_size: PositiveInt  # problems per step
+    seed: Count  # fixes the training problems, their order and the initialisation of the run
+
+
+@dataclass(frozen=True)
 class ModelPreset(Schema):
     """Where a model's weights come from and how prompts are formatted for it (conf/model/)."""
 
     name: str
-    source: Literal["hub", "toy", "smollm2"]
+    source: Literal["hub", "toy", "smollm2", "smollm2-tuned"]
     dtype: Literal["float32", "bfloat16", "float16"]
     chat_template: bool  # format prompts with the tokenizer's chat template
     context_length: PositiveInt
@@ -259,11 +275,15 @@ class ModelPreset(Schema):
     hub_id: str | None = None
     revision: str | None = None
     toy: ToyModelSpec | None = None
+    tune: TuneRecipe | None = None  # source smollm2-tuned: how the teacher is fine-tuned from SmolLM2
 
     def check(self) -> None:
         group = getattr(self, "_path", "model.").rstrip(".")
         if self.source == "toy" and self.toy is None and not self.path:
             raise ConfigError(f"{group}.toy (the toy recipe) is required when {group}.source is toy")
+        if self.source == "smollm2-tuned" and self.tune is None and not self.path:
+            raise ConfigError(f"{group}.tune (the fine-tuning recipe) is required when {group}.source is "
+                              f"smollm2-tuned")
         if self.source == "hub" and not self.hub_id and not self.path:
             raise ConfigError(f"{group}.hub_id or {group}.path is required when {group}.source is hub")
         if self.path:
@@ -337,6 +357,19 @@ class MethodConfig(Schema):
         if self.mode == "threshold" and (self.h_min is None or math.isnan(self.h_min)):
             raise ConfigError(f"h_min must be a number (the entropy threshold, nats) when mode='threshold', "
                               f"got {self.h_min!r}")
+
+
+def seed_ranges_disjoint(data: "DataConfig", benchmark: "BenchmarkConfig") -> bool:
+    """Whether a reasoning-gym stream and benchmark of one task use no common generator seed.
+
+    The rg loader makes problem i from generator seed ``run_seed * stride + seed_offset + i``
+    (``dear/data/benchmarks.py``), so two loads with the same run seed are disjoint when their
+    ``[seed_offset, seed_offset + limit)`` ranges are (e.g. conf/data/rg-chain_sum.yaml).
+    """
+    if not data.name.startswith("rg-") or data.limit is None or benchmark.limit is None:
+        return False
+    d, b = ((c.options or {}).get("seed_offset", 0) for c in (data, benchmark))
+    return d >= b + benchmark.limit or b >= d + data.limit
 
 
 @dataclass(frozen=True)
