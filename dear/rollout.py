@@ -45,7 +45,6 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> dict:
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 1.0,
              max_new_tokens: int = 64, greedy: bool = False) -> Rollout:
     """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n … i*n+n-1)."""
@@ -53,12 +52,14 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     enc = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], device)
     was_training = model.training
     model.eval()
+    # no_grad as a block, not a decorator: mutmut (`make mutate`) leaves decorated functions alone
     try:
-        out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-            temperature=None if greedy else temperature, top_p=None, top_k=None,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )  # [B, P + new]
+        with torch.no_grad():
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                temperature=None if greedy else temperature, top_p=None, top_k=None,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )  # [B, P + new]
     finally:
         model.train(was_training)
     width = enc["input_ids"].shape[1]

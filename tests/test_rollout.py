@@ -29,7 +29,8 @@ class Scripted(torch.nn.Module):
         self.seen: dict = {}
 
     def generate(self, input_ids, attention_mask, **kw):
-        self.seen = {"input_ids": input_ids, "attention_mask": attention_mask, **kw}
+        self.seen = {"input_ids": input_ids, "attention_mask": attention_mask, "training": self.training,
+                     "grad": torch.is_grad_enabled(), **kw}
         return torch.cat([input_ids, self.responses[: input_ids.shape[0]]], dim=1)
 
 
@@ -141,3 +142,32 @@ def test_a_forward_pass_on_the_rollout_reproduces_the_greedy_tokens(toy_student)
     mask = r.target_mask
     assert mask.sum() >= 3
     assert torch.equal(predicted[mask], r.input_ids[:, 1:][mask])
+
+
+def test_moving_a_rollout_keeps_every_field(tok):
+    _, r = scripted_rollout(tok)
+    moved = r.to(torch.device("cpu"))
+    for name in ("input_ids", "attention_mask", "position_ids", "response_mask"):
+        assert torch.equal(getattr(moved, name), getattr(r, name)), name
+    assert moved.prompt_width == r.prompt_width and moved.texts == r.texts
+
+
+def test_generation_runs_in_eval_mode_without_grad_and_restores_the_mode(tok):
+    model = Scripted(torch.tensor([[tok.eos_token_id]] * 2)).train()
+    generate(model, tok, PROMPTS, max_new_tokens=1)
+    assert model.seen["training"] is False and model.seen["grad"] is False
+    assert model.training, "the model is back in training mode"
+    assert model.seen["pad_token_id"] == tok.pad_token_id
+    generate(model.eval(), tok, PROMPTS, max_new_tokens=1)
+    assert not model.training
+
+
+def test_prompts_are_encoded_as_written_even_by_a_tokenizer_that_adds_special_tokens(tmp_path):
+    from tokenizers.processors import TemplateProcessing
+
+    tok = build_tokenizer(tmp_path)
+    tok._tokenizer.post_processor = TemplateProcessing(single="</s> $A", special_tokens=[("</s>", tok.eos_token_id)])
+    assert tok("1+2?")["input_ids"][0] == tok.eos_token_id  # this tokenizer would add a token by default
+    model = Scripted(torch.tensor([[tok.eos_token_id]]))
+    generate(model, tok, ["1+2?"], max_new_tokens=1)
+    assert model.seen["input_ids"][0].tolist() == ids(tok, "1+2?")
