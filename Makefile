@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # Offline by design: nothing in a default run or a test may reach a model or data hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: setup run test test-slow bench reproduce-table clean
+.PHONY: setup run test test-slow bench reproduce-table mutate clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,16 @@ bench: setup
 
 reproduce-table: setup
 	$(OFFLINE) $(BIN)/dear-table --run conf/table/toy.yaml $(ARGS)
+
+# Mutation testing (not in CI: minutes per module): mutmut mutates dear/objective.py, rollout.py,
+# step.py and eval/code.py, runs the fast tests that reach each mutant (settings in setup.cfg) and
+# lists the mutants no test killed. One module at a time: make mutate MUTANTS='dear.rollout*'
+MUTANTS ?=
+mutate: setup
+	$(BIN)/python -m pip install -q --disable-pip-version-check "mutmut==3.8.1"
+	$(OFFLINE) $(BIN)/mutmut run --max-children $${JOBS:-2} $(MUTANTS) || true
+	@echo "--- surviving mutants (inspect one with: $(BIN)/mutmut show NAME) ---"
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) *.egg-info
