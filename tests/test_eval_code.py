@@ -116,6 +116,15 @@ def test_wrong_solutions_fail(problems: list[dict[str, str]]) -> None:
 
 
 @needs_full_isolation
+def test_graded_code_may_import_installed_packages() -> None:
+    # The checker and the candidate start without site-packages and load them when the code needs them.
+    pytest.importorskip("numpy")
+    test = "import numpy as np\ndef check(f):\n    np.testing.assert_allclose(f([1, 2]), 3.0)\n"
+    result = check_solution("def f(x):\n", "    import numpy\n    return numpy.array(x).sum()\n", test, "f")
+    assert result.passed, result
+
+
+@needs_full_isolation
 def test_result_fields() -> None:
     ok = run_program("print('hello')")
     assert (ok.passed, ok.status, ok.returncode, ok.stdout) == (True, "passed", 0, "hello\n")

@@ -265,12 +265,13 @@ def launch(isolated):
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     checker_fds = [job_r, requests_w, replies_r, TOKEN_FD, ready_w]
-    checker = spawn([python, "-I", "-B", drivers + "/checker.py"] + [str(fd) for fd in checker_fds],
+    # Both start without site (-S), which they load only for code that imports beyond the stdlib.
+    checker = spawn([python, "-I", "-B", "-S", drivers + "/checker.py"] + [str(fd) for fd in checker_fds],
                     checker_fds, isolated, False)
     # Both interpreters start at once, but the candidate's driver runs none of the program's code
     # until the checker has made itself undumpable and said so ("go").
     candidate_fds = [requests_r, replies_w, go_r]
-    candidate = spawn([python, "-B", "-s", drivers + "/candidate.py"] + [str(fd) for fd in candidate_fds]
+    candidate = spawn([python, "-B", "-s", "-S", drivers + "/candidate.py"] + [str(fd) for fd in candidate_fds]
                       + [program, job["kind"]], candidate_fds, isolated, True)
     for fd in (job_r, ready_w, go_r, TOKEN_FD, requests_r, requests_w, replies_r, replies_w):
         os.close(fd)

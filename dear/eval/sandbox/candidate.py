@@ -1,6 +1,6 @@
 """The candidate's side of a graded run: run the program, then answer the checker's calls.
 
-Started as ``python candidate.py <requests fd> <replies fd> <go fd> <program path> <mode>``, it waits
+Started as ``python -S candidate.py <requests fd> <replies fd> <go fd> <program path> <mode>``, it waits
 for a byte on the go pipe (sent once the checker is undumpable) before it runs anything. In ``module``
 mode the program runs once as ``__main__`` (as ``python program.py`` would run it) and the names it
 defines are announced; each request then calls one of them with the arguments it carries. In ``io``
@@ -89,6 +89,7 @@ def main() -> None:
     os.close(go)
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         source = f.read()
+    wire.load_site_if_needed(source)
     sys.argv = [path]  # as if run as `python program.py`
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [os.path.dirname(path)] + [p for p in sys.path if p != here]

@@ -1,6 +1,6 @@
 """The tests' side of a graded run: call the candidate, check its answers, then write the pass token.
 
-Started as ``python -I checker.py <job fd> <requests fd> <replies fd> <token fd> <ready fd>``, before
+Started as ``python -I -S checker.py <job fd> <requests fd> <replies fd> <token fd> <ready fd>``, before
 the candidate exists. It first makes itself undumpable (no ``ptrace``, no reading its memory or
 file descriptors through ``/proc``), reads its job (the tests and the token) from a pipe that only it
 holds, and says it is ready; only then is the candidate started. The tests run here, with this
@@ -162,6 +162,7 @@ def main() -> None:
     job_fd, requests_fd, replies_fd, token_fd, ready_fd = map(int, sys.argv[1:6])
     with os.fdopen(job_fd, "rb") as f:
         job = json.loads(f.read())
+    wire.load_site_if_needed(job.get("prompt", ""), job.get("test", ""))
     os.write(ready_fd, b"r")
     os.close(ready_fd)
     channel = Channel(requests_fd, replies_fd)

@@ -15,6 +15,30 @@ MAX_ITEMS = 1_000_000  # items taken from an iterator the candidate returns
 
 
 
+def load_site_if_needed(*sources: str) -> None:
+    """Process site-packages (slow: ~30 ms) only when the code imports something outside the stdlib.
+
+    The sandbox starts its interpreters with ``-S``; this brings ``site`` back for, e.g., numpy.
+    """
+    import ast
+
+    names = set()
+    for source in sources:
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    if names - set(sys.stdlib_module_names) - {"__future__"}:
+        import site
+
+        site.main()
+
+
 def allow_big_ints() -> None:
     """Big integers are answers too: lift Python's limit on int <-> str conversion (3.11+)."""
     if hasattr(sys, "set_int_max_str_digits"):
