@@ -246,11 +246,14 @@ def spawn(argv, keep, isolated, expendable):
     pid = os.fork()
     if pid == 0:
         exec_program(argv, keep, isolated, expendable)
+    STOP["children"].append(pid)  # from now on a stop request kills it
+    if STOP["requested"]:
+        kill_children()
     return pid
 
 
 def launch(isolated):
-    """Start the program, or the checker and then the candidate; returns the pid whose exit counts."""
+    """Start the program, or the checker and the candidate; the first pid returned is the one whose exit counts."""
     drivers = DRIVERS if isolated else CFG["drivers"]
     program = os.path.join(CFG["workdir"], "main.py")
     with open(program, "w", encoding="utf-8", errors="surrogateescape") as f:
@@ -336,7 +339,7 @@ def supervise_namespaced():
     if TOKEN_FD is not None:
         os.close(TOKEN_FD)
     os.write(lifeline_w, b"x")
-    STOP["children"] = [init]
+    STOP["children"].append(init)
     if STOP["requested"]:
         os.kill(init, signal.SIGKILL)
     os.waitpid(init, 0)  # returns once every process of the namespace is gone
@@ -363,9 +366,6 @@ def supervise_plain():
     except OSError:
         pass
     started = launch(isolated=False)
-    STOP["children"] = started
-    if STOP["requested"]:
-        kill_children()
     while True:
         pid, status = os.waitpid(-1, 0)
         if pid == started[0]:
