@@ -127,8 +127,11 @@ def test_greedy_is_deterministic_and_sampling_is_asked_for(toy_student):
     model = Scripted(torch.tensor([[tok.eos_token_id]] * 2))
     generate(model, tok, prompts[:2], temperature=0.7, max_new_tokens=1)
     assert model.seen["do_sample"] is True and model.seen["temperature"] == 0.7
+    # on-policy samples come from the whole distribution: no top-k / top-p from a generation config
+    assert "top_k" in model.seen and model.seen["top_k"] is None
+    assert "top_p" in model.seen and model.seen["top_p"] is None
     generate(model, tok, prompts[:2], greedy=True, max_new_tokens=1)
-    assert model.seen["do_sample"] is False
+    assert model.seen["do_sample"] is False and model.seen["temperature"] is None
 
 
 def test_a_forward_pass_on_the_rollout_reproduces_the_greedy_tokens(toy_student):
