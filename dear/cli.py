@@ -141,20 +141,20 @@ def choose_setup(overrides: list[str]) -> str | None:
     return "real-math" if kinds == {"real"} else None
 
 
-def with_setup(prog: str, argv: list[str]) -> list[str]:
-    """``argv`` plus ``setup=real-math`` when the student is a real model and no setup was named."""
+def with_setup(prog: str, argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` with ``setup=real-math`` first when the student is a real model and no setup was named,
+    and the line that says so (None when nothing was added)."""
     overrides = [a for a in argv if not a.startswith("-") and "=" in a]
     try:
         setup = choose_setup(overrides)
     except DearError as e:
         fail(prog, str(e))
     except Exception:  # noqa: BLE001  (a bad override: preflight or Hydra reports it in its own words)
-        return argv
+        return argv, None
     if setup is None:
-        return argv
-    print(f"{prog}: the student is a real model, so setup={setup} (data, benchmark, trainer, optimisation; "
-          f"conf/setup/{setup}.yaml); setup=toy keeps the toy settings", file=sys.stderr)
-    return [f"setup={setup}", *argv]
+        return argv, None
+    return [f"setup={setup}", *argv], (f"{prog}: the student is a real model, so setup={setup} (data, benchmark, "
+                                       f"trainer, optimisation: conf/setup/{setup}.yaml); setup=toy keeps the toy ones")
 
 
 def preflight(prog: str, config_name: str, argv: list[str], check) -> None:
@@ -220,8 +220,10 @@ def train() -> None:
     from dear.config import train_config
 
     check_group_overrides("dear-train", sys.argv[1:])
-    sys.argv[1:] = with_setup("dear-train", sys.argv[1:])
+    sys.argv[1:], note = with_setup("dear-train", sys.argv[1:])
     preflight("dear-train", "train", sys.argv[1:], train_config)
+    if note:
+        print(note, file=sys.stderr)
     _train_app()
 
 

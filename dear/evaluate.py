@@ -12,7 +12,7 @@ import torch
 from dear.config import eval_config
 from dear.errors import DearError
 from dear.models import load_model
-from dear.runs import build_evaluator, run_record, write_json_atomic
+from dear.runs import build_evaluator, eval_problems, run_record, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +23,13 @@ def evaluate(cfg, run_dir: Path) -> dict:
     torch.manual_seed(s.seed)
     if s.threads:
         torch.set_num_threads(s.threads)
-    log.info("Loading %s", s.model.name)
-    loaded = load_model(s.model, s.cache_dir, s.toy_task, trainable=False)
     try:
-        evaluator = build_evaluator(s, loaded, progress=True)
+        problems = eval_problems(s)  # before the model: a set that cannot be had fails at once
     except ValueError as e:  # a bad benchmark option
         raise DearError(str(e)) from None
+    log.info("Loading %s", s.model.name)
+    loaded = load_model(s.model, s.cache_dir, s.toy_task, trainable=False)
+    evaluator = build_evaluator(s, loaded, problems, progress=True)
     log.info("Evaluating on %d problems of %s", len(evaluator.problems), s.benchmark.name)
     t0 = time.perf_counter()
     result = evaluator.evaluate(loaded.model)

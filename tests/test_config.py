@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, compose
-from dear.cli import choices, sweep_points, user_overrides
+from dear.cli import choices, choose_setup, sweep_points, user_overrides
 from dear.config import train_config
 from dear.runs import config_record
 from dear.schema import ConfigError, MethodConfig, ToyTaskConfig, load
@@ -62,6 +62,9 @@ BAD_RUNS = [
     (["rollout.nn=2"], ["rollout.nn is not a setting of rollout; valid keys: max_new_tokens, n, temperature"]),
     (["-m", "seed=0,1", "method=opd,dear", "method.lam=2"], ["method.lam is not a knob of method=opd"]),
     (["-m", "method.decision_ratio=0.1,0.3,1.5"], ["method.decision_ratio must be a number in [0, 1], got 1.5"]),
+    (["data=math500", "benchmark=math500-full"], ["data=math500 trains on the problems benchmark=math500-full"]),
+    (["model=qwen-1.5b", "teacher=qwen-7b", "data=math500"], ["data=math500 trains on the problems benchmark=math500"]),
+    (["-m", "model=toy-student,qwen-1.5b"], ["this sweep mixes toy and real students"]),
 ]
 
 
@@ -142,3 +145,40 @@ def test_hydra_flags_are_not_overrides():
     assert user_overrides(["-m", "seed=1", "hydra/launcher=basic", "--config-dir", "/x", "method=opd"]) == \
         ["seed=1", "method=opd"]
     assert user_overrides(["seed=1", "--cfg", "job"]) is None  # nothing runs: nothing to refuse
+
+
+def test_the_headline_command_composes_a_real_run(tmp_path):
+    """dear-train model=qwen-1.5b teacher=qwen-7b: real prompts, math500, the accelerator there is, a 1.5B's steps."""
+    assert choose_setup(["model=qwen-1.5b", "teacher=qwen-7b"]) == "real-math"
+    s = train_config(compose(["model=qwen-1.5b", "teacher=qwen-7b", "setup=real-math"]))
+    assert (s.data.name, s.benchmark.name, s.trainer.accelerator, s.trainer.precision) == \
+        ("rg-gsm_symbolic", "math500", "auto", "auto")
+    assert (s.optim.lr, s.rollout.max_new_tokens, s.batch_size, s.steps) == (1e-6, 1024, 32, 200)
+    proc = dear("dear-train", "model=qwen-1.5b", "teacher=qwen-7b", "--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0 and "setup=real-math" in proc.stderr
+    job = yaml.safe_load(proc.stdout)
+    assert job["data"]["name"] == "rg-gsm_symbolic" and job["optim"]["lr"] == 1e-6 and job["steps"] == 200
+
+
+def test_the_embedded_default_stays_the_toy_run():
+    assert choose_setup([]) is None and choose_setup(["method=opd", "seed=3"]) is None
+    s = train_config(compose([]))
+    assert (s.model.name, s.data.name, s.benchmark.name, s.trainer.accelerator, s.steps) == \
+        ("toy-student", "toy", "toy", "cpu", 120)
+
+
+def test_a_named_setup_or_experiment_is_kept():
+    assert choose_setup(["model=qwen-1.5b", "teacher=qwen-7b", "setup=toy"]) is None
+    assert choose_setup(["experiment=qwen-1.5b-14b"]) is None
+    s = train_config(compose(["experiment=qwen-1.5b-14b"]))
+    assert (s.model.name, s.teacher.name, s.benchmark.name, s.steps) == ("qwen-1.5b", "qwen-14b", "math500", 200)
+    # an experiment's own values win over train.yaml's (they did not before train.yaml listed _self_ first)
+    assert s.optim.lr == 1e-6
+
+
+@pytest.mark.parametrize("name,pair", [("qwen-1.5b-14b", ("qwen-1.5b", "qwen-14b")),
+                                       ("qwen-1.5b-qwen3-4b", ("qwen-1.5b", "qwen3-4b")),
+                                       ("qwen3-1.7b-4b", ("qwen3-1.7b", "qwen3-4b"))])
+def test_the_papers_pairs_are_experiments(name, pair):
+    s = train_config(compose([f"experiment={name}"]))
+    assert (s.model.name, s.teacher.name) == pair and s.data.name != s.benchmark.name

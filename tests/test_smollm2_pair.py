@@ -88,13 +88,13 @@ def test_unknown_task_fails_in_one_line_before_building(tmp_path):
 @pytest.mark.slow
 def test_teacher_is_twenty_points_above_the_student():
     from dear.models import load_model
-    from dear.runs import build_evaluator
+    from dear.runs import build_evaluator, eval_problems
 
     s = train_config(compose([EXPERIMENT]))
     accuracy = {}
     for preset, group in ((s.teacher, "teacher"), (s.model, "model")):
         loaded = load_model(preset, s.cache_dir, trainable=False, progress=False, group=group)
-        accuracy[group] = build_evaluator(s, loaded).evaluate(loaded.model).summary["accuracy"]
+        accuracy[group] = build_evaluator(s, loaded, eval_problems(s)).evaluate(loaded.model).summary["accuracy"]
     assert accuracy["teacher"] >= accuracy["model"] + 0.20, accuracy
 
 
