@@ -6,17 +6,26 @@ selects the tokens that count and returns the weighted loss.
 Held-out evaluation (accuracy and on-policy reverse KL) runs before training, every
 ``eval.every`` steps, and at the end; its history travels in checkpoints so a resumed run
 keeps its curve.
+
+A resumed run is the same run: checkpoints also carry the prompt-stream position, every random
+stream (torch, Python, NumPy, the selection generator) and the guard counters, restored before
+the first step after the checkpoint. A step whose loss, gradient or teacher logits are not finite
+is skipped (no optimizer update) and counted (``train/skipped_steps``); ``guards.max_skipped_in_a_row``
+of them in a row stop the run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 
 import lightning as L
+import numpy as np
 import torch
 
+from dear.data.prompts import PromptStream
 from dear.eval.runner import Evaluator
 from dear.rollout import generate
 from dear.schedule import lr_factor
@@ -35,7 +44,8 @@ class _Frozen:
 class DistillModule(L.LightningModule):
     """A thin shell around `dear.step.distill_step`: sampling, logging, optimisation, evaluation."""
 
-    def __init__(self, cfg: TrainConfig, student, teacher, tokenizer, vocab_size: int, evaluator: Evaluator):
+    def __init__(self, cfg: TrainConfig, student, teacher, tokenizer, vocab_size: int, evaluator: Evaluator,
+                 prompts: PromptStream | None = None):
         super().__init__()
         self.cfg = cfg
         self.student = student
@@ -46,6 +56,14 @@ class DistillModule(L.LightningModule):
         self.history: list[dict] = []  # one row per evaluation: step, accuracy, heldout_reverse_kl
         self.generator = torch.Generator().manual_seed(cfg.seed)  # for method=random
         self.step_seconds: list[float] = []
+        self.prompts = prompts  # told where to resume when a checkpoint is loaded
+        self.prompts_seen = 0  # prompts trained on so far (skipped steps included)
+        self.skipped_steps = 0
+        self.skipped_in_a_row = 0
+        self.stop_reason: str | None = None  # set when a guard or a signal stops the run early
+        self._nonfinite: str | None = None  # what was not finite in the current step
+        self._resume_rng: dict | None = None
+        teacher.register_forward_hook(self._check_teacher_logits)
 
     @property
     def teacher(self):
@@ -53,6 +71,11 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, prompts: list[str], batch_idx: int):
         t0 = time.perf_counter()
+        if self._resume_rng is not None:  # the first step after a checkpoint: draw what the run would have
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
+        self.prompts_seen += len(prompts)
+        self._nonfinite = None
         r = self.cfg.rollout
         rollout = generate(self.student, self.tokenizer, prompts, n=r.n, temperature=r.temperature,
                            max_new_tokens=r.max_new_tokens).to(self.device)
@@ -61,7 +84,36 @@ class DistillModule(L.LightningModule):
         self.log_dict(stats, on_step=True, prog_bar=False, batch_size=len(prompts))
         self.log("kl", stats["train/reverse_kl"], prog_bar=True, on_step=True, batch_size=len(prompts))
         self.step_seconds.append(time.perf_counter() - t0)
+        if self._nonfinite is None and not torch.isfinite(loss.detach()):
+            self._nonfinite = "loss"
         return loss
+
+    # --- non-finite guards ----------------------------------------------------------------
+    def _check_teacher_logits(self, _teacher, _inputs, output):
+        """A forward hook on the teacher: flags the step if any teacher logit is NaN or infinite."""
+        if not torch.isfinite(output.logits).all():
+            self._nonfinite = self._nonfinite or "teacher logits"
+
+    def on_before_optimizer_step(self, optimizer):
+        """Skip the update (every gradient dropped: AdamW leaves weights and moments as they are) if
+        anything in this step was not finite; the scheduler and the step count go on."""
+        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        if self._nonfinite is None and grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            self._nonfinite = "gradient"
+        if self._nonfinite is None:
+            self.skipped_in_a_row = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
+            step = int(self.global_step) + 1
+            log.warning("step %d skipped: non-finite %s (%d skipped, %d in a row)", step, self._nonfinite,
+                        self.skipped_steps, self.skipped_in_a_row)
+            if self.skipped_in_a_row >= self.cfg.guards.max_skipped_in_a_row:
+                self.stop_reason = (f"{self.skipped_in_a_row} steps in a row (up to step {step}) were skipped for "
+                                    f"non-finite {self._nonfinite} (guards.max_skipped_in_a_row); the run stopped")
+                self.trainer.should_stop = True
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, batch_size=self.cfg.batch_size)
 
     # --- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self):
@@ -92,24 +144,58 @@ class DistillModule(L.LightningModule):
         self.teacher.eval()
 
     def on_train_start(self):
-        self.evaluate_now()
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        every = self.cfg.eval.every
-        if every > 0 and self.global_step % every == 0:
+        if self.global_step == 0 or self._evaluates_at(self.global_step):  # a resumed run keeps the same curve
             self.evaluate_now()
 
-    def on_train_end(self):
-        self.evaluate_now()
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self._evaluates_at(self.global_step):
+            self.evaluate_now()
 
+    def _evaluates_at(self, step: int) -> bool:
+        return self.cfg.eval.every > 0 and step % self.cfg.eval.every == 0
+
+    def on_train_end(self):
+        if self.stop_reason is None:  # a stopped run saves its state and goes: no final evaluation
+            self.evaluate_now()
+
+    # --- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
         checkpoint["dear_history"] = list(self.history)
         checkpoint["dear_generator"] = self.generator.get_state()
+        checkpoint["dear_prompts_seen"] = self.prompts_seen
+        checkpoint["dear_rng"] = rng_state()
+        checkpoint["dear_skipped"] = [self.skipped_steps, self.skipped_in_a_row]
 
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("dear_history", []))
         if "dear_generator" in checkpoint:
             self.generator.set_state(checkpoint["dear_generator"])
+        self.prompts_seen = checkpoint.get("dear_prompts_seen", 0)
+        if self.prompts is not None:
+            self.prompts.start = self.prompts_seen
+        # Restored at the next training step, not here: Lightning draws from torch's generator
+        # between loading a checkpoint and that step (the data loader's base seed).
+        self._resume_rng = checkpoint.get("dear_rng")
+        self.skipped_steps, self.skipped_in_a_row = checkpoint.get("dear_skipped", [0, 0])
+
+
+def rng_state() -> dict:
+    """Every random stream a training step draws from (torch's CPU and CUDA generators, Python's, NumPy's)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def accuracy_auc(history: list[dict], key: str = "accuracy") -> float:

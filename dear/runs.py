@@ -7,11 +7,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from dear.eval.runner import Evaluator
+from dear.files import write_json_atomic  # noqa: F401  (re-exported: runs write their records with it)
 from dear.schema import EvalConfig, TrainConfig
 
 PACKAGES = ("dear", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "wandb", "datasets")
@@ -25,21 +25,6 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write ``obj`` so that ``path`` is either absent or complete, never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=float)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_record(settings: TrainConfig | EvalConfig, run_dir: Path, *, wall_time_s: float, extra: dict) -> dict:

@@ -454,6 +454,26 @@ class EvalSettings(Schema):
 
 
 @dataclass(frozen=True)
+class CheckpointSettings(Schema):
+    """When ``checkpoints/last.ckpt`` is written (it is always written at the end and on a stop)."""
+
+    every_steps: Count  # every this many optimizer steps; 0 = not by steps
+    every_minutes: NonNegative  # every this many minutes of training; 0 = not by time
+
+    def check(self) -> None:
+        if self.every_steps and self.every_minutes:
+            raise ConfigError(f"checkpoint.every_steps={self.every_steps} and checkpoint.every_minutes="
+                              f"{self.every_minutes} are both set; give one (set the other to 0)")
+
+
+@dataclass(frozen=True)
+class GuardSettings(Schema):
+    """What a step with a non-finite loss, gradient or teacher logit does: it is skipped and counted."""
+
+    max_skipped_in_a_row: PositiveInt  # this many skipped steps in a row stop the run (last good state saved)
+
+
+@dataclass(frozen=True)
 class TrainConfig(Schema):
     """Everything ``dear-train`` reads (conf/train.yaml and its groups)."""
 
@@ -473,6 +493,8 @@ class TrainConfig(Schema):
     optim: OptimConfig
     loss: LossConfig
     eval: EvalSettings
+    checkpoint: CheckpointSettings
+    guards: GuardSettings
     ckpt_path: str | None = None  # a checkpoint to resume from
 
     def check(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from pathlib import Path
@@ -11,11 +12,18 @@ import torch
 
 from dear.config import train_config
 from dear.data.prompts import prompt_loader
+from dear.errors import DearError
+from dear.files import write_dir_atomic, writing
 from dear.models import check_compatible, load_model
 from dear.module import DistillModule, accuracy_auc
+from dear.preemption import Preemption, resume_command
 from dear.runs import build_evaluator, build_loggers, run_record, write_json_atomic
 
 log = logging.getLogger(__name__)
+
+
+class RunStopped(DearError):
+    """A run that stopped before its last step (a signal, or too many non-finite steps), with its checkpoint."""
 
 
 def train(cfg, run_dir: Path) -> dict:
@@ -34,24 +42,33 @@ def train(cfg, run_dir: Path) -> dict:
     data = prompt_loader(s.data, s.toy_task, student.tokenizer, chat_template=student.chat_template,
                          batch_size=s.batch_size, seed=s.seed)
     evaluator = build_evaluator(s, student, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts)
-    module = DistillModule(s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator)
+    module = DistillModule(s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator,
+                           prompts=data.dataset)
 
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    preemption = Preemption(last_ckpt)
     trainer = L.Trainer(
         accelerator=s.trainer.accelerator, devices=s.trainer.devices, precision=s.trainer.precision,
         max_steps=s.steps, logger=build_loggers(s, run_dir), default_root_dir=str(run_dir),
-        callbacks=[L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-            every_n_train_steps=max(1, s.eval.every or s.steps or 1))],
+        callbacks=[checkpoints(s, run_dir), preemption],
         gradient_clip_val=s.optim.grad_clip, log_every_n_steps=1, num_sanity_val_steps=0,
         limit_val_batches=0, enable_model_summary=False,
     )
     log.info("Training %s for %d steps (method=%s) in %s", s.model.name, s.steps, s.method.name, run_dir)
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=data, ckpt_path=s.ckpt_path)
+    with preemption.handlers(), writing(last_ckpt.parent):  # SIGTERM/SIGUSR1: checkpoint, then stop
+        trainer.fit(module, train_dataloaders=data, ckpt_path=s.ckpt_path or resume_path(run_dir))
+        if not module.stop_reason:  # a stopped run saved its checkpoint when it stopped
+            trainer.save_checkpoint(last_ckpt)
     wall = time.perf_counter() - t0
+    if module.stop_reason:
+        raise RunStopped(f"{module.stop_reason}; checkpoint {last_ckpt}; resume with: {resume_command(last_ckpt)}")
 
-    student.model.save_pretrained(run_dir / "student")
-    student.tokenizer.save_pretrained(run_dir / "student")
+    def export(folder: Path) -> None:
+        student.model.save_pretrained(folder)
+        student.tokenizer.save_pretrained(folder)
+
+    write_dir_atomic(run_dir / "student", export)  # a run killed mid-export leaves the previous student/
     first, last = module.history[0], module.history[-1]
     metrics = run_record(s, run_dir, wall_time_s=wall, extra={
         "steps": int(trainer.global_step),
@@ -61,6 +78,24 @@ def train(cfg, run_dir: Path) -> dict:
         "accuracy_auc": accuracy_auc(module.history),
         "curve": module.history,
         "mean_step_time_s": sum(module.step_seconds) / max(1, len(module.step_seconds)),
+        "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (dear/module.py)
     })
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def checkpoints(s, run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
+    """``checkpoints/last.ckpt`` every ``checkpoint.every_steps`` steps or ``every_minutes`` minutes."""
+    c = s.checkpoint
+    every = {"train_time_interval": datetime.timedelta(minutes=c.every_minutes)} if c.every_minutes else \
+        {"every_n_train_steps": c.every_steps or max(1, s.steps)}
+    return L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, **every)
+
+
+def resume_path(run_dir: Path) -> str | None:
+    """A requeued job (same run directory, same command) resumes from its own last checkpoint."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file() and not (run_dir / "metrics.json").is_file():
+        log.warning("Resuming from %s (this run directory holds an unfinished run)", last)
+        return str(last)
+    return None

@@ -17,34 +17,50 @@ from dear.schema import DataConfig, ToyTaskConfig
 
 
 class PromptStream(IterableDataset):
-    def __init__(self, draw: Callable[[random.Random], str], seed: int) -> None:
-        self.draw, self.seed = draw, seed
+    """Prompts drawn one at a time from ``random.Random(seed)``.
+
+    ``start`` prompts are drawn and dropped before the first one is yielded: a run resumed from a
+    checkpoint sets it to the number of prompts already trained on, so it continues the stream the
+    uninterrupted run would have seen (the DataLoader fetches ahead, so what was drawn is not what
+    was trained on; replaying the draws also restores a cycling draw's pass order).
+    """
+
+    def __init__(self, make_draw: Callable[[], Callable[[random.Random], str]], seed: int) -> None:
+        self.make_draw, self.seed = make_draw, seed
+        self.start = 0
 
     def __iter__(self) -> Iterator[str]:
-        rng = random.Random(self.seed)
+        rng, draw = random.Random(self.seed), self.make_draw()
+        for _ in range(self.start):
+            draw(rng)
         while True:
-            yield self.draw(rng)
+            yield draw(rng)
 
 
-def cycle_draw(prompts: list[str]) -> Callable[[random.Random], str]:
-    order: list[str] = []
+def cycle_draw(prompts: list[str]) -> Callable[[], Callable[[random.Random], str]]:
+    """A maker of draws that cycle through ``prompts``, reshuffled each pass."""
 
-    def draw(rng: random.Random) -> str:
-        if not order:
-            order.extend(rng.sample(prompts, len(prompts)))
-        return order.pop()
+    def make_draw() -> Callable[[random.Random], str]:
+        order: list[str] = []
 
-    return draw
+        def draw(rng: random.Random) -> str:
+            if not order:
+                order.extend(rng.sample(prompts, len(prompts)))
+            return order.pop()
+
+        return draw
+
+    return make_draw
 
 
 def prompt_loader(data_cfg: DataConfig, toy_task: ToyTaskConfig, tokenizer, *, chat_template: bool, batch_size: int,
                   seed: int) -> DataLoader:
     if data_cfg.name == "toy":
         task = ToyTask(toy_task)
-        draw = lambda rng: prompt_text(task.sample_train(rng))  # noqa: E731
+        make_draw = lambda: lambda rng: prompt_text(task.sample_train(rng))  # noqa: E731
     else:
         from dear.data.benchmarks import format_prompt, load_benchmark
 
         problems = load_benchmark(data_cfg.name, limit=data_cfg.limit, seed=seed, **(data_cfg.options or {}))
-        draw = cycle_draw([format_prompt(p, tokenizer, chat_template=chat_template) for p in problems])
-    return DataLoader(PromptStream(draw, seed), batch_size=batch_size, collate_fn=list)
+        make_draw = cycle_draw([format_prompt(p, tokenizer, chat_template=chat_template) for p in problems])
+    return DataLoader(PromptStream(make_draw, seed), batch_size=batch_size, collate_fn=list)
