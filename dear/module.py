@@ -91,7 +91,7 @@ class DistillModule(L.LightningModule):
     # --- non-finite guards ----------------------------------------------------------------
     def _check_teacher_logits(self, _teacher, _inputs, output):
         """A forward hook on the teacher: flags the step if any teacher logit is NaN or infinite."""
-        if not torch.isfinite(output.logits).all():
+        if not torch.isfinite(getattr(output, "logits", output)).all():
             self._nonfinite = self._nonfinite or "teacher logits"
 
     def on_before_optimizer_step(self, optimizer):

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from dear.errors import DearError
+from dear.files import write_text_atomic
 
 COLUMNS = ("accuracy_before", "accuracy_after", "gain", "accuracy_auc", "kl_after")
 
@@ -129,4 +130,8 @@ def main(argv: list[str]) -> None:
     text = table(runs)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        try:
+            write_text_atomic(args.out, text + "\n")  # a table is complete or absent, never half-written
+        except DearError as e:
+            print(f"dear-table: error: {e}", file=sys.stderr)
+            sys.exit(2)
