@@ -56,6 +56,12 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._stop_if_asked(trainer, pl_module)
 
+    def stop_now(self, trainer, pl_module) -> None:
+        """Lightning ended ``fit`` on a SIGTERM (after the step, as we would): make sure the checkpoint is there."""
+        if self.received is None:
+            raise RuntimeError("fit stopped on a SIGTERM that dear's handler did not see")
+        self._stop_if_asked(trainer, pl_module)
+
     def _stop_if_asked(self, trainer, pl_module) -> None:
         """On a signal, or when a guard stopped the run (``stop_reason``): save ``last.ckpt`` and stop."""
         if self.saved or (self.received is None and pl_module.stop_reason is None):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dear.config import train_config
 from dear.data.prompts import prompt_loader
@@ -57,7 +58,10 @@ def train(cfg, run_dir: Path) -> dict:
     log.info("Training %s for %d steps (method=%s) in %s", s.model.name, s.steps, s.method.name, run_dir)
     t0 = time.perf_counter()
     with preemption.handlers(), writing(last_ckpt.parent):  # SIGTERM/SIGUSR1: checkpoint, then stop
-        trainer.fit(module, train_dataloaders=data, ckpt_path=s.ckpt_path or resume_path(run_dir))
+        try:
+            trainer.fit(module, train_dataloaders=data, ckpt_path=s.ckpt_path or resume_path(run_dir))
+        except SIGTERMException:  # Lightning's own SIGTERM handler ends fit after the step, as ours does
+            preemption.stop_now(trainer, module)
         if not module.stop_reason:  # a stopped run saved its checkpoint when it stopped
             trainer.save_checkpoint(last_ckpt)
     wall = time.perf_counter() - t0

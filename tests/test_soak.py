@@ -40,10 +40,10 @@ def test_a_long_run_keeps_its_memory(tmp_path, toy_cache, monkeypatch):
         samples[int(self.global_step)] = rss_mib()
 
     monkeypatch.setattr(DistillModule, "on_train_batch_end", measured)
-    cfg = compose(TINY_MODELS + [f"cache_dir={toy_cache}", f"steps={STEPS}", "batch_size=3", "rollout.n=2",
-                                 "rollout.max_new_tokens=24", "eval.every=250", "benchmark.limit=8",
-                                 "benchmark.max_new_tokens=24", "eval.kl_prompts=4", "logger=csv",
-                                 "checkpoint.every_steps=100"])
+    cfg = compose(TINY_MODELS + [f"cache_dir={toy_cache}", f"steps={STEPS}", "batch_size=2", "rollout.n=2",
+                                 "rollout.max_new_tokens=12", "eval.every=500", "benchmark.limit=4",
+                                 "benchmark.max_new_tokens=12", "eval.kl_prompts=2", "logger=csv",
+                                 "checkpoint.every_steps=250"])
     run_dir = tmp_path / "soak"
     run_dir.mkdir()
     t0 = time.perf_counter()
