@@ -25,6 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from dear.bridge import TeacherPrompts
 from dear.data.prompts import PromptStream
 from dear.eval.runner import Evaluator
 from dear.rollout import generate
@@ -43,6 +44,9 @@ class _Frozen:
 
 class DistillModule(L.LightningModule):
     """A thin shell around `dear.step.distill_step`: sampling, logging, optimisation, evaluation."""
+
+    # Set when the teacher formats prompts differently from the student (dear/bridge.py).
+    teacher_prompts: TeacherPrompts | None = None
 
     def __init__(self, cfg: TrainConfig, student, teacher, tokenizer, vocab_size: int, evaluator: Evaluator,
                  prompts: PromptStream | None = None):
@@ -79,8 +83,9 @@ class DistillModule(L.LightningModule):
         r = self.cfg.rollout
         rollout = generate(self.student, self.tokenizer, prompts, n=r.n, temperature=r.temperature,
                            max_new_tokens=r.max_new_tokens).to(self.device)
+        seen = self.teacher_prompts.view(rollout, prompts, r.n) if self.teacher_prompts else None
         loss, stats = distill_step(self.student, self.teacher, rollout, self.cfg.method, self.cfg.loss,
-                                   vocab_size=self.vocab_size, generator=self.generator)
+                                   vocab_size=self.vocab_size, generator=self.generator, teacher_rollout=seen)
         self.log_dict(stats, on_step=True, prog_bar=False, batch_size=len(prompts))
         self.log("kl", stats["train/reverse_kl"], prog_bar=True, on_step=True, batch_size=len(prompts))
         self.step_seconds.append(time.perf_counter() - t0)

@@ -49,19 +49,37 @@ def config_record(settings: TrainConfig | EvalConfig) -> dict:
     return json.loads(json.dumps(asdict(settings), default=str))
 
 
-def build_evaluator(settings: TrainConfig | EvalConfig, loaded, *, vocab_size: int | None = None,
-                    kl_prompts: int = 0, progress: bool = False) -> Evaluator:
+def eval_problems(settings: TrainConfig | EvalConfig) -> list:
+    """The problems of ``settings.benchmark`` (loaded before any model, so a missing set fails at once)."""
     from dear.data.benchmarks import load_benchmark
 
     b = settings.benchmark
     options = dict(b.options or {})
     if b.name == "toy":
         options["task"] = asdict(settings.toy_task)
-    problems = load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
+    return load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
+
+
+def build_evaluator(settings: TrainConfig | EvalConfig, loaded, problems: list, *, vocab_size: int | None = None,
+                    kl_prompts: int = 0, progress: bool = False, teacher=None) -> Evaluator:
+    """The evaluator of ``problems`` (`eval_problems`) for the `LoadedModel` ``loaded`` and its teacher, if any."""
+    b = settings.benchmark
     return Evaluator(
         name=b.name, problems=problems, tokenizer=loaded.tokenizer, chat_template=loaded.chat_template,
         max_new_tokens=b.max_new_tokens, batch_size=settings.eval.batch_size, samples=b.samples,
-        temperature=b.temperature, kl_prompts=kl_prompts, vocab_size=vocab_size, progress=progress)
+        temperature=b.temperature, kl_prompts=kl_prompts, vocab_size=vocab_size, progress=progress,
+        **_teacher_format(loaded, teacher))
+
+
+def _teacher_format(student, teacher) -> dict:
+    """Evaluator arguments for a teacher that reads prompts in its own format (dear/bridge.py)."""
+    from dear.bridge import prompt_formatter, templates_differ
+    from dear.data.benchmarks import format_prompt
+
+    if teacher is None or not templates_differ(student, teacher):
+        return {}
+    return {"teacher_format": prompt_formatter(format_prompt, teacher.tokenizer, teacher.chat_template),
+            "teacher_tokenizer": teacher.tokenizer}
 
 
 def build_loggers(settings: TrainConfig, run_dir: Path):

@@ -359,6 +359,21 @@ class MethodConfig(Schema):
                               f"got {self.h_min!r}")
 
 
+# Benchmarks that are one problem set under two names (a subset, or the same problems with more tests).
+_SAME_PROBLEMS = {"math500-full": "math500", "humaneval-plus": "humaneval", "mbpp-plus": "mbpp"}
+
+
+# Training streams that never draw a held-out problem of the benchmark of the same name.
+_DISJOINT_STREAMS = {"toy"}  # dear/data/toy.py: training problems are drawn outside the held-out split
+
+
+def same_source(data: str, benchmark: str) -> bool:
+    """Whether training prompts named ``data`` are (some of) the problems of ``benchmark``."""
+    if data in _DISJOINT_STREAMS:
+        return False
+    return _SAME_PROBLEMS.get(data, data) == _SAME_PROBLEMS.get(benchmark, benchmark)
+
+
 def seed_ranges_disjoint(data: "DataConfig", benchmark: "BenchmarkConfig") -> bool:
     """Whether a reasoning-gym stream and benchmark of one task use no common generator seed.
 
@@ -404,7 +419,7 @@ class TrainerConfig(Schema):
 
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"]
     devices: PositiveInt | Literal["auto"]
-    precision: Literal["32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"]
+    precision: Literal["auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"]
     threads: PositiveInt | None = None  # torch intra-op threads; None = torch's default
 
 
@@ -498,6 +513,10 @@ class TrainConfig(Schema):
     ckpt_path: str | None = None  # a checkpoint to resume from
 
     def check(self) -> None:
+        if same_source(self.data.name, self.benchmark.name) and not seed_ranges_disjoint(self.data, self.benchmark):
+            raise ConfigError(f"data={self.data.name} trains on the problems benchmark={self.benchmark.name} "
+                              f"evaluates; pick training prompts from another set (e.g. data=rg-gsm_symbolic, "
+                              f"data=math-train)")
         if self.ckpt_path and not Path(self.ckpt_path).expanduser().is_file():
             raise ConfigError(f"ckpt_path={self.ckpt_path} does not exist; give a run's checkpoints/last.ckpt")
 

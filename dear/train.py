@@ -11,16 +11,30 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from dear.bridge import TeacherPrompts, templates_differ
 from dear.config import train_config
-from dear.data.prompts import prompt_loader
+from dear.data.prompts import prompt_loader, training_problems
 from dear.errors import DearError
 from dear.files import write_dir_atomic, writing
 from dear.models import check_compatible, load_model
 from dear.module import DistillModule, accuracy_auc
 from dear.preemption import Preemption, resume_command
-from dear.runs import build_evaluator, build_loggers, run_record, write_json_atomic
+from dear.runs import (
+    build_evaluator,
+    build_loggers,
+    eval_problems,
+    run_record,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
+
+
+def precision(setting: str) -> str:
+    """``auto``: bf16 mixed precision on a GPU, full fp32 on the CPU (bf16 is slow on most CPUs)."""
+    if setting != "auto":
+        return setting
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
 class RunStopped(DearError):
@@ -34,6 +48,10 @@ def train(cfg, run_dir: Path) -> dict:
     if s.trainer.threads:
         torch.set_num_threads(s.trainer.threads)
 
+    log.info("Loading the %s benchmark and the %s prompts", s.benchmark.name, s.data.name)
+    problems = eval_problems(s)  # before any model: a set that cannot be had fails at once
+    train_problems = training_problems(s.data, s.seed) if s.data.name != "toy" else None
+
     log.info("Loading student %s and teacher %s", s.model.name, s.teacher.name)
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
     teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
@@ -42,14 +60,17 @@ def train(cfg, run_dir: Path) -> dict:
     log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
     data = prompt_loader(s.data, s.toy_task, student.tokenizer, chat_template=student.chat_template,
                          batch_size=s.batch_size, seed=s.seed)
-    evaluator = build_evaluator(s, student, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts)
+    evaluator = build_evaluator(s, student, problems, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts,
+                                teacher=teacher)
     module = DistillModule(s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator,
                            prompts=data.dataset)
+    if templates_differ(student, teacher):  # the teacher reads each training prompt in its own format
+        module.teacher_prompts = TeacherPrompts.for_problems(train_problems or [], student, teacher)
 
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     preemption = Preemption(last_ckpt)
     trainer = L.Trainer(
-        accelerator=s.trainer.accelerator, devices=s.trainer.devices, precision=s.trainer.precision,
+        accelerator=s.trainer.accelerator, devices=s.trainer.devices, precision=precision(s.trainer.precision),
         max_steps=s.steps, logger=build_loggers(s, run_dir), default_root_dir=str(run_dir),
         callbacks=[checkpoints(s, run_dir), preemption],
         gradient_clip_val=s.optim.grad_clip, log_every_n_steps=1, num_sanity_val_steps=0,

@@ -53,6 +53,13 @@ def cycle_draw(prompts: list[str]) -> Callable[[], Callable[[random.Random], str
     return make_draw
 
 
+def training_problems(data_cfg: DataConfig, seed: int) -> list:
+    """The problems a benchmark-backed data preset draws its prompts from (not for data=toy)."""
+    from dear.data.benchmarks import load_benchmark
+
+    return load_benchmark(data_cfg.name, limit=data_cfg.limit, seed=seed, **(data_cfg.options or {}))
+
+
 def prompt_loader(data_cfg: DataConfig, toy_task: ToyTaskConfig, tokenizer, *, chat_template: bool, batch_size: int,
                   seed: int) -> DataLoader:
     if data_cfg.name == "toy":
@@ -61,6 +68,6 @@ def prompt_loader(data_cfg: DataConfig, toy_task: ToyTaskConfig, tokenizer, *, c
     else:
         from dear.data.benchmarks import format_prompt, load_benchmark
 
-        problems = load_benchmark(data_cfg.name, limit=data_cfg.limit, seed=seed, **(data_cfg.options or {}))
+        problems = training_problems(data_cfg, seed)
         make_draw = cycle_draw([format_prompt(p, tokenizer, chat_template=chat_template) for p in problems])
     return DataLoader(PromptStream(make_draw, seed), batch_size=batch_size, collate_fn=list)
