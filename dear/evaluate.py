@@ -12,7 +12,7 @@ import torch
 from dear.config import eval_config
 from dear.errors import DearError
 from dear.models import load_model
-from dear.runs import build_evaluator, eval_problems, run_record, write_json_atomic
+from dear.runs import build_evaluator, eval_problems, run_record, sandbox_record, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,6 @@ def evaluate(cfg, run_dir: Path) -> dict:
             f.write(json.dumps(record) + "\n")
     summary = run_record(s, run_dir, wall_time_s=wall, extra={
         "benchmark": s.benchmark.name, "n_problems": len(result.records), "metrics": result.summary,
-        "weights": loaded.source_dir})
+        "weights": loaded.source_dir, "sandbox": sandbox_record(problems)})
     write_json_atomic(run_dir / "summary.json", summary)
     return summary

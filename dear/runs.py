@@ -44,6 +44,15 @@ def run_record(settings: TrainConfig | EvalConfig, run_dir: Path, *, wall_time_s
     }
 
 
+def sandbox_record(problems: list) -> dict | None:
+    """How model-written code was isolated while grading ``problems`` (None when none of them is code)."""
+    if not any(p.kind in ("code", "code-io") for p in problems):
+        return None
+    from dear.eval.code import isolation
+
+    return {"isolation": isolation(), "DEAR_SANDBOX": os.environ.get("DEAR_SANDBOX", "strict")}
+
+
 def config_record(settings: TrainConfig | EvalConfig) -> dict:
     """Every setting a run used, as plain JSON (None where a knob is not read)."""
     return json.loads(json.dumps(asdict(settings), default=str))

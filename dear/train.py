@@ -24,6 +24,7 @@ from dear.runs import (
     build_loggers,
     eval_problems,
     run_record,
+    sandbox_record,
     write_json_atomic,
 )
 
@@ -97,6 +98,7 @@ def train(cfg, run_dir: Path) -> dict:
     first, last = module.history[0], module.history[-1]
     metrics = run_record(s, run_dir, wall_time_s=wall, extra={
         "steps": int(trainer.global_step),
+        "sandbox": sandbox_record(problems),
         "benchmarks": {s.benchmark.name: {"accuracy_before": first["accuracy"], "accuracy_after": last["accuracy"],
                                           "gain": last["accuracy"] - first["accuracy"]}},
         "heldout_reverse_kl": {"before": first.get("heldout_reverse_kl"), "after": last.get("heldout_reverse_kl")},

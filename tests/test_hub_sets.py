@@ -69,3 +69,16 @@ def test_apps_rows_become_io_problems(tmp_path):
     assert class_problem.entry_point == "add" and json.loads(class_problem.reference) == [{"input": "1\n2", "output": "3"}]
     assert grade(stdin_problem, "```python\nprint(2 * int(input()))\n```")
     assert not grade(stdin_problem, "```python\nprint(int(input()))\n```")
+
+
+def test_runs_record_how_code_was_sandboxed(monkeypatch):
+    from dear.data.benchmarks import Problem
+    from dear.eval import code
+    from dear.runs import sandbox_record
+
+    toy = Problem(id="t", question="1+2?", reference="3", kind="toy")
+    assert sandbox_record([toy]) is None
+    monkeypatch.setattr(code, "isolation", lambda: "namespaces")
+    monkeypatch.setenv("DEAR_SANDBOX", "weak")
+    program = Problem(id="c", question="f", reference="def check(c): pass", kind="code")
+    assert sandbox_record([toy, program]) == {"isolation": "namespaces", "DEAR_SANDBOX": "weak"}
