@@ -169,8 +169,9 @@ def test_multirun_writes_separate_runs_and_dear_table_collates_them(tmp_path, to
     assert table.returncode == 0, table.stderr
     rows = [line for line in table.stdout.splitlines() if line.startswith("| toy-student")]
     assert len(rows) == 1 and "| dear |" in rows[0] and "| 2 |" in rows[0]
-    empty = cli("dear-table", str(tmp_path / "nothing-here"), cwd=tmp_path)
-    assert_one_line_error(empty, "no finished runs")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("dear-table", str(tmp_path / "empty"), cwd=tmp_path), "no finished runs")
+    assert_one_line_error(cli("dear-table", str(tmp_path / "nothing-here"), cwd=tmp_path), "no folder")
 
 
 def test_dear_table_runs_a_grid_file_then_collates_it(tmp_path, toy_cache):
