@@ -1,4 +1,4 @@
-"""Branches a user meets: a mismatched chat template, a failed metrics write, dear-table's errors."""
+"""Branches a user meets: a mismatched tokenizer, a failed metrics write, dear-table's errors."""
 
 from __future__ import annotations
 
@@ -36,20 +36,24 @@ def pair(tmp_path, s_template, t_template, *, chat: bool) -> tuple[LoadedModel, 
     return (LoadedModel("student", Head(rows), toks[0], chat, "s"), LoadedModel("teacher", Head(rows), toks[1], chat, "t"))
 
 
-def test_tokenizers_that_differ_only_in_chat_template_are_refused(tmp_path):
+def test_tokenizers_that_differ_only_in_chat_template_are_a_compatible_pair(tmp_path):
+    """Since d948901 a different template is bridged (dear/bridge.py), not refused; ids must still match."""
     student, teacher = pair(tmp_path, TEMPLATE, TEMPLATE + "!", chat=True)
-    with pytest.raises(TokenizerMismatch, match="different chat templates; set chat_template=false"):
-        check_compatible(student, teacher)
-    teacher.chat_template = False  # one side formatting with its template is enough to refuse
-    with pytest.raises(TokenizerMismatch, match="different chat templates"):
-        check_compatible(student, teacher)
+    assert check_compatible(student, teacher) == len(student.tokenizer)
 
 
-def test_chat_templates_only_matter_when_a_side_uses_one(tmp_path):
-    student, teacher = pair(tmp_path, TEMPLATE, TEMPLATE + "!", chat=False)
-    assert check_compatible(student, teacher) == len(student.tokenizer)
-    student, teacher = pair(tmp_path / "same", TEMPLATE, TEMPLATE, chat=True)
-    assert check_compatible(student, teacher) == len(student.tokenizer)
+def test_a_pair_with_different_token_ids_or_too_few_head_rows_is_refused(tmp_path):
+    student, teacher = pair(tmp_path, TEMPLATE, TEMPLATE, chat=False)
+    vocab = teacher.tokenizer.get_vocab()
+    a, b = vocab["1"], vocab["2"]
+    teacher.tokenizer = type("Swapped", (), {"get_vocab": lambda self: {**vocab, "1": b, "2": a},
+                                            "__len__": lambda self: len(vocab)})()
+    with pytest.raises(TokenizerMismatch, match="2 of the student's ids map to different tokens"):
+        check_compatible(student, teacher)
+    student, teacher = pair(tmp_path / "rows", TEMPLATE, TEMPLATE, chat=False)
+    teacher.model = Head(len(student.tokenizer) - 1)
+    with pytest.raises(TokenizerMismatch, match="output rows"):
+        check_compatible(student, teacher)
 
 
 def test_a_failed_json_write_leaves_the_old_file_and_no_temp_file(tmp_path):
