@@ -4,9 +4,9 @@ This module is DESIGN.md §2 written as tensor functions, and reads top to botto
 
 1. Signals, no grad (`token_entropy`, `token_divergence`, `token_signals`): entropy ``H_t``
    of ``p = softmax(z_s/τ)``, divergence ``D_t`` to ``q = softmax(z_t/τ)``, argmaxes.
-2. Selection (`select_decisions`, `evidence_similarity`, `score_evidence`, `select_evidence`,
-   `select_tip`, `select_random`, `select_tokens`): decisions by entropy, evidence by cosine
-   similarity to the decisions boosted by divergence, per-token weights ``w_t``.
+2. Selection (`select_decisions`, `evidence_similarity`, `score_evidence`, `evidence_pool`,
+   `select_evidence`, `select_tip`, `select_random`, `select_tokens`): decisions by entropy,
+   evidence by cosine similarity to the decisions boosted by divergence, per-token weights ``w_t``.
 3. Loss (`distill_loss`): ``L = Σ w_t ℓ_t / Σ w_t`` with the exact gradient of ``ℓ_t``.
 4. Diagnostics (`selection_stats`).
 
@@ -29,8 +29,9 @@ Conventions shared by every function:
   mathematically (e.g. ``KL(p‖q)`` with ``q_v = 0 < p_v``) is returned as ``inf``.
 - Ties are broken deterministically: among equal scores the lower position index wins
   (with ``scope="batch"``, the lower flattened index ``i·T + t``, i.e. earlier sequences first).
-- Counts are ``⌈ρ·T_i⌉`` with ``T_i = mask[i].sum()``, computed with a 1e-9 slack so that a
-  product that is an integer in decimal (0.14·50 = 7.000000000000001 in floats) is not bumped up.
+- Counts are ``⌈ρ·T_i⌉`` with ``T_i = mask[i].sum()`` (the evidence count: ``⌈ρ_e·|pool_i|⌉``, the
+  pool being the non-decisions by default, see `evidence_pool`), computed with a 1e-9 slack so
+  that a product that is an integer in decimal (0.14·50 = 7.000000000000001) is not bumped up.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dear.schema import Divergence, LossKind, MethodConfig, Normalization
+from dear.schema import Boost, Divergence, EvidencePool, LossKind, MethodConfig, Normalization
 
 __all__ = [
     "Signals",
@@ -58,6 +59,7 @@ __all__ = [
     "evidence_similarity",
     "score_evidence",
     "select_evidence",
+    "evidence_pool",
     "select_tip",
     "select_random",
     "select_tokens",
@@ -68,6 +70,8 @@ __all__ = [
 DIVERGENCES: tuple[str, ...] = typing.get_args(Divergence)  # signal D_t
 LOSS_KINDS: tuple[str, ...] = typing.get_args(LossKind)  # loss ℓ_t
 NORMALIZATIONS: tuple[str, ...] = typing.get_args(Normalization)
+BOOSTS: tuple[str, ...] = typing.get_args(Boost)  # evidence score forms (§2 step 2)
+EVIDENCE_POOLS: tuple[str, ...] = typing.get_args(EvidencePool)  # what the evidence count is a share of
 
 # Elements per chunk buffer: 2**24 floats = 64 MiB, 110 positions at V = 151936 (see module doc).
 _CHUNK_ELEMENTS = 2**24
@@ -528,17 +532,17 @@ def _sequence_median(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(n > 0, med, torch.zeros_like(med))
 
 
-def _minmax(x: Tensor, where: Tensor, dim: int | None = -1) -> Tensor:
+def _minmax(x: Tensor, where: Tensor, dim: int | None = -1, constant: float = 0.0) -> Tensor:
     """Min-max normalise ``x`` to [0, 1] over the positions ``where`` (per row, or all if dim None).
 
-    A constant (or empty) set maps to 0. Values outside ``where`` are meaningless.
+    A constant (or empty) set maps to ``constant`` (default 0). Values outside ``where`` are meaningless.
     """
     lo = x.masked_fill(~where, math.inf)
     hi = x.masked_fill(~where, -math.inf)
     lo = lo.amin(dim, keepdim=True) if dim is not None else lo.amin()
     hi = hi.amax(dim, keepdim=True) if dim is not None else hi.amax()
     span = hi - lo
-    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), torch.zeros_like(x))
+    return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, 1.0), torch.full_like(x, constant))
 
 
 def select_decisions(
@@ -603,36 +607,54 @@ def evidence_similarity(
 
 
 def score_evidence(
-    sim: Tensor, divergence: Tensor, candidates: Tensor, mask: Tensor, *, boost: str = "multiplicative",
+    sim: Tensor, divergence: Tensor, candidates: Tensor, mask: Tensor, *, boost: str = "normalized",
     lam: float = 1.0,
 ) -> Tensor:
     """Evidence score of each candidate (§2 step 2); ``-inf`` elsewhere.
 
-    multiplicative: ``sim_t · (1 + λ · D_t / mean_u D_u)``, the mean over the sequence's response
-    tokens (ratio taken as 0 when that mean is 0); additive: ``norm(sim_t) + λ · norm(D_t)`` with
-    min-max normalisation over the sequence's candidates (a constant term normalises to 0);
-    none: ``sim_t``. Candidates without a finite sim are dropped.
+    normalized (the paper's): ``â_t · (1 + λ · δ̂_t)``; additive: ``â_t + λ · δ̂_t``; with ``â``, ``δ̂``
+    the relevance ``sim`` and the divergence ``D`` min-max normalised to [0, 1] over the sequence's
+    competing candidates. A constant (or one-element) set normalises to 0, except the relevance of
+    the normalized form, which goes to 1 (all equally relevant), so that ``similarity="none"`` (the
+    paper's gap-only) ranks by divergence instead of by position. multiplicative: ``sim_t · (1 + λ · D_t / mean_u D_u)``, unnormalised, the
+    mean over the sequence's response tokens (ratio taken as 0 when that mean is 0); none: ``sim_t``.
+    Competing candidates: ``candidates & mask`` with a finite sim (a candidate without an allowed
+    decision is dropped). Normalisation is per sequence whatever the selection's scope.
     sim, divergence ``[B, T]`` float, candidates, mask ``[B, T]`` bool -> ``[B, T]``.
     """
+    _check_choice("boost", boost, BOOSTS)
     candidates = candidates & mask & (sim > -math.inf)
     div = divergence.masked_fill(~mask, 0.0)
     if boost == "multiplicative":
         mean_div = div.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)  # [B, 1]
         ratio = torch.where(mean_div > 0, div / torch.where(mean_div > 0, mean_div, 1.0), torch.zeros_like(div))
         score = sim * (1.0 + lam * ratio)
-    elif boost == "additive":
-        score = _minmax(sim, candidates) + lam * _minmax(div, candidates)
+    elif boost in ("normalized", "additive"):
+        a_hat = _minmax(sim, candidates, constant=1.0 if boost == "normalized" else 0.0)  # [B, T] on candidates
+        d_hat = _minmax(div, candidates)
+        score = a_hat * (1.0 + lam * d_hat) if boost == "normalized" else a_hat + lam * d_hat
     else:
         score = sim
     return score.masked_fill(~candidates, -math.inf)
 
 
-def select_evidence(score: Tensor, mask: Tensor, *, ratio: float = 0.2, scope: str = "sequence") -> Tensor:
-    """Evidence ℰ (§2 step 3): the top ``⌈ρ_e·T_i⌉`` positions by score among those with a finite
-    score (count capped by what is available); ``scope="batch"``: top ``⌈ρ_e·Σ T_i⌉`` over the batch.
-    score ``[B, T]`` (``-inf`` = not a candidate), mask ``[B, T]`` -> ``[B, T]`` bool.
+def select_evidence(score: Tensor, pool: Tensor, *, ratio: float = 0.2, scope: str = "sequence") -> Tensor:
+    """Evidence ℰ (§2 step 3): the top ``⌈ρ_e·|pool_i|⌉`` positions by score among those with a finite
+    score (count capped by what is available); ``scope="batch"``: top ``⌈ρ_e·Σ_i |pool_i|⌉`` over the batch.
+
+    pool: the positions whose number sets the count, the non-decision response positions for
+    ``evidence_pool="remaining"`` (the paper's) or every response position for ``"all"``; only
+    positions in the pool with a finite score are chosen. Ties: lower position first.
+    score ``[B, T]`` (``-inf`` = not a candidate), pool ``[B, T]`` bool -> ``[B, T]`` bool.
     """
-    return _topk_by_scope(score, mask, mask, ratio, scope)
+    return _topk_by_scope(score, pool, pool, ratio, scope)
+
+
+def evidence_pool(mask: Tensor, decision: Tensor, pool: str = "remaining") -> Tensor:
+    """The positions whose number sets the evidence count: ``mask & ~decision`` ("remaining", the
+    paper's: ``⌈ρ_e·(T_i − |𝒟_i|)⌉``) or ``mask`` ("all": ``⌈ρ_e·T_i⌉``). ``[B, T]`` bool each."""
+    _check_choice("evidence_pool", pool, EVIDENCE_POOLS)
+    return mask & ~decision if pool == "remaining" else mask
 
 
 def select_tip(entropy: Tensor, divergence: Tensor, mask: Tensor, *, ratio: float = 0.5,
@@ -648,20 +670,26 @@ def select_tip(entropy: Tensor, divergence: Tensor, mask: Tensor, *, ratio: floa
 
 
 def select_random(mask: Tensor, *, decision_ratio: float = 0.2, evidence_ratio: float = 0.2,
-                  scope: str = "sequence", generator: torch.Generator | None = None) -> Tensor:
-    """Random control: a uniform subset of ``min(⌈ρ_d·T_i⌉ + ⌈ρ_e·T_i⌉, T_i)`` response positions
-    per sequence (DEAR's top-k size; with ``scope="batch"`` the same with ``Σ T_i`` over the batch).
+                  scope: str = "sequence", evidence_pool: str = "remaining",
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Random control: a uniform subset of DEAR's top-k size of response positions per sequence:
+    ``min(k_d + ⌈ρ_e·(T_i − k_d)⌉, T_i)`` with ``k_d = ⌈ρ_d·T_i⌉`` (``evidence_pool="remaining"``) or
+    ``min(k_d + ⌈ρ_e·T_i⌉, T_i)`` (``"all"``); with ``scope="batch"`` the same with ``Σ T_i`` over the batch.
     Uniform because it takes the top-k of i.i.d. uniform keys drawn from ``generator``.
     mask ``[B, T]`` -> ``[B, T]`` bool.
     """
+    _check_choice("evidence_pool", evidence_pool, EVIDENCE_POOLS)
     keys = torch.rand(mask.shape, generator=generator, device=mask.device)
+
+    def count(n: Tensor) -> Tensor:
+        k_dec = torch.minimum(_ceil_count(decision_ratio, n), n)
+        pool = n - k_dec if evidence_pool == "remaining" else n
+        return torch.minimum(k_dec + _ceil_count(evidence_ratio, pool), n)
+
     if scope == "batch":
-        n = mask.sum().reshape(1)
-        k = torch.minimum(_ceil_count(decision_ratio, n) + _ceil_count(evidence_ratio, n), n)
+        k = count(mask.sum().reshape(1))
         return _topk_mask(keys.reshape(1, -1), mask.reshape(1, -1), k).reshape(mask.shape)
-    n = mask.sum(-1)
-    k = torch.minimum(_ceil_count(decision_ratio, n) + _ceil_count(evidence_ratio, n), n)
-    return _topk_mask(keys, mask, k)
+    return _topk_mask(keys, mask, count(mask.sum(-1)))
 
 
 @dataclass(frozen=True)
@@ -692,7 +720,8 @@ def select_tokens(
 
     selector ``all``: every response token, weight 1 (OPD); ``entropy``: decisions only, weight 1;
     ``tip``: `select_tip`; ``random``: `select_random`; ``dear``: decisions, then evidence scored by
-    `evidence_similarity` and `score_evidence`, weights ``w_dec``/``w_evi``/``w_other``.
+    `evidence_similarity` and `score_evidence` among the non-decisions (candidates), counted over
+    `evidence_pool`, weights ``w_dec``/``w_evi``/``w_other``.
     entropy, divergence, mask ``[B, T]`` (mask True on response tokens), hidden ``[B, T, H]`` (only
     needed when evidence is scored by cosine similarity).
     """
@@ -712,7 +741,7 @@ def select_tokens(
         return Selection(weights=chosen.float(), decision=nothing, evidence=nothing, score=s)
     if m.selector == "random":
         chosen = select_random(mask, decision_ratio=m.decision_ratio, evidence_ratio=m.evidence_ratio,
-                               scope=m.scope, generator=generator)
+                               scope=m.scope, evidence_pool=m.evidence_pool, generator=generator)
         return Selection(weights=chosen.float(), decision=nothing, evidence=nothing)
 
     decision = select_decisions(entropy, mask, ratio=m.decision_ratio, mode=m.mode, h_min=m.h_min, scope=m.scope)
@@ -725,7 +754,8 @@ def select_tokens(
         sim = evidence_similarity(hidden, decision, mask, agg=m.agg, direction=m.direction,
                                   window=m.window, similarity=m.similarity)
         score = score_evidence(sim, divergence, candidates, mask, boost=m.boost, lam=m.lam)
-        evidence = select_evidence(score, mask, ratio=m.evidence_ratio, scope=m.scope)
+        evidence = select_evidence(score, evidence_pool(mask, decision, m.evidence_pool), ratio=m.evidence_ratio,
+                                   scope=m.scope)
     else:  # no evidence requested: skip the similarity (and the need for hidden states)
         score, evidence = None, nothing
     other = mask & ~decision & ~evidence

@@ -68,15 +68,17 @@ Selector = Literal["all", "entropy", "dear", "tip", "random"]
 Divergence = Literal["reverse_kl", "forward_kl", "jsd", "logratio"]  # the signal D_t
 LossKind = Literal["reverse_kl", "forward_kl", "jsd", "pg"]  # the per-token loss ℓ_t
 Normalization = Literal["selected", "all", "sequence"]
+Boost = Literal["normalized", "multiplicative", "additive", "none"]  # the evidence score's form
+EvidencePool = Literal["remaining", "all"]  # the evidence count: a share of the non-decisions, or of all
 Schedule = Literal["cosine", "constant"]
 # Which knobs each selector reads (the schema of the method group; values live in conf/method/).
 SELECTOR_KNOBS: dict[str, tuple[str, ...]] = {
     "all": (),
     "entropy": ("decision_ratio", "mode", "h_min", "scope"),
     "dear": ("decision_ratio", "evidence_ratio", "mode", "h_min", "scope", "agg", "direction", "window", "boost",
-             "lam", "confident_only", "similarity", "w_dec", "w_evi", "w_other", "hidden_layer"),
+             "lam", "confident_only", "similarity", "w_dec", "w_evi", "w_other", "hidden_layer", "evidence_pool"),
     "tip": ("tip_ratio", "scope"),
-    "random": ("decision_ratio", "evidence_ratio", "scope"),
+    "random": ("decision_ratio", "evidence_ratio", "scope", "evidence_pool"),
 }
 
 
@@ -304,11 +306,12 @@ class MethodConfig(Schema):
     read it (`SELECTOR_KNOBS`): decision_ratio ρ_d, evidence_ratio ρ_e, tip_ratio; mode topk |
     threshold (decisions are ``H_t ≥ h_min``); scope sequence | batch (where the top-k is taken);
     agg max | mean over the allowed decisions; direction both | before (evidence before its
-    decision) | after; window ``|t - d| ≤ window`` or None (anywhere); boost multiplicative |
-    additive | none with weight lam; confident_only: only ``H_t ≤`` the sequence median compete as
-    evidence; similarity cosine | none (``cos ≡ 1``); w_dec, w_evi, w_other: the weights of
-    decisions, evidence and the rest; hidden_layer: the student layer whose states are compared
-    (-1: the one the LM head reads).
+    decision) | after; window ``|t - d| ≤ window`` or None (anywhere); boost normalized (the
+    paper's ``â·(1 + λ·δ̂)``) | multiplicative | additive | none with weight lam; evidence_pool
+    remaining (evidence count ``⌈ρ_e·|non-decisions|⌉``, the paper's) | all (``⌈ρ_e·T_i⌉``);
+    confident_only: only ``H_t ≤`` the sequence median compete as evidence; similarity cosine |
+    none (``cos ≡ 1``); w_dec, w_evi, w_other: the weights of decisions, evidence and the rest;
+    hidden_layer: the student layer whose states are compared (-1: the one the LM head reads).
     """
 
     name: str
@@ -323,7 +326,8 @@ class MethodConfig(Schema):
     agg: Literal["max", "mean"] | None = None
     direction: Literal["both", "before", "after"] | None = None
     window: Count | None = None
-    boost: Literal["multiplicative", "additive", "none"] | None = None
+    boost: Boost | None = None
+    evidence_pool: EvidencePool | None = None
     lam: NonNegative | None = None
     confident_only: bool | None = None
     similarity: Literal["cosine", "none"] | None = None

@@ -42,7 +42,7 @@ BAD_RUNS = [
     (["method.decison_ratio=0.3"], ["method.decison_ratio is not a knob of method=dear", "decision_ratio",
                                     "evidence_ratio"]),
     (["method.decision_ratio=1.5"], ["method.decision_ratio must be a number in [0, 1], got 1.5"]),
-    (["method.boost=exp"], ["method.boost must be one of multiplicative, additive, none; got 'exp'"]),
+    (["method.boost=exp"], ["method.boost must be one of normalized, multiplicative, additive, none; got 'exp'"]),
     (["method=tip", "method.tip_ratio=-1"], ["method.tip_ratio must be a number in [0, 1]"]),
     (["method.mode=threshold", "method.h_min=null"], ["h_min must be a number"]),
     (["rollout.n=0"], ["rollout.n must be an integer >= 1, got 0"]),

@@ -424,8 +424,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def naive_select(H, D, h, mask, decision_ratio=0.2, evidence_ratio=0.2, mode="topk", h_min=None,
-                 scope="sequence", agg="max", direction="both", window=None, boost="multiplicative", lam=1.0,
-                 confident_only=False, similarity="cosine", w_dec=1.0, w_evi=1.0, w_other=0.0):
+                 scope="sequence", agg="max", direction="both", window=None, boost="normalized", lam=1.0,
+                 confident_only=False, similarity="cosine", w_dec=1.0, w_evi=1.0, w_other=0.0,
+                 evidence_pool="remaining"):
     """Returns (decision set, evidence set, weights dict) with (i, t) keys."""
     B, T = mask.shape
     pos = {i: [t for t in range(T) if mask[i, t]] for i in range(B)}
@@ -462,26 +463,33 @@ def naive_select(H, D, h, mask, decision_ratio=0.2, evidence_ratio=0.2, mode="to
                 continue  # no decision to support: never evidence
             sims = [1.0 if similarity == "none" else cosine(h[i, t], h[i, d]) for d in allowed]
             raw[t] = max(sims) if agg == "max" else sum(sims) / len(sims)
+        def norm(vals, constant=0.0):  # min-max over this sequence's competing candidates
+            lo, hi = min(vals.values(), default=0), max(vals.values(), default=0)
+            return {t: (v - lo) / (hi - lo) if hi > lo else constant for t, v in vals.items()}
+
         if boost == "multiplicative":
             s = {t: raw[t] * (1 + lam * (Df[i, t] / mean_d if mean_d > 0 else 0.0)) for t in raw}
         elif boost == "additive":
-            def norm(vals):
-                lo, hi = min(vals.values(), default=0), max(vals.values(), default=0)
-                return {t: (v - lo) / (hi - lo) if hi > lo else 0.0 for t, v in vals.items()}
             ns, nd = norm(raw), norm({t: Df[i, t] for t in raw})
             s = {t: ns[t] + lam * nd[t] for t in raw}
+        elif boost == "normalized":
+            ns, nd = norm(raw, constant=1.0), norm({t: Df[i, t] for t in raw})
+            s = {t: ns[t] * (1 + lam * nd[t]) for t in raw}
         else:
             s = raw
         score.update({(i, t): v for t, v in s.items()})
-    # 3. evidence
+    # 3. evidence: a share of the non-decisions ("remaining") or of every response token ("all")
+    def pool(keys):
+        return len([k for k in keys if evidence_pool == "all" or k not in dec])
+
     if scope == "sequence":
         evi = set()
         for i in range(B):
             ranked = sorted([t for t in pos[i] if (i, t) in score], key=lambda t: (-score[i, t], t))
-            evi |= {(i, t) for t in ranked[:ceil_ratio(evidence_ratio, len(pos[i]))]}
+            evi |= {(i, t) for t in ranked[:ceil_ratio(evidence_ratio, pool([(i, t) for t in pos[i]]))]}
     else:
         ranked = sorted(score, key=lambda k: (-score[k], k))
-        evi = set(ranked[:ceil_ratio(evidence_ratio, len(Hf))])
+        evi = set(ranked[:ceil_ratio(evidence_ratio, pool(Hf))])
     weights = {k: (w_dec if k in dec else w_evi if k in evi else w_other) for k in Hf}
     return dec, evi, weights
 
@@ -516,6 +524,14 @@ SELECTION_CASES = [
     ("dear", {"window": 0}),
     ("dear", {"boost": "additive", "lam": 0.5}),
     ("dear", {"boost": "none"}),
+    ("dear", {"boost": "multiplicative"}),
+    ("dear", {"boost": "multiplicative", "evidence_pool": "all"}),  # the score before issue 11
+    ("dear", {"lam": 2.5}),
+    ("dear", {"evidence_pool": "all"}),
+    ("dear", {"scope": "batch", "evidence_pool": "all"}),
+    ("dear", {"mode": "threshold", "h_min": 0.5, "evidence_ratio": 0.45}),
+    ("dear_nosim", {"boost": "multiplicative"}),
+    ("dear_noboost", {"evidence_pool": "all"}),
     ("dear", {"lam": 3.0, "confident_only": True}),
     ("dear", {"mode": "threshold", "h_min": 1.0}),
     ("dear", {"scope": "batch"}),
@@ -553,12 +569,50 @@ def test_select_tokens_matches_naive(method, overrides):
 
 
 def test_default_dear_selects_the_documented_counts():
+    """The paper's counts: ⌈ρ_d·T⌉ decisions, then ⌈ρ_e·(T − ⌈ρ_d·T⌉)⌉ evidence (36% of 100 kept)."""
     H, D, hidden, mask = make_selection_inputs(1)
     sel = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask)
     for i in range(mask.shape[0]):
         n = int(mask[i].sum())
-        assert int(sel.decision[i].sum()) == math.ceil(0.2 * n)
-        assert int(sel.evidence[i].sum()) == min(math.ceil(0.2 * n), n - math.ceil(0.2 * n))
+        n_dec = math.ceil(0.2 * n)
+        assert int(sel.decision[i].sum()) == n_dec
+        assert int(sel.evidence[i].sum()) == math.ceil(0.2 * (n - n_dec))
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(3, 100, dtype=torch.bool)
+    H, D, hidden = torch.rand(3, 100, generator=g), torch.rand(3, 100, generator=g), torch.randn(3, 100, 4, generator=g)
+    kept = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask).weights.sum(-1)
+    assert kept.tolist() == [36.0] * 3
+    old = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, evidence_pool="all").weights.sum(-1)
+    assert old.tolist() == [40.0] * 3
+
+
+@pytest.mark.parametrize("pool", ["remaining", "all"])
+@pytest.mark.parametrize("scope", ["sequence", "batch"])
+def test_random_picks_as_many_tokens_as_dear(pool, scope):
+    H, D, hidden, mask = make_selection_inputs(0, ties=False)
+    knobs = dict(evidence_pool=pool, scope=scope, decision_ratio=0.3, evidence_ratio=0.4)
+    dear = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, **knobs)
+    rand = select("random", entropy=H, divergence=D, hidden=None, mask=mask,
+                  generator=torch.Generator().manual_seed(0), **knobs)
+    dim = -1 if scope == "sequence" else None
+    n_dear = (dear.decision | dear.evidence).sum(dim) if dim else (dear.decision | dear.evidence).sum()
+    n_rand = (rand.weights > 0).sum(dim) if dim else (rand.weights > 0).sum()
+    assert torch.equal(n_dear, n_rand)
+
+
+def test_normalized_score_is_relevance_times_one_plus_divergence():
+    """One sequence worked by hand: relevance min-max over the candidates, then â·(1 + λ·δ̂)."""
+    from dear.objective import score_evidence
+
+    sim = torch.tensor([[0.9, 0.5, 0.1, 0.3, NEG]])  # position 0 is a decision (not a candidate)
+    div = torch.tensor([[5.0, 1.0, 3.0, 2.0, 9.0]])  # D at the decision and the padding must not count
+    mask = torch.tensor([[True, True, True, True, False]])
+    cand = torch.tensor([[False, True, True, True, False]])
+    got = score_evidence(sim, div, cand, mask, boost="normalized", lam=1.0)
+    # â over {0.5, 0.1, 0.3} = {1, 0, 0.5}; δ̂ over {1, 3, 2} = {0, 1, 0.5}
+    torch.testing.assert_close(got, torch.tensor([[NEG, 1.0, 0.0, 0.75, NEG]]))
+    const = score_evidence(torch.ones(1, 5), div, cand, mask, boost="normalized", lam=2.0)  # gap-only
+    torch.testing.assert_close(const, torch.tensor([[NEG, 1.0, 3.0, 2.0, NEG]]))
 
 
 def test_count_is_not_bumped_by_float_rounding():
@@ -632,11 +686,14 @@ def test_random_counts_determinism_and_uniformity():
     assert torch.equal(a, b) and not torch.equal(a, c)
     for i in range(mask.shape[0]):
         n = int(mask[i].sum())
-        assert int((a[i] > 0).sum()) == min(ceil_ratio(0.2, n) * 2, n)
+        assert int((a[i] > 0).sum()) == ceil_ratio(0.2, n) + ceil_ratio(0.2, n - ceil_ratio(0.2, n))
+        assert int((pick(0, evidence_pool="all")[i] > 0).sum()) == min(ceil_ratio(0.2, n) * 2, n)
     assert (a[~mask] == 0).all()
-    batch = pick(0, scope="batch", decision_ratio=0.1, evidence_ratio=0.3)
+    batch = pick(0, scope="batch", decision_ratio=0.1, evidence_ratio=0.3, evidence_pool="all")
     n = int(mask.sum())
     assert int((batch > 0).sum()) == ceil_ratio(0.1, n) + ceil_ratio(0.3, n)
+    batch = pick(0, scope="batch", decision_ratio=0.1, evidence_ratio=0.3)
+    assert int((batch > 0).sum()) == ceil_ratio(0.1, n) + ceil_ratio(0.3, n - ceil_ratio(0.1, n))
     # uniform: each of 10 response positions is picked with probability 4/10
     many = torch.zeros(4000, 12, dtype=torch.bool)
     many[:, 1:11] = True
@@ -699,7 +756,7 @@ def test_cosine_is_against_the_sequence_own_decisions_only():
     hidden[1, :, 1] = 1.0  # sequence 1 all along e1 except position 2
     hidden[1, 2] = torch.tensor([1.0, 0.0])
     sel = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, decision_ratio=0.1,
-                        evidence_ratio=0.6)  # 1 decision (position 0), 4 evidence of 5
+                        evidence_ratio=0.8)  # 1 decision (position 0), ⌈0.8·5⌉ = 4 evidence of 5
     assert sel.evidence[0].nonzero().flatten().tolist() == [1, 2, 3, 5]
     assert sel.evidence[1].nonzero().flatten().tolist() == [1, 3, 4, 5]
 
@@ -722,7 +779,8 @@ BAD_KNOBS = [
     ({"scope": "global"}, r"scope must be one of sequence, batch"),
     ({"agg": "min"}, r"agg must be one of max, mean"),
     ({"direction": "left"}, r"direction must be one of both, before, after"),
-    ({"boost": "exp"}, r"boost must be one of multiplicative, additive, none"),
+    ({"boost": "exp"}, r"boost must be one of normalized, multiplicative, additive, none"),
+    ({"evidence_pool": "some"}, r"evidence_pool must be one of remaining, all; got 'some'"),
     ({"window": -1}, r"window must be an integer >= 0 or None"),
     ({"window": 2.5}, r"window must be an integer >= 0 or None"),
     ({"confident_only": "yes"}, r"confident_only must be true or false"),
