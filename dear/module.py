@@ -87,7 +87,8 @@ class DistillModule(L.LightningModule):
         loss, stats = distill_step(self.student, self.teacher, rollout, self.cfg.method, self.cfg.loss,
                                    vocab_size=self.vocab_size, generator=self.generator, teacher_rollout=seen)
         self.log_dict(stats, on_step=True, prog_bar=False, batch_size=len(prompts))
-        self.log("kl", stats["train/reverse_kl"], prog_bar=True, on_step=True, batch_size=len(prompts))
+        if "train/reverse_kl" in stats:  # absent when it is not finite (a step the guards will skip)
+            self.log("kl", stats["train/reverse_kl"], prog_bar=True, on_step=True, batch_size=len(prompts))
         self.step_seconds.append(time.perf_counter() - t0)
         if self._nonfinite is None and not torch.isfinite(loss.detach()):
             self._nonfinite = "loss"
