@@ -60,6 +60,7 @@ class DistillModule(L.LightningModule):
         self.history: list[dict] = []  # one row per evaluation: step, accuracy, heldout_reverse_kl
         self.generator = torch.Generator().manual_seed(cfg.seed)  # for method=random
         self.step_seconds: list[float] = []
+        self.coverage = [0.0, 0]  # Σ and count of train/grad_mass_coverage over the run (metrics.json)
         self.prompts = prompts  # told where to resume when a checkpoint is loaded
         self.prompts_seen = 0  # prompts trained on so far (skipped steps included)
         self.skipped_steps = 0
@@ -90,6 +91,8 @@ class DistillModule(L.LightningModule):
         if "train/reverse_kl" in stats:  # absent when it is not finite (a step the guards will skip)
             self.log("kl", stats["train/reverse_kl"], prog_bar=True, on_step=True, batch_size=len(prompts))
         self.step_seconds.append(time.perf_counter() - t0)
+        if "train/grad_mass_coverage" in stats:
+            self.coverage = [self.coverage[0] + stats["train/grad_mass_coverage"], self.coverage[1] + 1]
         if self._nonfinite is None and not torch.isfinite(loss.detach()):
             self._nonfinite = "loss"
         return loss
@@ -171,6 +174,7 @@ class DistillModule(L.LightningModule):
         checkpoint["dear_prompts_seen"] = self.prompts_seen
         checkpoint["dear_rng"] = rng_state()
         checkpoint["dear_skipped"] = [self.skipped_steps, self.skipped_in_a_row]
+        checkpoint["dear_coverage"] = list(self.coverage)
 
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("dear_history", []))
@@ -183,6 +187,7 @@ class DistillModule(L.LightningModule):
         # between loading a checkpoint and that step (the data loader's base seed).
         self._resume_rng = checkpoint.get("dear_rng")
         self.skipped_steps, self.skipped_in_a_row = checkpoint.get("dear_skipped", [0, 0])
+        self.coverage = list(checkpoint.get("dear_coverage", [0.0, 0]))
 
 
 def rng_state() -> dict:

@@ -261,7 +261,7 @@ def _rows_value(kind: str, r: _Rows, beta: float, y: Tensor | None = None) -> tu
     """Per-row ``ℓ`` of the (effective) kind, and ``A = log q(y) - log p(y)`` for the sampled kinds.
 
     reverse_kl ``KL(p‖q)``; forward_kl ``KL(q‖p)``; jsd (0<β<1) ``β·KL(q‖m) + (1-β)·KL(p‖m)``;
-    pg ``-A·log p(y)``; logratio ``|A|``. -> ([m], [m] | None).
+    pg ``-A·log p(y)``; ce ``-log p(y)``; logratio ``|A|``. -> ([m], [m] | None).
     """
     if kind == "reverse_kl":
         return _rows_kl(r.logp, r.p, r.logq, r.tmp, r.zero), None
@@ -274,7 +274,8 @@ def _rows_value(kind: str, r: _Rows, beta: float, y: Tensor | None = None) -> tu
     rows = torch.arange(y.numel(), device=y.device)
     logp_y = r.logp[rows, y]
     aux = r.logq[rows, y] - logp_y
-    return (-aux * logp_y if kind == "pg" else aux.abs()), aux
+    value = -aux * logp_y if kind == "pg" else -logp_y if kind == "ce" else aux.abs()
+    return value, aux
 
 
 def _rows_grad(kind: str, r: _Rows, beta: float, value: Tensor, y: Tensor | None, aux: Tensor | None) -> Tensor:
@@ -285,6 +286,7 @@ def _rows_grad(kind: str, r: _Rows, beta: float, value: Tensor, y: Tensor | None
     - forward_kl ``KL(q‖p)``:  ``p - q``
     - jsd (0<β<1):             ``(1-β) · p ⊙ (log p - log m - KL(p‖m))``  (the ``q/m`` terms cancel)
     - pg ``-A·log p(y)``:      ``-A · (onehot(y) - p)``, ``A`` detached (``aux``)
+    - ce ``-log p(y)``:        ``p - onehot(y)`` (sft on reference tokens; the teacher is not read)
     - logratio ``|A|``:        ``-sign(A) · (onehot(y) - p)``
     """
     if kind == "reverse_kl":
@@ -296,7 +298,7 @@ def _rows_grad(kind: str, r: _Rows, beta: float, value: Tensor, y: Tensor | None
         logm = _log_mixture(r.logp, r.logq, beta)
         kl_pm = _rows_kl(r.logp, r.p, logm, r.tmp, r.zero)  # leaves zero = (p == 0)
         return r.logp.sub_(logm).sub_(kl_pm[:, None]).mul_(r.p).masked_fill_(r.zero, 0.0).mul_(1.0 - beta)
-    coef = -aux if kind == "pg" else -torch.sign(aux)  # ∂ℓ/∂log p(y), [m]
+    coef = -aux if kind == "pg" else -torch.ones_like(aux) if kind == "ce" else -torch.sign(aux)  # ∂ℓ/∂log p(y), [m]
     g = r.p.mul_(-coef[:, None])
     g[torch.arange(g.shape[0], device=g.device), y] += coef
     return g
@@ -348,12 +350,12 @@ class _ChunkedTokenLoss(torch.autograd.Function):
 
 def _check_sampled(sampled_ids: Tensor | None, shape: torch.Size, vocab: int, kind: str,
                    used: Tensor | None = None) -> Tensor | None:
-    """Validate ``sampled_ids [B, T]`` for the sampled-token kinds (pg, logratio); None otherwise.
+    """Validate ``sampled_ids [B, T]`` for the sampled-token kinds (pg, logratio, ce); None otherwise.
 
     Ids must lie in ``[0, V*)`` at the ``used`` positions (bool ``[B, T]``, default all); elsewhere
     (prompt/padding, e.g. -100) they are clamped so that gathers stay in range.
     """
-    if kind not in ("pg", "logratio"):
+    if kind not in ("pg", "logratio", "ce"):
         return None
     if sampled_ids is None:
         raise ValueError(f"kind={kind!r} needs sampled_ids (the sampled token y_t per position, shape {tuple(shape)})")
@@ -434,7 +436,10 @@ class Signals:
 
     entropy: student ``H_t``; divergence: the selection's ``D_t`` (its kind as asked);
     reverse_kl: always the true ``KL(p‖q)`` (for logging); student_argmax / teacher_argmax:
-    long, argmax of the raw logits over the shared vocabulary (first maximum on ties).
+    long, argmax of the raw logits over the shared vocabulary (first maximum on ties);
+    grad_norm: ``‖g_t‖₂`` with ``g_t = p ⊙ (log p − log q − KL(p‖q))`` the reverse-KL gradient at the
+    tempered student logits ``z_s/τ`` (entries with ``p_v = 0`` are 0), the weight of a token in the
+    gradient-mass coverage; None when not computed.
     """
 
     entropy: Tensor
@@ -442,6 +447,7 @@ class Signals:
     reverse_kl: Tensor
     student_argmax: Tensor
     teacher_argmax: Tensor
+    grad_norm: Tensor | None = None
 
 
 @torch.no_grad()
@@ -457,7 +463,8 @@ def token_signals(
     vocab_size: int | None = None,
     chunk_size: int | None = None,
 ) -> Signals:
-    """All per-token signals in one chunked, no-grad pass over the response positions.
+    """All per-token signals in one chunked, no-grad pass over the response positions: entropy, the
+    selection's divergence, the true reverse KL, both argmaxes and the reverse-KL gradient norm.
 
     student_logits ``[B, T, Vs]``, teacher_logits ``[B, T, Vt]``, mask ``[B, T]`` bool,
     sampled_ids ``[B, T]`` (only for ``divergence="logratio"``) -> `Signals` of float32/long ``[B, T]``.
@@ -473,7 +480,7 @@ def token_signals(
     kind = _effective_kind(divergence, beta)
     b, t = mask.bool().nonzero(as_tuple=True)  # response positions, row-major
     out = {name: torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-           for name in ("entropy", "divergence", "reverse_kl")}
+           for name in ("entropy", "divergence", "reverse_kl", "grad_norm")}
     s_arg = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
     t_arg = torch.zeros_like(s_arg)
     rows = _rows_per_chunk(vocab, chunk_size)
@@ -486,8 +493,10 @@ def token_signals(
         _log_softmax_(r.logp, r.p, temperature)
         _log_softmax_(r.logq, r.q, temperature)
         out["entropy"][bi, ti] = _rows_entropy(r).float()
-        rkl = _rows_kl(r.logp, r.p, r.logq, r.tmp, r.zero)
+        rkl = _rows_kl(r.logp, r.p, r.logq, r.tmp, r.zero)  # leaves zero = (p == 0)
         out["reverse_kl"][bi, ti] = rkl.float()
+        g = torch.sub(r.logp, r.logq, out=r.tmp).sub_(rkl[:, None]).mul_(r.p).masked_fill_(r.zero, 0.0)  # [m, V]
+        out["grad_norm"][bi, ti] = torch.linalg.vector_norm(g, dim=-1).float()
         div = rkl if kind == "reverse_kl" else _rows_value(kind, r, beta, y[bi, ti] if y is not None else None)[0]
         out["divergence"][bi, ti] = div.float()
     return Signals(student_argmax=s_arg, teacher_argmax=t_arg, **out)
@@ -786,7 +795,8 @@ def distill_loss(
 
     ``ℓ_t`` by kind: ``reverse_kl`` ``KL(p_θ‖q)``; ``forward_kl`` ``KL(q‖p_θ)``; ``jsd`` as in
     `token_divergence`; ``pg`` ``-A_t · log p_θ(y_t)`` with the detached ``A_t = log q(y_t) - log p_θ(y_t)``
-    (``y`` = sampled_ids). Reduction by ``normalize``: "selected" ``Σ w ℓ / Σ w``; "all"
+    (``y`` = sampled_ids); ``ce`` ``-log p_θ(y_t)``, cross-entropy on the given tokens (sft: ``y`` are
+    reference tokens, the teacher's logits are not used). Reduction by ``normalize``: "selected" ``Σ w ℓ / Σ w``; "all"
     ``Σ w ℓ / Σ mask``; "sequence" the mean over sequences with ≥ 1 response token of
     ``Σ_t w ℓ / T_i``. An empty denominator gives a loss of 0 (with a zero gradient).
 
@@ -849,7 +859,10 @@ def selection_stats(selection: Selection, signals: Signals, mask: Tensor) -> dic
     decision nor evidence; NaN for an empty group); reverse_kl: true mean ``KL(p‖q)`` over all
     response tokens; cyw_rate: response positions with ``H_t ≤`` their sequence's (lower) median
     entropy whose student argmax ≠ teacher argmax, as a fraction of response tokens;
-    cyw_in_evidence / cyw_in_selected: the share of those positions in ℰ / with ``w > 0`` (NaN if none).
+    cyw_in_evidence / cyw_in_selected: the share of those positions in ℰ / with ``w > 0`` (NaN if none);
+    grad_mass_coverage (when ``signals.grad_norm`` is set): ``Σ_{t: w_t > 0} ‖g_t‖₂ / Σ_t ‖g_t‖₂`` over
+    the response tokens, the paper's share of the reverse-KL gradient mass the selection keeps (NaN
+    if the denominator is 0; 1.0 for opd).
     """
     mask = mask.bool()
     n = mask.sum().clamp_min(1).float()
@@ -877,4 +890,8 @@ def selection_stats(selection: Selection, signals: Signals, mask: Tensor) -> dic
     stats["cyw_rate"] = float(n_cyw / n)
     stats["cyw_in_evidence"] = float((cyw & evidence).sum() / n_cyw) if n_cyw else math.nan
     stats["cyw_in_selected"] = float((cyw & selected).sum() / n_cyw) if n_cyw else math.nan
+    if signals.grad_norm is not None:
+        g = signals.grad_norm.double()
+        total = float(g[mask].sum())
+        stats["grad_mass_coverage"] = float(g[selected].sum()) / total if total > 0 else math.nan
     return stats

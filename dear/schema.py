@@ -66,7 +66,7 @@ PositiveInt = Annotated[int, Range(1)]
 
 Selector = Literal["all", "entropy", "dear", "tip", "random"]
 Divergence = Literal["reverse_kl", "forward_kl", "jsd", "logratio"]  # the signal D_t
-LossKind = Literal["reverse_kl", "forward_kl", "jsd", "pg"]  # the per-token loss ℓ_t
+LossKind = Literal["reverse_kl", "forward_kl", "jsd", "pg", "ce"]  # the per-token loss ℓ_t (ce: sft)
 Normalization = Literal["selected", "all", "sequence"]
 Boost = Literal["normalized", "multiplicative", "additive", "none"]  # the evidence score's form
 EvidencePool = Literal["remaining", "all"]  # the evidence count: a share of the non-decisions, or of all

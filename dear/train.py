@@ -105,6 +105,8 @@ def train(cfg, run_dir: Path) -> dict:
         "accuracy_auc": accuracy_auc(module.history),
         "curve": module.history,
         "mean_step_time_s": sum(module.step_seconds) / max(1, len(module.step_seconds)),
+        # the paper's share of the reverse-KL gradient mass the selection keeps, averaged over steps (DESIGN §2)
+        "grad_mass_coverage": module.coverage[0] / module.coverage[1] if module.coverage[1] else None,
         "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (dear/module.py)
     })
     write_json_atomic(run_dir / "metrics.json", metrics)

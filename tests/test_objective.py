@@ -114,6 +114,8 @@ def naive_token(zs: torch.Tensor, zt: torch.Tensor, kind: str, tau: float = 1.0,
     if kind == "pg":
         advantage = (lq[y] - lp[y]).detach()
         return -advantage * lp[y]
+    if kind == "ce":
+        return -lp[y]
     raise AssertionError(kind)
 
 
@@ -221,6 +223,7 @@ def test_token_signals_matches_naive(divergence, beta, chunk_size):
         for t in range(6):
             if not mask[i, t]:
                 assert sig.entropy[i, t] == 0 and sig.divergence[i, t] == 0 and sig.reverse_kl[i, t] == 0
+                assert sig.grad_norm[i, t] == 0
                 assert sig.student_argmax[i, t] == 0 and sig.teacher_argmax[i, t] == 0
                 continue
             s, q = zs[i, t].double(), zt[i, t, :9].double()
@@ -229,6 +232,11 @@ def test_token_signals_matches_naive(divergence, beta, chunk_size):
             assert float(sig.reverse_kl[i, t]) == pytest.approx(float(naive_token(s, q, "reverse_kl", tau)), abs=1e-5)
             ref_d = float(naive_token(s, q, divergence, tau, beta, yt))
             assert float(sig.divergence[i, t]) == pytest.approx(ref_d, abs=1e-5)
+            # ‖∂KL(p‖q)/∂(z/τ)‖₂ by autograd on the support (off-support entries have zero gradient)
+            s_req = s.clone().requires_grad_(True)
+            naive_token(s_req, q, "reverse_kl", tau).backward()
+            ref_g = float((s_req.grad * tau).norm())
+            assert float(sig.grad_norm[i, t]) == pytest.approx(ref_g, rel=1e-4, abs=1e-6)
             assert int(sig.student_argmax[i, t]) == max(range(9), key=lambda v: (float(s[v]), -v))
             assert int(sig.teacher_argmax[i, t]) == max(range(9), key=lambda v: (float(q[v]), -v))
     assert sig.student_argmax.dtype == torch.long
@@ -278,7 +286,7 @@ def make_weights(seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("normalize", ["selected", "all", "sequence"])
-@pytest.mark.parametrize("kind,beta", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.4), ("pg", 0.5)])
+@pytest.mark.parametrize("kind,beta", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.4), ("pg", 0.5), ("ce", 0.5)])
 def test_distill_loss_value_and_grad(kind, beta, normalize):
     zs, zt = make_logits(5, student_only_inf=kind != "forward_kl")
     mask = make_mask()
@@ -713,7 +721,10 @@ def test_selection_stats_matches_naive(ties):
     t_arg = torch.randint(0, 3, (B, T), generator=g)
     rkl = torch.rand(B, T, generator=g)
     rkl[~mask] = 1e6
-    signals = Signals(entropy=H, divergence=D, reverse_kl=rkl, student_argmax=s_arg, teacher_argmax=t_arg)
+    gnorm = torch.rand(B, T, generator=g)
+    gnorm[~mask] = 1e6  # padding must not enter the coverage's denominator
+    signals = Signals(entropy=H, divergence=D, reverse_kl=rkl, student_argmax=s_arg, teacher_argmax=t_arg,
+                      grad_norm=gnorm)
     sel = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, w_other=0.0)
     stats = selection_stats(sel, signals, mask)
 
@@ -740,9 +751,12 @@ def test_selection_stats_matches_naive(ties):
     assert stats["cyw_rate"] == pytest.approx(len(cyw) / n)
     assert stats["cyw_in_evidence"] == pytest.approx(len(cyw & evi) / len(cyw))
     assert stats["cyw_in_selected"] == pytest.approx(len(cyw & (dec | evi)) / len(cyw))
+    mass = sum(float(gnorm[k]) for k in keys)
+    assert stats["grad_mass_coverage"] == pytest.approx(sum(float(gnorm[k]) for k in dec | evi) / mass, rel=1e-6)
     # an empty group is NaN, not a misleading 0
     opd = select("opd", entropy=H, divergence=D, hidden=None, mask=mask)
     assert math.isnan(selection_stats(opd, signals, mask)["entropy_evidence"])
+    assert selection_stats(opd, signals, mask)["grad_mass_coverage"] == pytest.approx(1.0)
 
 
 def test_cosine_is_against_the_sequence_own_decisions_only():
