@@ -2,7 +2,8 @@
 
 The fast tests compose ``experiment=smollm2-chain_sum`` and check the tune recipe's schema
 without building anything. The slow ones build the teacher in the default cache (reused across
-runs: ~10 minutes on 2 cores the first time) and check the pair's targets::
+runs; 24 minutes the first time on 2 cores shared at load ~15, 10 CPU-minutes) and check the pair's
+targets (each distillation seed: ~25 minutes at that load)::
 
     make test-slow    # or: pytest -m slow tests/test_smollm2_pair.py
 """
