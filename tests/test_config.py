@@ -68,14 +68,34 @@ BAD_RUNS = [
 ]
 
 
+def refusal(args: list[str], capsys) -> str:
+    """What dear-train prints before Hydra runs (the CLI's own path, in this process): the one error line."""
+    from dear import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.check_group_overrides("dear-train", args)
+        argv, _ = cli.with_setup("dear-train", args)
+        cli.preflight("dear-train", "train", argv, train_config)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dear-train: error: "), lines
+    return lines[0]
+
+
 @pytest.mark.parametrize("args,needles", BAD_RUNS, ids=[" ".join(a) for a, _ in BAD_RUNS])
-def test_a_bad_config_is_one_line_exit_2_and_nothing_written(tmp_path, args, needles):
+def test_a_bad_config_is_one_line_and_exit_2(args, needles, capsys):
+    line = refusal([a for a in args if a != "-m"], capsys)
+    for needle in needles:
+        assert needle in line, line
+
+
+@pytest.mark.parametrize("args", [["model.toy.train_steps=-5"], ["method=opd", "method.decision_ratio=0.3"],
+                                  ["-m", "seed=0,1", "method.lam=-1"]])
+def test_the_installed_command_refuses_before_writing_anything(tmp_path, args):
     proc = dear("dear-train", *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dear-train: error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
     assert not (tmp_path / "outputs").exists(), "a refused run must not create a run directory"
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir()), "nothing may be built"
 
@@ -117,7 +137,7 @@ def test_each_method_file_spells_out_what_its_selector_reads():
 
     for name in choices("method"):
         method = compose([f"method={name}"]).method
-        assert set(method) == {"name", "selector", "divergence", *SELECTOR_KNOBS[method.selector]}, name
+        assert set(method) == {"name", "selector", "divergence", "source", *SELECTOR_KNOBS[method.selector]}, name
 
 
 def test_the_toy_task_defaults_are_the_yaml_file():
