@@ -1,7 +1,7 @@
 """The LightningModule: rollout -> teacher scoring -> objective -> optimizer step.
 
-Each training step takes a batch of prompts, lets the student sample ``n`` responses to each,
-and hands them to `dear.step.distill_step`, which runs student and teacher over the same tokens,
+Each training step takes a batch of prompts, lets the student sample ``n`` responses to each
+(or the teacher, or reference solutions: ``method.source``, `dear.sources`), and hands them to `dear.step.distill_step`, which runs student and teacher over the same tokens,
 selects the tokens that count and returns the weighted loss.
 Held-out evaluation (accuracy and on-policy reverse KL) runs before training, every
 ``eval.every`` steps, and at the end; its history travels in checkpoints so a resumed run
@@ -28,7 +28,7 @@ import torch
 from dear.bridge import TeacherPrompts
 from dear.data.prompts import PromptStream
 from dear.eval.runner import Evaluator
-from dear.rollout import generate
+from dear.sources import training_rollout
 from dear.schedule import lr_factor
 from dear.schema import TrainConfig
 from dear.step import distill_step
@@ -82,8 +82,10 @@ class DistillModule(L.LightningModule):
         self.prompts_seen += len(prompts)
         self._nonfinite = None
         r = self.cfg.rollout
-        rollout = generate(self.student, self.tokenizer, prompts, n=r.n, temperature=r.temperature,
-                           max_new_tokens=r.max_new_tokens).to(self.device)
+        # method.source: the student samples (on-policy), or the teacher (offline KD), or references (sft)
+        rollout = training_rollout(self.cfg.method.source, self.student, self.teacher, self.tokenizer, prompts, r,
+                                   task=self.cfg.toy_task, seed=self.cfg.seed,
+                                   offset=self.prompts_seen - len(prompts)).to(self.device)
         seen = self.teacher_prompts.view(rollout, prompts, r.n) if self.teacher_prompts else None
         loss, stats = distill_step(self.student, self.teacher, rollout, self.cfg.method, self.cfg.loss,
                                    vocab_size=self.vocab_size, generator=self.generator, teacher_rollout=seen)

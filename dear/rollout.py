@@ -74,3 +74,23 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     response_mask = torch.cat([torch.zeros_like(enc["input_ids"], dtype=torch.bool), keep], dim=1)
     texts = tokenizer.batch_decode(response, skip_special_tokens=True)
     return Rollout(input_ids, attention_mask, position_ids(attention_mask), response_mask, width, texts)
+
+
+def from_texts(tokenizer, prompts: list[str], responses: list[str], *, max_new_tokens: int, device) -> Rollout:
+    """A rollout of given responses (teacher-forced), in `generate`'s layout: ``responses[k]`` follows
+    ``prompts[k]`` (repeat a prompt for several responses). Each response is tokenized as written
+    (an end-of-text token in the text becomes the end-of-text id) and cut to ``max_new_tokens``."""
+    enc = encode_prompts(tokenizer, prompts, device)
+    ids = [tokenizer(r, add_special_tokens=False).input_ids[:max_new_tokens] for r in responses]
+    width = max(1, max(len(x) for x in ids))
+    response = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    keep = torch.zeros(len(ids), width, dtype=torch.bool, device=device)
+    for k, x in enumerate(ids):
+        response[k, :len(x)] = torch.tensor(x, dtype=torch.long, device=device)
+        keep[k, :len(x)] = True
+    input_ids = torch.cat([enc["input_ids"], response], dim=1)
+    attention_mask = torch.cat([enc["attention_mask"], keep.long()], dim=1)
+    response_mask = torch.cat([torch.zeros_like(enc["input_ids"], dtype=torch.bool), keep], dim=1)
+    texts = tokenizer.batch_decode(response, skip_special_tokens=True)
+    return Rollout(input_ids, attention_mask, position_ids(attention_mask), response_mask, enc["input_ids"].shape[1],
+                   texts)

@@ -65,6 +65,7 @@ Count = Annotated[int, Range(0)]  # 0, 1, 2, ...
 PositiveInt = Annotated[int, Range(1)]
 
 Selector = Literal["all", "entropy", "dear", "tip", "random"]
+Source = Literal["student", "teacher", "reference"]  # who writes the responses trained on (dear/sources.py)
 Divergence = Literal["reverse_kl", "forward_kl", "jsd", "logratio"]  # the signal D_t
 LossKind = Literal["reverse_kl", "forward_kl", "jsd", "pg", "ce"]  # the per-token loss ℓ_t (ce: sft)
 Normalization = Literal["selected", "all", "sequence"]
@@ -302,7 +303,9 @@ class MethodConfig(Schema):
     name: the method's name in tables; divergence: the signal D_t (reverse_kl | forward_kl | jsd |
     logratio); selector: which selection runs, ``all`` (every response token), ``entropy``
     (decisions only), ``dear`` (decisions and evidence), ``tip`` (soft-OR of entropy and divergence)
-    or ``random`` (as many tokens as DEAR, at random). Knobs, each None when the selector does not
+    or ``random`` (as many tokens as DEAR, at random); source: who writes the responses trained
+    on, ``student`` (on-policy), ``teacher`` (offline KD) or ``reference`` (sft on reference
+    solutions, with ``loss.kind=ce``). Knobs, each None when the selector does not
     read it (`SELECTOR_KNOBS`): decision_ratio ρ_d, evidence_ratio ρ_e, tip_ratio; mode topk |
     threshold (decisions are ``H_t ≥ h_min``); scope sequence | batch (where the top-k is taken);
     agg max | mean over the allowed decisions; direction both | before (evidence before its
@@ -335,13 +338,14 @@ class MethodConfig(Schema):
     w_evi: NonNegative | None = None
     w_other: NonNegative | None = None
     hidden_layer: int | None = None
+    source: Source | None = None  # required in a method file: student (on-policy) | teacher | reference
 
     @classmethod
     def keys_for(cls, data: dict) -> tuple[list[str], list[str]]:
         """Allowed and required keys: the common ones plus the knobs of the method's selector."""
         path = "method."
         check_value(f"{path}selector", data.get("selector"), Selector)
-        keys = ["name", "divergence", "selector", *SELECTOR_KNOBS[data["selector"]]]
+        keys = ["name", "divergence", "selector", *SELECTOR_KNOBS[data["selector"]], "source"]
         for key in data:
             if key not in keys:
                 reads = "reads no knobs" if not SELECTOR_KNOBS[data["selector"]] else "does not read it"
@@ -354,10 +358,13 @@ class MethodConfig(Schema):
 
     def check(self) -> None:
         reads = SELECTOR_KNOBS[self.selector]
-        unused = [f.name for f in fields(self) if f.name not in ("name", "divergence", "selector")
+        unused = [f.name for f in fields(self) if f.name not in ("name", "divergence", "selector", "source")
                   and f.name not in reads and getattr(self, f.name) is not None]
         if unused:
             raise ConfigError(f"selector {self.selector} does not read {', '.join(unused)}")
+        if self.source is None:
+            raise ConfigError(f"{getattr(self, '_path', '')}source must be one of student, teacher, reference "
+                              f"(who writes the responses trained on)")
         if self.mode == "threshold" and (self.h_min is None or math.isnan(self.h_min)):
             raise ConfigError(f"h_min must be a number (the entropy threshold, nats) when mode='threshold', "
                               f"got {self.h_min!r}")
@@ -521,6 +528,9 @@ class TrainConfig(Schema):
             raise ConfigError(f"data={self.data.name} trains on the problems benchmark={self.benchmark.name} "
                               f"evaluates; pick training prompts from another set (e.g. data=rg-gsm_symbolic, "
                               f"data=math-train)")
+        if self.method.source == "reference" and self.data.name != "toy":
+            raise ConfigError(f"method={self.method.name} trains on reference solutions, which only data=toy has "
+                              f"(its worked solutions); got data={self.data.name}")
         if self.ckpt_path and not Path(self.ckpt_path).expanduser().is_file():
             raise ConfigError(f"ckpt_path={self.ckpt_path} does not exist; give a run's checkpoints/last.ckpt")
 
