@@ -35,6 +35,10 @@ from dear.step import distill_step
 
 log = logging.getLogger(__name__)
 
+# Step stats averaged over the run into metrics.json, under these names (the tables read them).
+RUN_MEANS = {"train/grad_mass_coverage": "grad_mass_coverage", "train/selected_frac": "kept_share"}
+
+
 class _Frozen:
     """Holds the teacher outside the module's parameters: never optimised, never checkpointed."""
 
@@ -60,7 +64,8 @@ class DistillModule(L.LightningModule):
         self.history: list[dict] = []  # one row per evaluation: step, accuracy, heldout_reverse_kl
         self.generator = torch.Generator().manual_seed(cfg.seed)  # for method=random
         self.step_seconds: list[float] = []
-        self.coverage = [0.0, 0]  # Σ and count of train/grad_mass_coverage over the run (metrics.json)
+        # Σ and count over the run of the step stats metrics.json averages (dear/train.py: run_means)
+        self.run_sums: dict[str, list] = {key: [0.0, 0] for key in RUN_MEANS}
         self.prompts = prompts  # told where to resume when a checkpoint is loaded
         self.prompts_seen = 0  # prompts trained on so far (skipped steps included)
         self.skipped_steps = 0
@@ -93,8 +98,9 @@ class DistillModule(L.LightningModule):
         if "train/reverse_kl" in stats:  # absent when it is not finite (a step the guards will skip)
             self.log("kl", stats["train/reverse_kl"], prog_bar=True, on_step=True, batch_size=len(prompts))
         self.step_seconds.append(time.perf_counter() - t0)
-        if "train/grad_mass_coverage" in stats:
-            self.coverage = [self.coverage[0] + stats["train/grad_mass_coverage"], self.coverage[1] + 1]
+        for key in RUN_MEANS:
+            if key in stats:  # absent when not finite
+                self.run_sums[key] = [self.run_sums[key][0] + stats[key], self.run_sums[key][1] + 1]
         if self._nonfinite is None and not torch.isfinite(loss.detach()):
             self._nonfinite = "loss"
         return loss
@@ -176,7 +182,7 @@ class DistillModule(L.LightningModule):
         checkpoint["dear_prompts_seen"] = self.prompts_seen
         checkpoint["dear_rng"] = rng_state()
         checkpoint["dear_skipped"] = [self.skipped_steps, self.skipped_in_a_row]
-        checkpoint["dear_coverage"] = list(self.coverage)
+        checkpoint["dear_run_sums"] = {k: list(v) for k, v in self.run_sums.items()}
 
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("dear_history", []))
@@ -189,7 +195,7 @@ class DistillModule(L.LightningModule):
         # between loading a checkpoint and that step (the data loader's base seed).
         self._resume_rng = checkpoint.get("dear_rng")
         self.skipped_steps, self.skipped_in_a_row = checkpoint.get("dear_skipped", [0, 0])
-        self.coverage = list(checkpoint.get("dear_coverage", [0.0, 0]))
+        self.run_sums.update({k: list(v) for k, v in checkpoint.get("dear_run_sums", {}).items()})
 
 
 def rng_state() -> dict:
@@ -209,6 +215,12 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_means(module: DistillModule) -> dict[str, float | None]:
+    """metrics.json's run averages: the paper's gradient-mass coverage (DESIGN §2) and the kept share."""
+    return {name: (module.run_sums[key][0] / module.run_sums[key][1] if module.run_sums[key][1] else None)
+            for key, name in RUN_MEANS.items()}
 
 
 def accuracy_auc(history: list[dict], key: str = "accuracy") -> float:

@@ -1,11 +1,13 @@
 """``dear-table``: collate finished runs into a results table, optionally running the grid first.
 
     dear-table outputs/                       # every finished run (metrics.json) below outputs/
-    dear-table --run conf/table/toy.yaml      # run the grid the file names, then collate it
+    dear-table --run conf/table/toy.yaml      # run what the grid still lacks, then write its tables
+    dear-table --run conf/table/paper.yaml --dry-run   # list every run of a grid and whether it is done
 
-A grid file names the overrides shared by every run and the axes to sweep; the runs go through
-``dear-train -m`` (one Hydra multirun), so each lands in its own directory. Rows group runs that
-differ only by seed, and report mean ± std over the seeds.
+A grid file either sweeps (``sweep:``, one Hydra multirun, collated into one table of rows that
+differ only by seed) or lists tables (``tables:``, a reproduction: `dear.grid` says which runs it
+needs and runs only the unfinished ones, `dear.reproduce` writes ``<output>/<name>.md``, ``.csv`` and
+plots with paired differences and their 95% intervals).
 """
 
 from __future__ import annotations
@@ -101,17 +103,45 @@ def run_grid(grid_file: Path, extra: list[str]) -> Path:
     return out
 
 
+def reproduce(grid_file: Path, extra: list[str], dry_run: bool) -> None:
+    """A ``tables:`` grid: list its runs (dry run), or run the unfinished ones and write its tables."""
+    from dear import grid as grids
+    from dear.reproduce import write
+
+    g = grids.read(grid_file, extra)
+    runs = g.runs()
+    if dry_run:
+        for run in runs:
+            state = "done" if grids.finished(g.run_dir(run)) else "todo"
+            print(f"{state}  {g.run_dir(run)}  dear-train {' '.join(run.command_overrides(g.overrides))}")
+        launcher = " ".join(g.launch) or "the basic launcher"
+        print(f"{len(runs)} runs, {len(grids.pending(g))} to run; launched with: {launcher}")
+        return
+    todo = grids.pending(g)
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", file=sys.stderr)
+    failed = grids.launch(g, todo)
+    text, files = write(g)
+    print(text)
+    print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
+    if failed:
+        raise DearError(f"runs of {', '.join(failed)} did not finish (the tables show what did); run the same "
+                        f"command again to resume them")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="dear-table", description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="*", type=Path, help="folders searched for metrics.json (default: outputs)")
     parser.add_argument("--run", type=Path, help="a grid file (conf/table/*.yaml) to run before collating")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
+    parser.add_argument("--dry-run", action="store_true", help="with --run: list the grid's runs, run nothing")
     args, extra = parser.parse_known_args(argv)
     try:
         roots = list(args.roots)
         if args.run:
             if not args.run.exists():
                 raise DearError(f"no grid file {args.run}")
+            if "tables" in read_grid(args.run):
+                return reproduce(args.run, extra, args.dry_run)
             roots.append(run_grid(args.run, extra))
         elif extra:
             raise DearError(f"unknown arguments {' '.join(extra)} (overrides are only taken with --run)")

@@ -17,7 +17,7 @@ from dear.data.prompts import prompt_loader, training_problems
 from dear.errors import DearError
 from dear.files import write_dir_atomic, writing
 from dear.models import check_compatible, load_model
-from dear.module import DistillModule, accuracy_auc
+from dear.module import DistillModule, accuracy_auc, run_means
 from dear.preemption import Preemption, resume_command
 from dear.runs import (
     build_evaluator,
@@ -105,8 +105,7 @@ def train(cfg, run_dir: Path) -> dict:
         "accuracy_auc": accuracy_auc(module.history),
         "curve": module.history,
         "mean_step_time_s": sum(module.step_seconds) / max(1, len(module.step_seconds)),
-        # the paper's share of the reverse-KL gradient mass the selection keeps, averaged over steps (DESIGN §2)
-        "grad_mass_coverage": module.coverage[0] / module.coverage[1] if module.coverage[1] else None,
+        **run_means(module),  # grad_mass_coverage (DESIGN §2) and kept_share, averaged over the steps
         "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (dear/module.py)
     })
     write_json_atomic(run_dir / "metrics.json", metrics)

@@ -80,7 +80,7 @@ def test_baselines_train_through_the_same_step(tmp_path, toy_cache, method, monk
             complete = [t for t, e in zip(rollout.texts, ends) if e == 1]  # end-of-text: not cut at 24 tokens
             assert complete and all(t.split(ANSWER_SEP)[1] == t.split(ANSWER_SEP)[0].split("=")[-1]
                                     for t in complete)
-    assert metrics["grad_mass_coverage"] == pytest.approx(1.0)
+    assert metrics["grad_mass_coverage"] == pytest.approx(1.0) and metrics["kept_share"] == pytest.approx(1.0)
     assert 0.0 <= metrics["benchmarks"]["toy"]["accuracy_after"] <= 1.0
 
 
@@ -91,6 +91,9 @@ def test_grad_mass_coverage_is_averaged_into_metrics(tmp_path, toy_cache):
     col = header.split(",").index("train/grad_mass_coverage")
     logged = [float(r.split(",")[col]) for r in rows if r.split(",")[col]]
     assert len(logged) == 2 and metrics["grad_mass_coverage"] == pytest.approx(sum(logged) / 2)
+    col = header.split(",").index("train/selected_frac")
+    kept = [float(r.split(",")[col]) for r in rows if r.split(",")[col]]
+    assert metrics["kept_share"] == pytest.approx(sum(kept) / 2) and 0.3 < metrics["kept_share"] < 0.6
 
 
 def test_sft_needs_reference_solutions():
