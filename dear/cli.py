@@ -204,6 +204,8 @@ def _train_app(cfg: DictConfig) -> None:
                  cfg.model.name, name, b["accuracy_before"], b["accuracy_after"], 100 * b["gain"],
                  _number(metrics["heldout_reverse_kl"]["before"]), _number(metrics["heldout_reverse_kl"]["after"]))
     log.info("run directory: %s (metrics.json, config, checkpoints, student/, wandb/)", metrics["run_dir"])
+    if metrics.get("selection_pages"):
+        log.info("what %s selects (start, end): %s", cfg.method.name, " ".join(metrics["selection_pages"]))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

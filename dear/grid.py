@@ -179,8 +179,8 @@ def launch(grid: Grid, runs: list[Run]) -> list[str]:
     for row_slug, rs in by_row.items():
         seeds = ",".join(str(r.seed) for r in rs)
         cmd = [str(Path(sys.executable).parent / "dear-train"), "-m", *grid.overrides, *rs[0].overrides,
-               f"seed={seeds}", *grid.launch, f"hydra.sweep.dir={grid.runs_dir / row_slug}",
-               "hydra.sweep.subdir=seed_${seed}"]
+               f"seed={seeds}", *grid.launch, f"++logger.group={grid.name}",  # one W&B group per grid
+               f"hydra.sweep.dir='{grid.runs_dir / row_slug}'", "hydra.sweep.subdir=seed_${seed}"]  # quoted: = ,
         print(f"running {len(rs)} run(s) of {rs[0].row}:", " ".join(cmd), file=sys.stderr, flush=True)
         if subprocess.run(cmd).returncode != 0:
             failed.append(rs[0].row)

@@ -1,8 +1,10 @@
 """The LightningModule: rollout -> teacher scoring -> objective -> optimizer step.
 
 Each training step takes a batch of prompts, lets the student sample ``n`` responses to each
-(or the teacher, or reference solutions: ``method.source``, `dear.sources`), and hands them to `dear.step.distill_step`, which runs student and teacher over the same tokens,
-selects the tokens that count and returns the weighted loss.
+(or the teacher, or reference solutions: ``method.source``, `dear.sources`), and hands them to
+`dear.step.distill_step`, which runs student and teacher over the same tokens, selects the tokens
+that count and returns the weighted loss. At the start and the end of training it draws what the
+method selects on a few fixed held-out prompts (`dear.picture`): ``selection/step_<k>.html``.
 Held-out evaluation (accuracy and on-policy reverse KL) runs before training, every
 ``eval.every`` steps, and at the end; its history travels in checkpoints so a resumed run
 keeps its curve.
@@ -28,13 +30,17 @@ import torch
 from dear.bridge import TeacherPrompts
 from dear.data.prompts import PromptStream
 from dear.eval.runner import Evaluator
-from dear.sources import training_rollout
+from dear.files import write_text_atomic
+from dear.picture import selection_page
 from dear.schedule import lr_factor
 from dear.schema import TrainConfig
+from dear.sources import training_rollout
 from dear.step import distill_step
 
 log = logging.getLogger(__name__)
 
+# Held-out prompts drawn in the selection pictures (the first of the benchmark's, fixed for the run).
+PICTURE_PROMPTS = 4
 # Step stats averaged over the run into metrics.json, under these names (the tables read them).
 RUN_MEANS = {"train/grad_mass_coverage": "grad_mass_coverage", "train/selected_frac": "kept_share"}
 
@@ -66,6 +72,7 @@ class DistillModule(L.LightningModule):
         self.step_seconds: list[float] = []
         # Σ and count over the run of the step stats metrics.json averages (dear/train.py: run_means)
         self.run_sums: dict[str, list] = {key: [0.0, 0] for key in RUN_MEANS}
+        self.pictures: list[str] = []  # the selection pages written (dear/picture.py)
         self.prompts = prompts  # told where to resume when a checkpoint is loaded
         self.prompts_seen = 0  # prompts trained on so far (skipped steps included)
         self.skipped_steps = 0
@@ -163,6 +170,8 @@ class DistillModule(L.LightningModule):
     def on_train_start(self):
         if self.global_step == 0 or self._evaluates_at(self.global_step):  # a resumed run keeps the same curve
             self.evaluate_now()
+        if self.global_step == 0:
+            self.draw_selection()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self._evaluates_at(self.global_step):
@@ -174,6 +183,27 @@ class DistillModule(L.LightningModule):
     def on_train_end(self):
         if self.stop_reason is None:  # a stopped run saves its state and goes: no final evaluation
             self.evaluate_now()
+            self.draw_selection()
+
+    def draw_selection(self) -> None:
+        """Write ``selection/step_<k>.html`` (what the method selects on fixed held-out prompts) and log it
+        to W&B. Skipped when the teacher reads prompts in its own format (no bridge for held-out prompts)."""
+        prompts = self.evaluator.prompts[:PICTURE_PROMPTS]
+        if not prompts or self.teacher_prompts is not None or self.trainer is None:
+            return
+        from pathlib import Path
+
+        step, r = int(self.global_step), self.cfg.rollout
+        page = selection_page(self.student, self.teacher, self.tokenizer, prompts, self.cfg.method, self.cfg.loss,
+                              vocab_size=self.vocab_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                              seed=self.cfg.seed, title=f"{self.cfg.method.name}: what it selects at step {step}")
+        path = Path(self.trainer.default_root_dir) / "selection" / f"step_{step}.html"
+        write_text_atomic(path, page)
+        self.pictures.append(str(path))
+        if type(self.logger).__name__ == "WandbLogger":
+            import wandb
+
+            self.logger.experiment.log({"selection": wandb.Html(page)}, step=step)
 
     # --- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):

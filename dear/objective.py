@@ -625,7 +625,8 @@ def score_evidence(
     the relevance ``sim`` and the divergence ``D`` min-max normalised to [0, 1] over the sequence's
     competing candidates. A constant (or one-element) set normalises to 0, except the relevance of
     the normalized form, which goes to 1 (all equally relevant), so that ``similarity="none"`` (the
-    paper's gap-only) ranks by divergence instead of by position. multiplicative: ``sim_t · (1 + λ · D_t / mean_u D_u)``, unnormalised, the
+    paper's gap-only) ranks by divergence instead of by position. multiplicative:
+    ``sim_t · (1 + λ · D_t / mean_u D_u)``, unnormalised, the
     mean over the sequence's response tokens (ratio taken as 0 when that mean is 0); none: ``sim_t``.
     Competing candidates: ``candidates & mask`` with a finite sim (a candidate without an allowed
     decision is dropped). Normalisation is per sequence whatever the selection's scope.

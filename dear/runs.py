@@ -102,5 +102,7 @@ def build_loggers(settings: TrainConfig, run_dir: Path):
     from lightning.pytorch.loggers import WandbLogger  # logger=wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    # One W&B run per job, grouped by sweep or table, tagged with its method and student-teacher pair
+    tags = [f"method={settings.method.name}", f"pair={settings.model.name}<-{settings.teacher.name}"]
     return WandbLogger(project=lg.project, entity=lg.entity, save_dir=str(run_dir), offline=lg.offline,
-                       name=run_dir.name, config=config_record(settings))
+                       name=run_dir.name, config=config_record(settings), group=lg.group, tags=tags)

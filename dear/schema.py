@@ -442,6 +442,7 @@ class LoggerConfig(Schema):
     project: str | None = None
     entity: str | None = None
     offline: bool | None = None
+    group: str | None = None  # W&B group: the runs of one sweep or table (dear-table sets it to the grid's name)
 
     def check(self) -> None:
         if self.name == "wandb" and (self.project is None or self.offline is None):

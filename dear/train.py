@@ -106,6 +106,7 @@ def train(cfg, run_dir: Path) -> dict:
         "curve": module.history,
         "mean_step_time_s": sum(module.step_seconds) / max(1, len(module.step_seconds)),
         **run_means(module),  # grad_mass_coverage (DESIGN §2) and kept_share, averaged over the steps
+        "selection_pages": module.pictures,  # HTML: what the method selects at the start and the end (dear/picture.py)
         "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (dear/module.py)
     })
     write_json_atomic(run_dir / "metrics.json", metrics)

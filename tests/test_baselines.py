@@ -1,19 +1,20 @@
-"""The paper's baselines through the same step and evaluation (offline KD, sft), and gradient-mass
-coverage in metrics.json: tiny toy runs end to end, plus the reference responses they train on."""
+"""The paper's baselines through the same step and evaluation (offline KD, sft), gradient-mass
+coverage and selection pictures in metrics.json: tiny toy runs end to end, and the reference
+responses sft trains on."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-import torch
 
-from conftest import TINY_RUN, compose
 from dear.data.toy import ANSWER_SEP, EOS, ToyTask, build_tokenizer, parse_terms, prompt_text
 from dear.rollout import from_texts
 from dear.schema import ConfigError, ToyTaskConfig
 from dear.sources import reference_solutions
 from dear.train import train
+
+from conftest import TINY_RUN, compose
 
 
 def run(tmp_path, toy_cache, *extra: str):
@@ -87,6 +88,10 @@ def test_baselines_train_through_the_same_step(tmp_path, toy_cache, method, monk
 def test_grad_mass_coverage_is_averaged_into_metrics(tmp_path, toy_cache):
     metrics, run_dir = run(tmp_path, toy_cache, "method=dear")
     assert 0.0 < metrics["grad_mass_coverage"] < 1.0
+    # the picture of what DEAR selects, at the start and the end, on fixed held-out prompts
+    pages = metrics["selection_pages"]
+    assert [p.rsplit("/", 1)[-1] for p in pages] == ["step_0.html", "step_2.html"]
+    assert all('class="tok decision"' in open(p).read() for p in pages)
     header, *rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     col = header.split(",").index("train/grad_mass_coverage")
     logged = [float(r.split(",")[col]) for r in rows if r.split(",")[col]]

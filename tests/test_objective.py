@@ -286,7 +286,8 @@ def make_weights(seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("normalize", ["selected", "all", "sequence"])
-@pytest.mark.parametrize("kind,beta", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.4), ("pg", 0.5), ("ce", 0.5)])
+@pytest.mark.parametrize("kind,beta", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.4), ("pg", 0.5),
+                                       ("ce", 0.5)])
 def test_distill_loss_value_and_grad(kind, beta, normalize):
     zs, zt = make_logits(5, student_only_inf=kind != "forward_kl")
     mask = make_mask()

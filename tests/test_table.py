@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, TINY_RUN
 from dear import grid as grids
 from dear.reproduce import write
 from dear.stats import paired, t_quantile
 from dear.table import main
+
+from conftest import ROOT, TINY_RUN
 
 GRID = {
     "name": "fab",
@@ -110,7 +111,8 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, monkeyp
     main(["--run", str(tmp_path / "fab.yaml")])
     (cmd,) = calls  # one dear-train -m for the one unfinished run, into its own directory (it resumes there)
     assert cmd[1] == "-m" and "method=random" in cmd and "seed=2" in cmd and "hydra/launcher=joblib" in cmd
-    assert f"hydra.sweep.dir={grid.runs_dir / todo[0].slug}" in cmd and "hydra.sweep.subdir=seed_${seed}" in cmd
+    assert "++logger.group=fab" in cmd
+    assert f"hydra.sweep.dir='{grid.runs_dir / todo[0].slug}'" in cmd and "hydra.sweep.subdir=seed_${seed}" in cmd
     assert "| dear |" in capsys.readouterr().out
     fabricate(grid, todo[0], 0.6)
     calls.clear()
@@ -120,6 +122,17 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, monkeyp
     assert grids.read(tmp_path / "fab.yaml", ["steps=5"]).runs()[0].slug != todo[0].slug.replace("random", "opd")
     assert not set(r.slug for r in grids.read(tmp_path / "fab.yaml", ["steps=5"]).runs()) & \
         set(r.slug for r in grid.runs())
+
+
+def test_wandb_runs_are_grouped_by_grid_and_tagged_with_method_and_pair(tmp_path):
+    from dear.config import train_config
+    from dear.runs import build_loggers
+
+    from conftest import compose
+
+    logger = build_loggers(train_config(compose(["method=opd", "++logger.group=toy"])), tmp_path)
+    init = logger._wandb_init
+    assert init["group"] == "toy" and init["tags"] == ["method=opd", "pair=toy-student<-toy-teacher"]
 
 
 def test_bad_grid_files_are_one_line(tmp_path, capsys):
