@@ -3,7 +3,7 @@
 The fast tests compose ``experiment=smollm2-chain_sum`` and check the tune recipe's schema
 without building anything. The slow ones build the teacher in the default cache (reused across
 runs; 24 minutes the first time on 2 cores shared at load ~15, 10 CPU-minutes) and check the pair's
-targets (3 distillation seeds in parallel: about an hour at that load)::
+targets (3 distillation seeds: 36 minutes each, run in parallel at that load, 6 CPU-minutes each)::
 
     make test-slow    # or: pytest -m slow tests/test_smollm2_pair.py
 """
