@@ -28,26 +28,24 @@ OFFSET_NR, OFFSET_ARCH, OFFSET_ARG0 = 0, 4, 16  # struct seccomp_data; arg0's lo
 AF_UNIX = 1
 CLONE_NEW_ANY = 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00020000 | 0x80
 
+# The system calls the filter names, and their numbers on each machine (the same order).
+SYSCALLS = (
+    'socket', 'clone', 'clone3', 'ptrace', 'process_vm_readv', 'process_vm_writev', 'unshare', 'setns', 'mount',
+    'umount2', 'pivot_root', 'chroot', 'keyctl', 'add_key', 'request_key', 'bpf', 'perf_event_open', 'userfaultfd',
+    'io_uring_setup', 'io_uring_enter', 'io_uring_register', 'open_by_handle_at', 'name_to_handle_at', 'fsopen',
+    'fsconfig', 'fsmount', 'move_mount', 'open_tree', 'mount_setattr', 'kexec_load', 'kexec_file_load',
+    'init_module', 'finit_module', 'delete_module', 'swapon', 'swapoff', 'reboot', 'acct', 'quotactl', 'syslog',
+)
 ARCHES = {
     # machine: (AUDIT_ARCH_*, first number of a foreign ABI or None, {name: number})
-    "x86_64": (0xC000003E, 0x40000000, dict(
-        socket=41, clone=56, clone3=435, ptrace=101, process_vm_readv=310, process_vm_writev=311,
-        unshare=272, setns=308, mount=165, umount2=166, pivot_root=155, chroot=161, keyctl=250,
-        add_key=248, request_key=249, bpf=321, perf_event_open=298, userfaultfd=323, io_uring_setup=425,
-        io_uring_enter=426, io_uring_register=427, open_by_handle_at=304, name_to_handle_at=303,
-        fsopen=430, fsconfig=431, fsmount=432, move_mount=429, open_tree=428, mount_setattr=442,
-        kexec_load=246, kexec_file_load=320, init_module=175, finit_module=313, delete_module=176,
-        swapon=167, swapoff=168, reboot=169, acct=163, quotactl=179, syslog=103,
-    )),
-    "aarch64": (0xC00000B7, None, dict(
-        socket=198, clone=220, clone3=435, ptrace=117, process_vm_readv=270, process_vm_writev=271,
-        unshare=97, setns=268, mount=40, umount2=39, pivot_root=41, chroot=51, keyctl=219,
-        add_key=217, request_key=218, bpf=280, perf_event_open=241, userfaultfd=282, io_uring_setup=425,
-        io_uring_enter=426, io_uring_register=427, open_by_handle_at=265, name_to_handle_at=264,
-        fsopen=430, fsconfig=431, fsmount=432, move_mount=429, open_tree=428, mount_setattr=442,
-        kexec_load=104, kexec_file_load=294, init_module=105, finit_module=273, delete_module=106,
-        swapon=224, swapoff=225, reboot=142, acct=89, quotactl=60, syslog=116,
-    )),
+    "x86_64": (0xC000003E, 0x40000000, dict(zip(SYSCALLS, (
+        41, 56, 435, 101, 310, 311, 272, 308, 165, 166, 155, 161, 250, 248, 249, 321, 298, 323, 425, 426, 427, 304,
+        303, 430, 431, 432, 429, 428, 442, 246, 320, 175, 313, 176, 167, 168, 169, 163, 179, 103,
+    ), strict=True))),
+    "aarch64": (0xC00000B7, None, dict(zip(SYSCALLS, (
+        198, 220, 435, 117, 270, 271, 97, 268, 40, 39, 41, 51, 219, 217, 218, 280, 241, 282, 425, 426, 427, 265, 264,
+        430, 431, 432, 429, 428, 442, 104, 294, 105, 273, 106, 224, 225, 142, 89, 60, 116,
+    ), strict=True))),
 }
 
 
