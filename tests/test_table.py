@@ -180,3 +180,23 @@ def test_a_joblib_sweep_runs_the_grid_and_a_second_call_reuses_it(tmp_path, toy_
     second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0 and "4 finished, 0 to run" in second.stderr
     assert stamps == {r: (grid.run_dir(r) / "metrics.json").stat().st_mtime for r in grid.runs()}
+
+
+def test_the_toy_grid_holds_what_issue_11_asks():
+    g = grids.read(ROOT / "conf" / "table" / "toy.yaml")
+    tables = {t.name: t for t in g.tables}
+    main_rows = {r: o for r, o in tables["main"].rows.items()}
+    assert len(tables["main"].seeds) >= 20 and set(main_rows) == {"opd", "offline_kd", "sft", "entropy", "tip",
+                                                                   "random", "dear"}
+    assert all(len(t.seeds) >= 10 for t in g.tables)
+    ablations = [o for o in tables["ablations"].rows.values()]
+    assert ("method=dear", "method.boost=multiplicative", "method.evidence_pool=all") in ablations
+    for m in ("entropy", "tip", "random", "dear"):
+        assert (f"method={m}", "loss.normalize=all") in ablations
+    assert tables["decision_ratio"].curve == "method.decision_ratio"
+    ratios = [float(r.split("=")[1]) for r in tables["evidence_ratio"].rows if r.startswith("method.")]
+    assert min(ratios) == 0.1 and max(ratios) == 0.8
+    assert {o[0] for o in tables["pairs"].rows.values()} == {"experiment=toy-s", "experiment=toy-l"}
+    assert "hydra/launcher=joblib" in g.launch
+    # a run two tables share is one run (opd and dear at seeds 0-9 serve main, ablations and sensitivity)
+    assert len(g.runs()) == len({(r.slug, r.seed) for r in g.runs()}) < sum(len(g.runs(t)) for t in g.tables)
