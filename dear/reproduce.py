@@ -153,7 +153,8 @@ def plots(grid: Grid, collated: dict[str, list[Row]], folder: Path) -> list[Path
         written.append(_save(fig, folder / f"{grid.name}-{table.name}-accuracy.png"))
         plt.close(fig)
         if table.curve:
-            swept = [r for r in rows if r.name.startswith(f"{table.curve}=")]
+            swept = sorted((r for r in rows if r.name.startswith(f"{table.curve}=")),
+                           key=lambda r: float(r.name.split("=", 1)[1].split(",")[0]))  # a row named key=x is at x
             xs = [float(r.name.split("=", 1)[1].split(",")[0]) for r in swept]
             stats = [mean_std(list(r.values("accuracy_after").values())) for r in swept]
             fig, ax = plt.subplots(figsize=(6, 4))
