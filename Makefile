@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # Offline by design: nothing in a default run or a test may reach a model or data hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: setup run test test-slow soak bench reproduce-table mutate clean
+.PHONY: setup run lint test test-slow soak bench reproduce-table mutate clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(OFFLINE) $(BIN)/dear-train $(ARGS)
 
-test: setup
+# House style ([tool.ruff] in pyproject.toml): lint, and formatting checked, not applied (`ruff format .` applies it).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	$(OFFLINE) $(BIN)/python -m pytest -q $(ARGS)
 
 test-slow: setup

@@ -73,15 +73,19 @@ def child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = usage.ru_maxrss
-    print(json.dumps({
-        "impl": args.impl,
-        "seconds": seconds,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
-        "peak_gib": (peak - base) / 2**20,
-        "inputs_gib": base / 2**20,
-        "loss": loss.item(),
-        "grad_norm": float(student.grad.double().norm()),
-    }))
+    print(
+        json.dumps(
+            {
+                "impl": args.impl,
+                "seconds": seconds,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
+                "peak_gib": (peak - base) / 2**20,
+                "inputs_gib": base / 2**20,
+                "loss": loss.item(),
+                "grad_norm": float(student.grad.double().norm()),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -92,8 +96,12 @@ def main() -> None:
     parser.add_argument("--vocab-teacher", type=int, default=152064)
     parser.add_argument("--chunk-size", type=int, default=None, help="positions per chunk (default: 2**26 // V)")
     parser.add_argument("--quick", action="store_true", help="small shape [2, 64, 32000/32064]")
-    parser.add_argument("--mem-limit-gib", type=float, default=None,
-                        help="address-space limit per child (default: 90%% of MemAvailable)")
+    parser.add_argument(
+        "--mem-limit-gib",
+        type=float,
+        default=None,
+        help="address-space limit per child (default: 90%% of MemAvailable)",
+    )
     parser.add_argument("--impl", choices=["chunked", "naive"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -110,35 +118,59 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     results = []
     for impl in ("chunked", "naive"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--batch", str(args.batch),
-               "--seq", str(args.seq), "--vocab-student", str(args.vocab_student),
-               "--vocab-teacher", str(args.vocab_teacher), "--mem-limit-gib", str(args.mem_limit_gib)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--impl",
+            impl,
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--vocab-student",
+            str(args.vocab_student),
+            "--vocab-teacher",
+            str(args.vocab_teacher),
+            "--mem-limit-gib",
+            str(args.mem_limit_gib),
+        ]
         if args.chunk_size:
             cmd += ["--chunk-size", str(args.chunk_size)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        results.append(json.loads(lines[-1]) if lines else
-                       {"impl": impl, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}"})
+        results.append(
+            json.loads(lines[-1])
+            if lines
+            else {"impl": impl, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}"}
+        )
 
     b, t = args.batch, args.seq
-    print(f"distill_loss reverse_kl, normalize=selected, 40% of positions weighted; student [{b}, {t}, "
-          f"{args.vocab_student}] fp32 (requires grad), teacher [{b}, {t}, {args.vocab_teacher}] fp32; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, child RLIMIT_AS {args.mem_limit_gib:.1f} GiB")
-    print(f"{'impl':8} {'fwd+bwd s':>10} {'CPU s':>8} {'peak above inputs GiB':>22} {'inputs GiB':>11} "
-          f"{'loss':>12} {'|grad|':>12}")
+    print(
+        f"distill_loss reverse_kl, normalize=selected, 40% of positions weighted; student [{b}, {t}, "
+        f"{args.vocab_student}] fp32 (requires grad), teacher [{b}, {t}, {args.vocab_teacher}] fp32; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, child RLIMIT_AS {args.mem_limit_gib:.1f} GiB"
+    )
+    print(
+        f"{'impl':8} {'fwd+bwd s':>10} {'CPU s':>8} {'peak above inputs GiB':>22} {'inputs GiB':>11} "
+        f"{'loss':>12} {'|grad|':>12}"
+    )
     for r in results:
         if "error" in r:
             print(f"{r['impl']:8} failed: {r['error']}")
             continue
-        print(f"{r['impl']:8} {r['seconds']:10.2f} {r['cpu_seconds']:8.2f} {r['peak_gib']:22.2f} {r['inputs_gib']:11.2f} "
-              f"{r['loss']:12.6f} {r['grad_norm']:12.6g}")
+        print(
+            f"{r['impl']:8} {r['seconds']:10.2f} {r['cpu_seconds']:8.2f} {r['peak_gib']:22.2f} {r['inputs_gib']:11.2f} "
+            f"{r['loss']:12.6f} {r['grad_norm']:12.6g}"
+        )
     if all("error" not in r for r in results):
         fast, slow = results
-        print(f"naive / chunked: wall time x{slow['seconds'] / fast['seconds']:.2f}, "
-              f"CPU time x{slow['cpu_seconds'] / fast['cpu_seconds']:.2f}, "
-              f"peak memory above inputs x{slow['peak_gib'] / max(fast['peak_gib'], 1e-9):.2f}; "
-              f"loss rel. diff {abs(slow['loss'] - fast['loss']) / abs(slow['loss']):.1e}, "
-              f"|grad| rel. diff {abs(slow['grad_norm'] - fast['grad_norm']) / slow['grad_norm']:.1e}")
+        print(
+            f"naive / chunked: wall time x{slow['seconds'] / fast['seconds']:.2f}, "
+            f"CPU time x{slow['cpu_seconds'] / fast['cpu_seconds']:.2f}, "
+            f"peak memory above inputs x{slow['peak_gib'] / max(fast['peak_gib'], 1e-9):.2f}; "
+            f"loss rel. diff {abs(slow['loss'] - fast['loss']) / abs(slow['loss']):.1e}, "
+            f"|grad| rel. diff {abs(slow['grad_norm'] - fast['grad_norm']) / slow['grad_norm']:.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dear.rollout import Rollout, encode_prompts, position_ids
 
 def templates_differ(student: Any, teacher: Any) -> bool:
     """Whether the two `LoadedModel`s format a prompt differently (chat template on/off, or its text)."""
+
     def fmt(m: Any) -> tuple[bool, str | None]:
         return m.chat_template, getattr(m.tokenizer, "chat_template", None) if m.chat_template else None
 
@@ -40,18 +41,21 @@ def teacher_view(rollout: Rollout, teacher_prompts: list[str], tokenizer) -> Rol
     response columns, their mask and their padding are the student's own.
     """
     if len(teacher_prompts) != rollout.input_ids.shape[0]:
-        raise ValueError(f"need one teacher prompt per rollout row, got {len(teacher_prompts)} for "
-                         f"{rollout.input_ids.shape[0]}")
+        raise ValueError(
+            f"need one teacher prompt per rollout row, got {len(teacher_prompts)} for {rollout.input_ids.shape[0]}"
+        )
     enc = encode_prompts(tokenizer, teacher_prompts, rollout.input_ids.device)  # [B, P']
     p = rollout.prompt_width
     response = rollout.input_ids[:, p:]  # [B, R]
     keep = rollout.attention_mask[:, p:]
     input_ids = torch.cat([enc["input_ids"], response], dim=1)  # [B, P' + R]
     attention_mask = torch.cat([enc["attention_mask"], keep], dim=1)
-    response_mask = torch.cat([torch.zeros_like(enc["input_ids"], dtype=torch.bool), rollout.response_mask[:, p:]],
-                              dim=1)
-    return Rollout(input_ids, attention_mask, position_ids(attention_mask), response_mask,
-                   enc["input_ids"].shape[1], rollout.texts)
+    response_mask = torch.cat(
+        [torch.zeros_like(enc["input_ids"], dtype=torch.bool), rollout.response_mask[:, p:]], dim=1
+    )
+    return Rollout(
+        input_ids, attention_mask, position_ids(attention_mask), response_mask, enc["input_ids"].shape[1], rollout.texts
+    )
 
 
 def align_to_student(teacher_logits: Tensor, student: Rollout, teacher: Rollout) -> Tensor:
@@ -63,7 +67,7 @@ def align_to_student(teacher_logits: Tensor, student: Rollout, teacher: Rollout)
     p, q = student.prompt_width, teacher.prompt_width
     r = student.input_ids.shape[1] - p
     out = teacher_logits.new_zeros(teacher_logits.shape[0], p + r - 1, teacher_logits.shape[-1])
-    out[:, p - 1:] = teacher_logits[:, q - 1:q - 1 + r]
+    out[:, p - 1 :] = teacher_logits[:, q - 1 : q - 1 + r]
     return out
 
 
@@ -84,9 +88,15 @@ class TeacherPrompts:
         """The map for ``problems`` formatted by the student's and the teacher's `LoadedModel`."""
         from dear.data.benchmarks import format_prompt
 
-        return cls({format_prompt(p, student.tokenizer, chat_template=student.chat_template):
-                    format_prompt(p, teacher.tokenizer, chat_template=teacher.chat_template) for p in problems},
-                   teacher.tokenizer)
+        return cls(
+            {
+                format_prompt(p, student.tokenizer, chat_template=student.chat_template): format_prompt(
+                    p, teacher.tokenizer, chat_template=teacher.chat_template
+                )
+                for p in problems
+            },
+            teacher.tokenizer,
+        )
 
     def view(self, rollout: Rollout, prompts: list[str], n: int) -> Rollout:
         """`teacher_view` of a rollout sampled ``n`` times per prompt (rows grouped by prompt)."""

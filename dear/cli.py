@@ -64,10 +64,32 @@ def guarded(prog: str, fn, *args):
 
 
 # Hydra's own flags: those that take a value, and those after which nothing runs (no check needed).
-_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
-                     "--info", "-i"}
-_FLAGS_NOTHING_RUNS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
-                       "--version", "--resolve", "-p", "--package"}
+_FLAGS_WITH_VALUE = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
+_FLAGS_NOTHING_RUNS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--version",
+    "--resolve",
+    "-p",
+    "--package",
+}
 
 
 def user_overrides(argv: list[str]) -> list[str] | None:
@@ -91,12 +113,13 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-              for o in parsed]
+    values = [
+        list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()] for o in parsed
+    ]
     firsts = [f"{o.get_key_element()}={v[0]}" for o, v in zip(parsed, values)]
     points = [firsts]
     for i, (o, vs) in enumerate(zip(parsed, values)):
-        points += [firsts[:i] + [f"{o.get_key_element()}={v}"] + firsts[i + 1:] for v in vs[1:]]
+        points += [firsts[:i] + [f"{o.get_key_element()}={v}"] + firsts[i + 1 :] for v in vs[1:]]
     return points
 
 
@@ -136,8 +159,9 @@ def choose_setup(overrides: list[str]) -> str | None:
         return None
     kinds = {"toy" if _compose(point, "train").model.source == "toy" else "real" for point in sweep_points(overrides)}
     if len(kinds) > 1:
-        raise DearError("this sweep mixes toy and real students; say which settings it runs with: "
-                        "setup=toy or setup=real-math")
+        raise DearError(
+            "this sweep mixes toy and real students; say which settings it runs with: setup=toy or setup=real-math"
+        )
     return "real-math" if kinds == {"real"} else None
 
 
@@ -153,8 +177,10 @@ def with_setup(prog: str, argv: list[str]) -> tuple[list[str], str | None]:
         return argv, None
     if setup is None:
         return argv, None
-    return [f"setup={setup}", *argv], (f"{prog}: the student is a real model, so setup={setup} (data, benchmark, "
-                                       f"trainer, optimisation: conf/setup/{setup}.yaml); setup=toy keeps the toy ones")
+    return [f"setup={setup}", *argv], (
+        f"{prog}: the student is a real model, so setup={setup} (data, benchmark, "
+        f"trainer, optimisation: conf/setup/{setup}.yaml); setup=toy keeps the toy ones"
+    )
 
 
 def preflight(prog: str, config_name: str, argv: list[str], check) -> None:
@@ -200,9 +226,16 @@ def _train_app(cfg: DictConfig) -> None:
 
     metrics = guarded("dear-train", run_train, cfg, run_dir())
     for name, b in metrics["benchmarks"].items():
-        log.info("student %s on %s: accuracy %.3f -> %.3f (%+.1f points); held-out reverse KL %.4f -> %.4f",
-                 cfg.model.name, name, b["accuracy_before"], b["accuracy_after"], 100 * b["gain"],
-                 _number(metrics["heldout_reverse_kl"]["before"]), _number(metrics["heldout_reverse_kl"]["after"]))
+        log.info(
+            "student %s on %s: accuracy %.3f -> %.3f (%+.1f points); held-out reverse KL %.4f -> %.4f",
+            cfg.model.name,
+            name,
+            b["accuracy_before"],
+            b["accuracy_after"],
+            100 * b["gain"],
+            _number(metrics["heldout_reverse_kl"]["before"]),
+            _number(metrics["heldout_reverse_kl"]["after"]),
+        )
     log.info("run directory: %s (metrics.json, config, checkpoints, student/, wandb/)", metrics["run_dir"])
     if metrics.get("selection_pages"):
         log.info("what %s selects (start, end): %s", cfg.method.name, " ".join(metrics["selection_pages"]))
@@ -213,8 +246,12 @@ def _eval_app(cfg: DictConfig) -> None:
     from dear.evaluate import evaluate
 
     summary = guarded("dear-eval", evaluate, cfg, run_dir())
-    log.info("%s on %s: %s", cfg.model.name, cfg.benchmark.name,
-             ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["metrics"].items()))
+    log.info(
+        "%s on %s: %s",
+        cfg.model.name,
+        cfg.benchmark.name,
+        ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["metrics"].items()),
+    )
     log.info("run directory: %s", summary["run_dir"])
 
 

@@ -37,8 +37,17 @@ def evaluate(cfg, run_dir: Path) -> dict:
     with open(run_dir / "problems.jsonl", "w") as f:
         for record in result.records:
             f.write(json.dumps(record) + "\n")
-    summary = run_record(s, run_dir, wall_time_s=wall, extra={
-        "benchmark": s.benchmark.name, "n_problems": len(result.records), "metrics": result.summary,
-        "weights": loaded.source_dir, "sandbox": sandbox_record(problems)})
+    summary = run_record(
+        s,
+        run_dir,
+        wall_time_s=wall,
+        extra={
+            "benchmark": s.benchmark.name,
+            "n_problems": len(result.records),
+            "metrics": result.summary,
+            "weights": loaded.source_dir,
+            "sandbox": sandbox_record(problems),
+        },
+    )
     write_json_atomic(run_dir / "summary.json", summary)
     return summary

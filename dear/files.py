@@ -20,8 +20,16 @@ from pathlib import Path
 from dear.errors import DearError
 
 # What a full disk, a read-only or foreign folder, or a file where a folder should be raise.
-CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
-                errno.EEXIST}
+CANNOT_WRITE = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+}
 
 
 @contextlib.contextmanager
@@ -32,8 +40,10 @@ def writing(path: Path) -> Iterator[None]:
     except OSError as e:
         if e.errno not in CANNOT_WRITE:
             raise
-        raise DearError(f"cannot write {path}: {e.strerror or e} (free space, make the folder writable, "
-                        f"or write elsewhere: DEAR_OUTPUTS=/other/folder)") from e
+        raise DearError(
+            f"cannot write {path}: {e.strerror or e} (free space, make the folder writable, "
+            f"or write elsewhere: DEAR_OUTPUTS=/other/folder)"
+        ) from e
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -152,9 +152,13 @@ def read(grid_file: Path, overrides: list[str] = ()) -> Grid:
     if not isinstance(spec, dict) or not isinstance(spec.get("tables"), dict) or not spec["tables"]:
         raise _fail(grid_file, "a reproduction grid must map tables to their rows and seeds")
     tables = [_table(grid_file, name, t) for name, t in spec["tables"].items()]
-    return Grid(name=str(spec.get("name", grid_file.stem)), output=Path(spec.get("output", "outputs/tables")),
-                overrides=_str_list(grid_file, "overrides", spec.get("overrides")) + list(overrides),
-                launch=_str_list(grid_file, "launch", spec.get("launch")), tables=tables)
+    return Grid(
+        name=str(spec.get("name", grid_file.stem)),
+        output=Path(spec.get("output", "outputs/tables")),
+        overrides=_str_list(grid_file, "overrides", spec.get("overrides")) + list(overrides),
+        launch=_str_list(grid_file, "launch", spec.get("launch")),
+        tables=tables,
+    )
 
 
 def finished(run_dir: Path) -> bool:
@@ -178,9 +182,17 @@ def launch(grid: Grid, runs: list[Run]) -> list[str]:
     failed = []
     for row_slug, rs in by_row.items():
         seeds = ",".join(str(r.seed) for r in rs)
-        cmd = [str(Path(sys.executable).parent / "dear-train"), "-m", *grid.overrides, *rs[0].overrides,
-               f"seed={seeds}", *grid.launch, f"++logger.group={grid.name}",  # one W&B group per grid
-               f"hydra.sweep.dir='{grid.runs_dir / row_slug}'", "hydra.sweep.subdir=seed_${seed}"]  # quoted: = ,
+        cmd = [
+            str(Path(sys.executable).parent / "dear-train"),
+            "-m",
+            *grid.overrides,
+            *rs[0].overrides,
+            f"seed={seeds}",
+            *grid.launch,
+            f"++logger.group={grid.name}",  # one W&B group per grid
+            f"hydra.sweep.dir='{grid.runs_dir / row_slug}'",
+            "hydra.sweep.subdir=seed_${seed}",
+        ]  # quoted: = ,
         print(f"running {len(rs)} run(s) of {rs[0].row}:", " ".join(cmd), file=sys.stderr, flush=True)
         if subprocess.run(cmd).returncode != 0:
             failed.append(rs[0].row)

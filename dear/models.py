@@ -55,8 +55,9 @@ def as_preset(preset: Any, group: str = "model") -> ModelPreset:
     return load(ModelPreset, data, f"{group}.")
 
 
-def resolve_weights(preset, cache_dir: str | Path, toy_task: "ToyTaskConfig | None" = None,
-                    progress: bool = True, group: str = "model") -> tuple[str, dict]:
+def resolve_weights(
+    preset, cache_dir: str | Path, toy_task: ToyTaskConfig | None = None, progress: bool = True, group: str = "model"
+) -> tuple[str, dict]:
     """Where to read the preset's weights from: a local folder or a hub id, plus loader kwargs."""
     preset = as_preset(preset, group)
     if preset.path:  # the schema checked that it holds a model
@@ -81,8 +82,9 @@ def resolve_weights(preset, cache_dir: str | Path, toy_task: "ToyTaskConfig | No
     return str(preset.hub_id), {"revision": preset.revision}  # source: hub
 
 
-def load_model(preset, cache_dir: str | Path, toy_task=None, *, trainable: bool, progress: bool = True,
-               group: str = "model") -> LoadedModel:
+def load_model(
+    preset, cache_dir: str | Path, toy_task=None, *, trainable: bool, progress: bool = True, group: str = "model"
+) -> LoadedModel:
     """Load a preset's model and tokenizer; raise one clear line when the weights are missing.
 
     ``group`` is the config group the preset came from (model or teacher), named in the hint.
@@ -98,7 +100,8 @@ def load_model(preset, cache_dir: str | Path, toy_task=None, *, trainable: bool,
     except OSError as e:
         raise ModelUnavailable(
             f"{preset.name}: cannot load '{where}' (not cached and the hub is not reachable); download it with "
-            f"`hf download {where}` or pass {group}.path=/local/dir/with/weights") from e
+            f"`hf download {where}` or pass {group}.path=/local/dir/with/weights"
+        ) from e
     if tokenizer.pad_token is None:  # Llama-style tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # prompts are left-padded so every rollout starts at one column
@@ -127,16 +130,24 @@ def check_compatible(student: LoadedModel, teacher: LoadedModel) -> int:
         raise TokenizerMismatch(
             f"student {student.name} and teacher {teacher.name} have different tokenizers "
             f"({len(student.tokenizer)} vs {len(teacher.tokenizer)} tokens, {differing} of the student's ids map to "
-            f"different tokens); pick a teacher whose vocabulary holds the student's with the same ids")
+            f"different tokens); pick a teacher whose vocabulary holds the student's with the same ids"
+        )
     if len(teacher.tokenizer) > v:
-        log.info("teacher %s has %d tokens beyond the student's %d; both are compared on the student's ids only",
-                 teacher.name, len(teacher.tokenizer) - v, v)
+        log.info(
+            "teacher %s has %d tokens beyond the student's %d; both are compared on the student's ids only",
+            teacher.name,
+            len(teacher.tokenizer) - v,
+            v,
+        )
     from dear.bridge import templates_differ
 
     if templates_differ(student, teacher):
-        log.info("student %s and teacher %s share token ids but format prompts differently: the teacher scores "
-                 "the student's responses after the prompt in its own format (dear/bridge.py)",
-                 student.name, teacher.name)
+        log.info(
+            "student %s and teacher %s share token ids but format prompts differently: the teacher scores "
+            "the student's responses after the prompt in its own format (dear/bridge.py)",
+            student.name,
+            teacher.name,
+        )
     for m in (student, teacher):
         rows = m.model.get_output_embeddings().weight.shape[0]
         if rows < v:

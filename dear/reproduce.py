@@ -19,18 +19,27 @@ from dear.grid import Grid, Table, finished
 from dear.stats import Paired, mean_std, paired
 
 # (key in a run's values, column title)
-METRICS = (("accuracy_after", "accuracy after"), ("accuracy_auc", "accuracy AUC"), ("kl_after", "held-out KL"),
-           ("grad_mass_coverage", "grad-mass coverage"), ("kept_share", "kept share"))
+METRICS = (
+    ("accuracy_after", "accuracy after"),
+    ("accuracy_auc", "accuracy AUC"),
+    ("kl_after", "held-out KL"),
+    ("grad_mass_coverage", "grad-mass coverage"),
+    ("kept_share", "kept share"),
+)
 PAIRED = (("accuracy_after", "accuracy"), ("accuracy_auc", "AUC"))
 
 
 def run_values(metrics: dict) -> dict:
     """The numbers a table reads from one run's metrics.json."""
     bench = next(iter(metrics["benchmarks"].values()))
-    return {"accuracy_after": bench["accuracy_after"], "accuracy_auc": metrics.get("accuracy_auc"),
-            "kl_after": (metrics.get("heldout_reverse_kl") or {}).get("after"),
-            "grad_mass_coverage": metrics.get("grad_mass_coverage"), "kept_share": metrics.get("kept_share"),
-            "curve": metrics.get("curve", [])}
+    return {
+        "accuracy_after": bench["accuracy_after"],
+        "accuracy_auc": metrics.get("accuracy_auc"),
+        "kl_after": (metrics.get("heldout_reverse_kl") or {}).get("after"),
+        "grad_mass_coverage": metrics.get("grad_mass_coverage"),
+        "kept_share": metrics.get("kept_share"),
+        "curve": metrics.get("curve", []),
+    }
 
 
 @dataclass
@@ -84,9 +93,13 @@ def _diff(d: Paired | None) -> str:
 
 
 def markdown(grid: Grid, collated: dict[str, list[Row]]) -> str:
-    out = [f"# {grid.name}: reproduction tables", "",
-           "Mean ± std over seeds; Δ: the difference from the baseline row paired by seed, mean [95% "
-           "t-interval]; beats: yes when the accuracy interval lies above 0, below when under it.", ""]
+    out = [
+        f"# {grid.name}: reproduction tables",
+        "",
+        "Mean ± std over seeds; Δ: the difference from the baseline row paired by seed, mean [95% "
+        "t-interval]; beats: yes when the accuracy interval lies above 0, below when under it.",
+        "",
+    ]
     for table in grid.tables:
         rows = collated[table.name]
         base = sorted({r.baseline for r in rows if r.baseline})
@@ -94,8 +107,13 @@ def markdown(grid: Grid, collated: dict[str, list[Row]]) -> str:
         head = ["row", "seeds", *(t for _, t in METRICS), *(f"Δ {t}" for _, t in PAIRED), "beats"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
-            cells = [r.name, f"{len(r.by_seed)}/{len(table.seeds)}", *(_cell(r.values(k)) for k, _ in METRICS),
-                     *(_diff(r.diffs.get(k)) for k, _ in PAIRED), r.beats]
+            cells = [
+                r.name,
+                f"{len(r.by_seed)}/{len(table.seeds)}",
+                *(_cell(r.values(k)) for k, _ in METRICS),
+                *(_diff(r.diffs.get(k)) for k, _ in PAIRED),
+                r.beats,
+            ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -145,21 +163,34 @@ def plots(grid: Grid, collated: dict[str, list[Row]], folder: Path) -> list[Path
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in rows:
             steps, mean, std = _curve(r)
-            line, = ax.plot(steps, mean, label=r.name)
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=line.get_color(), alpha=0.15)
+            (line,) = ax.plot(steps, mean, label=r.name)
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, std)],
+                [m + s for m, s in zip(mean, std)],
+                color=line.get_color(),
+                alpha=0.15,
+            )
         ax.set(xlabel="step", ylabel="held-out accuracy", title=f"{grid.name} {table.name}: accuracy (mean ± std)")
         ax.legend(fontsize=7)
         written.append(_save(fig, folder / f"{grid.name}-{table.name}-accuracy.png"))
         plt.close(fig)
         if table.curve:
-            swept = sorted((r for r in rows if r.name.startswith(f"{table.curve}=")),
-                           key=lambda r: float(r.name.split("=", 1)[1].split(",")[0]))  # a row named key=x is at x
+            swept = sorted(
+                (r for r in rows if r.name.startswith(f"{table.curve}=")),
+                key=lambda r: float(r.name.split("=", 1)[1].split(",")[0]),
+            )  # a row named key=x is at x
             xs = [float(r.name.split("=", 1)[1].split(",")[0]) for r in swept]
             stats = [mean_std(list(r.values("accuracy_after").values())) for r in swept]
             fig, ax = plt.subplots(figsize=(6, 4))
-            ax.errorbar(xs, [m for m, _, _ in stats], yerr=[0 if math.isnan(s) else s for _, s, _ in stats],
-                        marker="o", capsize=3, label=table.curve)
+            ax.errorbar(
+                xs,
+                [m for m, _, _ in stats],
+                yerr=[0 if math.isnan(s) else s for _, s, _ in stats],
+                marker="o",
+                capsize=3,
+                label=table.curve,
+            )
             for r in rows:
                 if r not in swept:
                     m, _, _ = mean_std(list(r.values("accuracy_after").values()))

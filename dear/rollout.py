@@ -19,21 +19,27 @@ import torch
 
 @dataclass
 class Rollout:
-    input_ids: torch.Tensor       # [B, L] prompt (left-padded) + response (right-padded)
+    input_ids: torch.Tensor  # [B, L] prompt (left-padded) + response (right-padded)
     attention_mask: torch.Tensor  # [B, L] 1 on real tokens (prompt and response)
-    position_ids: torch.Tensor    # [B, L]
-    response_mask: torch.Tensor   # [B, L] bool, True on response tokens
-    prompt_width: int             # P: responses start at this column
-    texts: list[str]              # decoded responses (special tokens dropped)
+    position_ids: torch.Tensor  # [B, L]
+    response_mask: torch.Tensor  # [B, L] bool, True on response tokens
+    prompt_width: int  # P: responses start at this column
+    texts: list[str]  # decoded responses (special tokens dropped)
 
     @property
     def target_mask(self) -> torch.Tensor:
         """[B, L-1] bool: True where logits[:, t] predict a response token input_ids[:, t+1]."""
         return self.response_mask[:, 1:]
 
-    def to(self, device) -> "Rollout":
-        return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
-                       self.response_mask.to(device), self.prompt_width, self.texts)
+    def to(self, device) -> Rollout:
+        return Rollout(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.response_mask.to(device),
+            self.prompt_width,
+            self.texts,
+        )
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -45,8 +51,16 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> dict:
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
-def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 1.0,
-             max_new_tokens: int = 64, greedy: bool = False) -> Rollout:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    greedy: bool = False,
+) -> Rollout:
     """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n … i*n+n-1)."""
     device = next(model.parameters()).device
     enc = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], device)
@@ -56,9 +70,14 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: f
     try:
         with torch.no_grad():
             out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                temperature=None if greedy else temperature, top_p=None, top_k=None,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=not greedy,
+                temperature=None if greedy else temperature,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             )  # [B, P + new]
     finally:
         model.train(was_training)
@@ -86,11 +105,12 @@ def from_texts(tokenizer, prompts: list[str], responses: list[str], *, max_new_t
     response = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
     keep = torch.zeros(len(ids), width, dtype=torch.bool, device=device)
     for k, x in enumerate(ids):
-        response[k, :len(x)] = torch.tensor(x, dtype=torch.long, device=device)
-        keep[k, :len(x)] = True
+        response[k, : len(x)] = torch.tensor(x, dtype=torch.long, device=device)
+        keep[k, : len(x)] = True
     input_ids = torch.cat([enc["input_ids"], response], dim=1)
     attention_mask = torch.cat([enc["attention_mask"], keep.long()], dim=1)
     response_mask = torch.cat([torch.zeros_like(enc["input_ids"], dtype=torch.bool), keep], dim=1)
     texts = tokenizer.batch_decode(response, skip_special_tokens=True)
-    return Rollout(input_ids, attention_mask, position_ids(attention_mask), response_mask, enc["input_ids"].shape[1],
-                   texts)
+    return Rollout(
+        input_ids, attention_mask, position_ids(attention_mask), response_mask, enc["input_ids"].shape[1], texts
+    )

@@ -69,15 +69,32 @@ def eval_problems(settings: TrainConfig | EvalConfig) -> list:
     return load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
 
 
-def build_evaluator(settings: TrainConfig | EvalConfig, loaded, problems: list, *, vocab_size: int | None = None,
-                    kl_prompts: int = 0, progress: bool = False, teacher=None) -> Evaluator:
+def build_evaluator(
+    settings: TrainConfig | EvalConfig,
+    loaded,
+    problems: list,
+    *,
+    vocab_size: int | None = None,
+    kl_prompts: int = 0,
+    progress: bool = False,
+    teacher=None,
+) -> Evaluator:
     """The evaluator of ``problems`` (`eval_problems`) for the `LoadedModel` ``loaded`` and its teacher, if any."""
     b = settings.benchmark
     return Evaluator(
-        name=b.name, problems=problems, tokenizer=loaded.tokenizer, chat_template=loaded.chat_template,
-        max_new_tokens=b.max_new_tokens, batch_size=settings.eval.batch_size, samples=b.samples,
-        temperature=b.temperature, kl_prompts=kl_prompts, vocab_size=vocab_size, progress=progress,
-        **_teacher_format(loaded, teacher))
+        name=b.name,
+        problems=problems,
+        tokenizer=loaded.tokenizer,
+        chat_template=loaded.chat_template,
+        max_new_tokens=b.max_new_tokens,
+        batch_size=settings.eval.batch_size,
+        samples=b.samples,
+        temperature=b.temperature,
+        kl_prompts=kl_prompts,
+        vocab_size=vocab_size,
+        progress=progress,
+        **_teacher_format(loaded, teacher),
+    )
 
 
 def _teacher_format(student, teacher) -> dict:
@@ -87,8 +104,10 @@ def _teacher_format(student, teacher) -> dict:
 
     if teacher is None or not templates_differ(student, teacher):
         return {}
-    return {"teacher_format": prompt_formatter(format_prompt, teacher.tokenizer, teacher.chat_template),
-            "teacher_tokenizer": teacher.tokenizer}
+    return {
+        "teacher_format": prompt_formatter(format_prompt, teacher.tokenizer, teacher.chat_template),
+        "teacher_tokenizer": teacher.tokenizer,
+    }
 
 
 def build_loggers(settings: TrainConfig, run_dir: Path):
@@ -104,5 +123,13 @@ def build_loggers(settings: TrainConfig, run_dir: Path):
     os.environ.setdefault("WANDB_SILENT", "true")
     # One W&B run per job, grouped by sweep or table, tagged with its method and student-teacher pair
     tags = [f"method={settings.method.name}", f"pair={settings.model.name}<-{settings.teacher.name}"]
-    return WandbLogger(project=lg.project, entity=lg.entity, save_dir=str(run_dir), offline=lg.offline,
-                       name=run_dir.name, config=config_record(settings), group=lg.group, tags=tags)
+    return WandbLogger(
+        project=lg.project,
+        entity=lg.entity,
+        save_dir=str(run_dir),
+        offline=lg.offline,
+        name=run_dir.name,
+        config=config_record(settings),
+        group=lg.group,
+        tags=tags,
+    )

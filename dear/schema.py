@@ -76,8 +76,25 @@ Schedule = Literal["cosine", "constant"]
 SELECTOR_KNOBS: dict[str, tuple[str, ...]] = {
     "all": (),
     "entropy": ("decision_ratio", "mode", "h_min", "scope"),
-    "dear": ("decision_ratio", "evidence_ratio", "mode", "h_min", "scope", "agg", "direction", "window", "boost",
-             "lam", "confident_only", "similarity", "w_dec", "w_evi", "w_other", "hidden_layer", "evidence_pool"),
+    "dear": (
+        "decision_ratio",
+        "evidence_ratio",
+        "mode",
+        "h_min",
+        "scope",
+        "agg",
+        "direction",
+        "window",
+        "boost",
+        "lam",
+        "confident_only",
+        "similarity",
+        "w_dec",
+        "w_evi",
+        "w_other",
+        "hidden_layer",
+        "evidence_pool",
+    ),
     "tip": ("tip_ratio", "scope"),
     "random": ("decision_ratio", "evidence_ratio", "scope", "evidence_pool"),
 }
@@ -92,7 +109,7 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     if typing.get_origin(tp) in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         optional = len(args) < len(typing.get_args(tp))
-        return (args[0] if len(args) == 1 else Union[tuple(args)]), optional
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), optional  # noqa: UP007 (built at run time)
     return tp, False
 
 
@@ -242,8 +259,9 @@ class ToyModelSpec(Schema):
 
     def check(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ConfigError(f"{self._where()}hidden_size ({self.hidden_size}) must be a multiple of num_heads "
-                              f"({self.num_heads})")
+            raise ConfigError(
+                f"{self._where()}hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
 
     def _where(self) -> str:
         return getattr(self, "_path", "")
@@ -285,15 +303,16 @@ class ModelPreset(Schema):
         if self.source == "toy" and self.toy is None and not self.path:
             raise ConfigError(f"{group}.toy (the toy recipe) is required when {group}.source is toy")
         if self.source == "smollm2-tuned" and self.tune is None and not self.path:
-            raise ConfigError(f"{group}.tune (the fine-tuning recipe) is required when {group}.source is "
-                              f"smollm2-tuned")
+            raise ConfigError(f"{group}.tune (the fine-tuning recipe) is required when {group}.source is smollm2-tuned")
         if self.source == "hub" and not self.hub_id and not self.path:
             raise ConfigError(f"{group}.hub_id or {group}.path is required when {group}.source is hub")
         if self.path:
             folder = Path(self.path).expanduser()
             if not (folder / "config.json").is_file():
-                raise ConfigError(f"{group}.path={folder} holds no Hugging Face model for {self.name} (no "
-                                  f"config.json); point it at a folder made by save_pretrained")
+                raise ConfigError(
+                    f"{group}.path={folder} holds no Hugging Face model for {self.name} (no "
+                    f"config.json); point it at a folder made by save_pretrained"
+                )
 
 
 @dataclass(frozen=True)
@@ -349,8 +368,10 @@ class MethodConfig(Schema):
         for key in data:
             if key not in keys:
                 reads = "reads no knobs" if not SELECTOR_KNOBS[data["selector"]] else "does not read it"
-                raise ConfigError(f"{path}{key} is not a knob of method={data.get('name')} (selector "
-                                  f"{data['selector']} {reads}); valid keys: {', '.join(sorted(keys))}")
+                raise ConfigError(
+                    f"{path}{key} is not a knob of method={data.get('name')} (selector "
+                    f"{data['selector']} {reads}); valid keys: {', '.join(sorted(keys))}"
+                )
         return keys, [k for k in keys if k not in ("h_min", "window")]
 
     def none_is_a_value(self, name: str) -> bool:
@@ -358,16 +379,24 @@ class MethodConfig(Schema):
 
     def check(self) -> None:
         reads = SELECTOR_KNOBS[self.selector]
-        unused = [f.name for f in fields(self) if f.name not in ("name", "divergence", "selector", "source")
-                  and f.name not in reads and getattr(self, f.name) is not None]
+        unused = [
+            f.name
+            for f in fields(self)
+            if f.name not in ("name", "divergence", "selector", "source")
+            and f.name not in reads
+            and getattr(self, f.name) is not None
+        ]
         if unused:
             raise ConfigError(f"selector {self.selector} does not read {', '.join(unused)}")
         if self.source is None:
-            raise ConfigError(f"{getattr(self, '_path', '')}source must be one of student, teacher, reference "
-                              f"(who writes the responses trained on)")
+            raise ConfigError(
+                f"{getattr(self, '_path', '')}source must be one of student, teacher, reference "
+                f"(who writes the responses trained on)"
+            )
         if self.mode == "threshold" and (self.h_min is None or math.isnan(self.h_min)):
-            raise ConfigError(f"h_min must be a number (the entropy threshold, nats) when mode='threshold', "
-                              f"got {self.h_min!r}")
+            raise ConfigError(
+                f"h_min must be a number (the entropy threshold, nats) when mode='threshold', got {self.h_min!r}"
+            )
 
 
 # Benchmarks that are one problem set under two names (a subset, or the same problems with more tests).
@@ -385,7 +414,7 @@ def same_source(data: str, benchmark: str) -> bool:
     return _SAME_PROBLEMS.get(data, data) == _SAME_PROBLEMS.get(benchmark, benchmark)
 
 
-def seed_ranges_disjoint(data: "DataConfig", benchmark: "BenchmarkConfig") -> bool:
+def seed_ranges_disjoint(data: DataConfig, benchmark: BenchmarkConfig) -> bool:
     """Whether a reasoning-gym stream and benchmark of one task use no common generator seed.
 
     The rg loader makes problem i from generator seed ``run_seed * stride + seed_offset + i``
@@ -420,8 +449,10 @@ class BenchmarkConfig(Schema):
 
     def check(self) -> None:
         if self.samples > 1 and not self.temperature:
-            raise ConfigError(f"benchmark.samples={self.samples} needs benchmark.temperature > 0 "
-                              f"(greedy decoding gives one answer per problem)")
+            raise ConfigError(
+                f"benchmark.samples={self.samples} needs benchmark.temperature > 0 "
+                f"(greedy decoding gives one answer per problem)"
+            )
 
 
 @dataclass(frozen=True)
@@ -489,8 +520,10 @@ class CheckpointSettings(Schema):
 
     def check(self) -> None:
         if self.every_steps and self.every_minutes:
-            raise ConfigError(f"checkpoint.every_steps={self.every_steps} and checkpoint.every_minutes="
-                              f"{self.every_minutes} are both set; give one (set the other to 0)")
+            raise ConfigError(
+                f"checkpoint.every_steps={self.every_steps} and checkpoint.every_minutes="
+                f"{self.every_minutes} are both set; give one (set the other to 0)"
+            )
 
 
 @dataclass(frozen=True)
@@ -526,12 +559,16 @@ class TrainConfig(Schema):
 
     def check(self) -> None:
         if same_source(self.data.name, self.benchmark.name) and not seed_ranges_disjoint(self.data, self.benchmark):
-            raise ConfigError(f"data={self.data.name} trains on the problems benchmark={self.benchmark.name} "
-                              f"evaluates; pick training prompts from another set (e.g. data=rg-gsm_symbolic, "
-                              f"data=math-train)")
+            raise ConfigError(
+                f"data={self.data.name} trains on the problems benchmark={self.benchmark.name} "
+                f"evaluates; pick training prompts from another set (e.g. data=rg-gsm_symbolic, "
+                f"data=math-train)"
+            )
         if self.method.source == "reference" and self.data.name != "toy":
-            raise ConfigError(f"method={self.method.name} trains on reference solutions, which only data=toy has "
-                              f"(its worked solutions); got data={self.data.name}")
+            raise ConfigError(
+                f"method={self.method.name} trains on reference solutions, which only data=toy has "
+                f"(its worked solutions); got data={self.data.name}"
+            )
         if self.ckpt_path and not Path(self.ckpt_path).expanduser().is_file():
             raise ConfigError(f"ckpt_path={self.ckpt_path} does not exist; give a run's checkpoints/last.ckpt")
 

@@ -28,15 +28,26 @@ def reference_solutions(prompts: list[str], n: int, task: ToyTaskConfig, *, seed
     return out
 
 
-def training_rollout(source: str, student, teacher, tokenizer, prompts: list[str], r: RolloutConfig, *,
-                     task: ToyTaskConfig, seed: int, offset: int) -> Rollout:
+def training_rollout(
+    source: str,
+    student,
+    teacher,
+    tokenizer,
+    prompts: list[str],
+    r: RolloutConfig,
+    *,
+    task: ToyTaskConfig,
+    seed: int,
+    offset: int,
+) -> Rollout:
     """The responses a step trains on, ``n`` per prompt, from ``source`` (student | teacher | reference).
 
     ``offset``: how many prompts of the stream came before these (seeds the reference draws)."""
     if source == "reference":
         device = next(student.parameters()).device
         texts = reference_solutions(prompts, r.n, task, seed=seed, offset=offset)
-        return from_texts(tokenizer, [p for p in prompts for _ in range(r.n)], texts,
-                          max_new_tokens=r.max_new_tokens, device=device)
+        return from_texts(
+            tokenizer, [p for p in prompts for _ in range(r.n)], texts, max_new_tokens=r.max_new_tokens, device=device
+        )
     model = teacher if source == "teacher" else student
     return generate(model, tokenizer, prompts, n=r.n, temperature=r.temperature, max_new_tokens=r.max_new_tokens)

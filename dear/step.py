@@ -39,8 +39,15 @@ def _inputs(rollout: Rollout) -> dict[str, Tensor]:
     return dict(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=rollout.position_ids)
 
 
-def forward_pair(student, teacher, rollout: Rollout, *, hidden_layer: int | None = None, grad: bool = True,
-                 teacher_rollout: Rollout | None = None) -> Forward:
+def forward_pair(
+    student,
+    teacher,
+    rollout: Rollout,
+    *,
+    hidden_layer: int | None = None,
+    grad: bool = True,
+    teacher_rollout: Rollout | None = None,
+) -> Forward:
     """Run student and teacher over the same response tokens (same attention mask and position ids).
 
     ``hidden_layer``: index into the student's hidden states (-1: the last layer's output, which the
@@ -58,44 +65,88 @@ def forward_pair(student, teacher, rollout: Rollout, *, hidden_layer: int | None
     return Forward(out.logits[:, :-1], t_logits, hidden)
 
 
-def step_signals(fwd: Forward, rollout: Rollout, method: MethodConfig, loss: LossConfig,
-                 vocab_size: int | None) -> objective.Signals:
+def step_signals(
+    fwd: Forward, rollout: Rollout, method: MethodConfig, loss: LossConfig, vocab_size: int | None
+) -> objective.Signals:
     """The per-token signals of one batch (no grad): entropy, the method's D_t, the true KL, argmaxes."""
     return objective.token_signals(
-        fwd.student_logits.detach(), fwd.teacher_logits, rollout.target_mask, sampled_ids=rollout.input_ids[:, 1:],
-        divergence=method.divergence, temperature=loss.temperature, beta=loss.beta, vocab_size=vocab_size)
+        fwd.student_logits.detach(),
+        fwd.teacher_logits,
+        rollout.target_mask,
+        sampled_ids=rollout.input_ids[:, 1:],
+        divergence=method.divergence,
+        temperature=loss.temperature,
+        beta=loss.beta,
+        vocab_size=vocab_size,
+    )
 
 
-def distill_step(student, teacher, rollout: Rollout, method: MethodConfig, loss: LossConfig, *,
-                 vocab_size: int | None, generator: torch.Generator | None = None,
-                 teacher_rollout: Rollout | None = None) -> tuple[Tensor, dict[str, float]]:
+def distill_step(
+    student,
+    teacher,
+    rollout: Rollout,
+    method: MethodConfig,
+    loss: LossConfig,
+    *,
+    vocab_size: int | None,
+    generator: torch.Generator | None = None,
+    teacher_rollout: Rollout | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """Forward both models, select the tokens that count, and return the weighted loss and step stats.
 
     The loss carries the student's graph (call ``backward`` on it); stats are floats named as they
     are logged (``train/...``): the selection diagnostics of `objective.selection_stats`, the loss and
     the mean response length.
     """
-    fwd = forward_pair(student, teacher, rollout, hidden_layer=method.hidden_layer if method.selector == "dear" else None,
-                       teacher_rollout=teacher_rollout)
+    fwd = forward_pair(
+        student,
+        teacher,
+        rollout,
+        hidden_layer=method.hidden_layer if method.selector == "dear" else None,
+        teacher_rollout=teacher_rollout,
+    )
     mask, targets = rollout.target_mask, rollout.input_ids[:, 1:]
     signals = step_signals(fwd, rollout, method, loss, vocab_size)
-    selection = objective.select_tokens(method, entropy=signals.entropy, divergence=signals.divergence,
-                                        hidden=fwd.hidden, mask=mask, generator=generator)
+    selection = objective.select_tokens(
+        method,
+        entropy=signals.entropy,
+        divergence=signals.divergence,
+        hidden=fwd.hidden,
+        mask=mask,
+        generator=generator,
+    )
     value, loss_stats = objective.distill_loss(
-        fwd.student_logits, fwd.teacher_logits, selection.weights, kind=loss.kind, sampled_ids=targets, mask=mask,
-        normalize=loss.normalize, temperature=loss.temperature, beta=loss.beta, vocab_size=vocab_size)
-    stats = {f"train/{k}": v for k, v in objective.selection_stats(selection, signals, mask).items()
-             if not math.isnan(v)}
+        fwd.student_logits,
+        fwd.teacher_logits,
+        selection.weights,
+        kind=loss.kind,
+        sampled_ids=targets,
+        mask=mask,
+        normalize=loss.normalize,
+        temperature=loss.temperature,
+        beta=loss.beta,
+        vocab_size=vocab_size,
+    )
+    stats = {
+        f"train/{k}": v for k, v in objective.selection_stats(selection, signals, mask).items() if not math.isnan(v)
+    }
     stats["train/loss"] = float(loss_stats["loss"])
     stats["train/response_tokens"] = float(mask.sum()) / mask.shape[0]
     return value, stats
 
 
-def rollout_reverse_kl(student, teacher, rollout: Rollout, vocab_size: int | None, temperature: float = 1.0,
-                       teacher_rollout: Rollout | None = None) -> tuple[float, int]:
+def rollout_reverse_kl(
+    student,
+    teacher,
+    rollout: Rollout,
+    vocab_size: int | None,
+    temperature: float = 1.0,
+    teacher_rollout: Rollout | None = None,
+) -> tuple[float, int]:
     """``(Σ KL(p‖q), number of response tokens)`` over a batch of rollouts: the held-out KL's terms."""
     with torch.no_grad():  # a block, not a decorator, so mutation testing reaches the body
         fwd = forward_pair(student, teacher, rollout, grad=False, teacher_rollout=teacher_rollout)
-        signals = objective.token_signals(fwd.student_logits, fwd.teacher_logits, rollout.target_mask,
-                                          temperature=temperature, vocab_size=vocab_size)
+        signals = objective.token_signals(
+            fwd.student_logits, fwd.teacher_logits, rollout.target_mask, temperature=temperature, vocab_size=vocab_size
+        )
     return float(signals.reverse_kl.sum()), int(rollout.target_mask.sum())

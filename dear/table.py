@@ -44,8 +44,13 @@ def load_runs(roots: list[Path]) -> list[dict]:
 
 def row_key(run: dict) -> tuple:
     c = run["config"]
-    return (c["model"]["name"], c["teacher"]["name"], c["method"]["name"], c["loss"]["normalize"],
-            next(iter(run["benchmarks"])))
+    return (
+        c["model"]["name"],
+        c["teacher"]["name"],
+        c["method"]["name"],
+        c["loss"]["normalize"],
+        next(iter(run["benchmarks"])),
+    )
 
 
 def cell(values: list[float]) -> str:
@@ -84,10 +89,15 @@ def read_grid(grid_file: Path) -> dict:
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         raise DearError(f"{grid_file} is not valid YAML{f' (line {where.line + 1})' if where else ''}") from e
-    if not isinstance(grid, dict) or not isinstance(grid.get("overrides", []), list) or not isinstance(
-            grid.get("sweep", {}), dict) or not all(isinstance(v, list) for v in grid.get("sweep", {}).values()):
-        raise DearError(f"{grid_file} must map overrides to a list and sweep to lists of values "
-                        f"(see conf/table/toy.yaml)")
+    if (
+        not isinstance(grid, dict)
+        or not isinstance(grid.get("overrides", []), list)
+        or not isinstance(grid.get("sweep", {}), dict)
+        or not all(isinstance(v, list) for v in grid.get("sweep", {}).values())
+    ):
+        raise DearError(
+            f"{grid_file} must map overrides to a list and sweep to lists of values (see conf/table/toy.yaml)"
+        )
     return grid
 
 
@@ -95,8 +105,14 @@ def run_grid(grid_file: Path, extra: list[str]) -> Path:
     grid = read_grid(grid_file)
     out = Path(grid.get("output", "outputs/tables")) / grid_file.stem
     sweep = [f"{k}={','.join(map(str, v))}" for k, v in grid.get("sweep", {}).items()]
-    cmd = [str(Path(sys.executable).parent / "dear-train"), "-m", *grid.get("overrides", []), *sweep, *extra,
-           f"hydra.sweep.dir={out}"]
+    cmd = [
+        str(Path(sys.executable).parent / "dear-train"),
+        "-m",
+        *grid.get("overrides", []),
+        *sweep,
+        *extra,
+        f"hydra.sweep.dir={out}",
+    ]
     print("running:", " ".join(cmd), file=sys.stderr)
     if subprocess.run(cmd).returncode != 0:
         raise DearError(f"the grid {grid_file} did not finish; finished runs stay in {out}")
@@ -124,8 +140,10 @@ def reproduce(grid_file: Path, extra: list[str], dry_run: bool) -> None:
     print(text)
     print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
     if failed:
-        raise DearError(f"runs of {', '.join(failed)} did not finish (the tables show what did); run the same "
-                        f"command again to resume them")
+        raise DearError(
+            f"runs of {', '.join(failed)} did not finish (the tables show what did); run the same "
+            f"command again to resume them"
+        )
 
 
 def main(argv: list[str]) -> None:

@@ -104,8 +104,9 @@ def _train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, pr
     rng = random.Random(spec.seed)
     model = Qwen2ForCausalLM(qwen2_config(spec, tokenizer))
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(max(1, spec.train_steps // 20), spec.train_steps,
-                                                                spec.schedule))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_factor(max(1, spec.train_steps // 20), spec.train_steps, spec.schedule)
+    )
     model.train()
     bar = tqdm(range(spec.train_steps), desc=f"building {name}", disable=not progress, leave=False)
     for _ in bar:
@@ -121,8 +122,9 @@ def _train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, pr
     return model
 
 
-def ensure_toy_model(name: str, spec: ToyModelSpec, task_cfg: ToyTaskConfig, cache_dir: str | Path,
-                     progress: bool = True) -> Path:
+def ensure_toy_model(
+    name: str, spec: ToyModelSpec, task_cfg: ToyTaskConfig, cache_dir: str | Path, progress: bool = True
+) -> Path:
     """The folder of the toy model ``name``, training and caching it first if needed."""
     cache_dir = Path(cache_dir).expanduser()
     target = cache_dir / spec_key(name, spec, task_cfg)
@@ -132,8 +134,9 @@ def ensure_toy_model(name: str, spec: ToyModelSpec, task_cfg: ToyTaskConfig, cac
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
     except OSError as e:
-        raise CacheNotWritable(f"cannot write the toy-model cache at {cache_dir} ({e.strerror}); "
-                               f"set cache_dir=/a/writable/dir") from e
+        raise CacheNotWritable(
+            f"cannot write the toy-model cache at {cache_dir} ({e.strerror}); set cache_dir=/a/writable/dir"
+        ) from e
     try:
         log.info("Building toy model %s (%s) in %s", name, spec, target)
         tokenizer = build_tokenizer(tmp)

@@ -59,23 +59,33 @@ def train(cfg, run_dir: Path) -> dict:
     vocab_size = check_compatible(student, teacher)
 
     log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
-    data = prompt_loader(s.data, s.toy_task, student.tokenizer, chat_template=student.chat_template,
-                         batch_size=s.batch_size, seed=s.seed)
-    evaluator = build_evaluator(s, student, problems, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts,
-                                teacher=teacher)
-    module = DistillModule(s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator,
-                           prompts=data.dataset)
+    data = prompt_loader(
+        s.data, s.toy_task, student.tokenizer, chat_template=student.chat_template, batch_size=s.batch_size, seed=s.seed
+    )
+    evaluator = build_evaluator(
+        s, student, problems, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts, teacher=teacher
+    )
+    module = DistillModule(
+        s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator, prompts=data.dataset
+    )
     if templates_differ(student, teacher):  # the teacher reads each training prompt in its own format
         module.teacher_prompts = TeacherPrompts.for_problems(train_problems or [], student, teacher)
 
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
     preemption = Preemption(last_ckpt)
     trainer = L.Trainer(
-        accelerator=s.trainer.accelerator, devices=s.trainer.devices, precision=precision(s.trainer.precision),
-        max_steps=s.steps, logger=build_loggers(s, run_dir), default_root_dir=str(run_dir),
+        accelerator=s.trainer.accelerator,
+        devices=s.trainer.devices,
+        precision=precision(s.trainer.precision),
+        max_steps=s.steps,
+        logger=build_loggers(s, run_dir),
+        default_root_dir=str(run_dir),
         callbacks=[checkpoints(s, run_dir), preemption],
-        gradient_clip_val=s.optim.grad_clip, log_every_n_steps=1, num_sanity_val_steps=0,
-        limit_val_batches=0, enable_model_summary=False,
+        gradient_clip_val=s.optim.grad_clip,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        enable_model_summary=False,
     )
     log.info("Training %s for %d steps (method=%s) in %s", s.model.name, s.steps, s.method.name, run_dir)
     t0 = time.perf_counter()
@@ -96,19 +106,30 @@ def train(cfg, run_dir: Path) -> dict:
 
     write_dir_atomic(run_dir / "student", export)  # a run killed mid-export leaves the previous student/
     first, last = module.history[0], module.history[-1]
-    metrics = run_record(s, run_dir, wall_time_s=wall, extra={
-        "steps": int(trainer.global_step),
-        "sandbox": sandbox_record(problems),
-        "benchmarks": {s.benchmark.name: {"accuracy_before": first["accuracy"], "accuracy_after": last["accuracy"],
-                                          "gain": last["accuracy"] - first["accuracy"]}},
-        "heldout_reverse_kl": {"before": first.get("heldout_reverse_kl"), "after": last.get("heldout_reverse_kl")},
-        "accuracy_auc": accuracy_auc(module.history),
-        "curve": module.history,
-        "mean_step_time_s": sum(module.step_seconds) / max(1, len(module.step_seconds)),
-        **run_means(module),  # grad_mass_coverage (DESIGN §2) and kept_share, averaged over the steps
-        "selection_pages": module.pictures,  # HTML: what the method selects at the start and the end (dear/picture.py)
-        "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (dear/module.py)
-    })
+    metrics = run_record(
+        s,
+        run_dir,
+        wall_time_s=wall,
+        extra={
+            "steps": int(trainer.global_step),
+            "sandbox": sandbox_record(problems),
+            "benchmarks": {
+                s.benchmark.name: {
+                    "accuracy_before": first["accuracy"],
+                    "accuracy_after": last["accuracy"],
+                    "gain": last["accuracy"] - first["accuracy"],
+                }
+            },
+            "heldout_reverse_kl": {"before": first.get("heldout_reverse_kl"), "after": last.get("heldout_reverse_kl")},
+            "accuracy_auc": accuracy_auc(module.history),
+            "curve": module.history,
+            "mean_step_time_s": sum(module.step_seconds) / max(1, len(module.step_seconds)),
+            **run_means(module),  # grad_mass_coverage (DESIGN §2) and kept_share, averaged over the steps
+            # HTML pages of what the method selects at the start and the end (dear/picture.py)
+            "selection_pages": module.pictures,
+            "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (dear/module.py)
+        },
+    )
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -116,8 +137,11 @@ def train(cfg, run_dir: Path) -> dict:
 def checkpoints(s, run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
     """``checkpoints/last.ckpt`` every ``checkpoint.every_steps`` steps or ``every_minutes`` minutes."""
     c = s.checkpoint
-    every = {"train_time_interval": datetime.timedelta(minutes=c.every_minutes)} if c.every_minutes else \
-        {"every_n_train_steps": c.every_steps or max(1, s.steps)}
+    every = (
+        {"train_time_interval": datetime.timedelta(minutes=c.every_minutes)}
+        if c.every_minutes
+        else {"every_n_train_steps": c.every_steps or max(1, s.steps)}
+    )
     return L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, **every)
 
 

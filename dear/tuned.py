@@ -54,8 +54,13 @@ def training_problems(recipe: TuneRecipe) -> list:
     from dear.data.benchmarks import BenchmarkUnavailable, load_benchmark
 
     try:
-        return load_benchmark(f"rg-{recipe.task}", limit=recipe.steps * recipe.batch_size, seed=recipe.seed,
-                              seed_offset=TUNE_SEED_OFFSET, **(recipe.options or {}))
+        return load_benchmark(
+            f"rg-{recipe.task}",
+            limit=recipe.steps * recipe.batch_size,
+            seed=recipe.seed,
+            seed_offset=TUNE_SEED_OFFSET,
+            **(recipe.options or {}),
+        )
     except (ValueError, BenchmarkUnavailable) as e:
         raise TuneFailed(f"tune recipe: {e}") from e
 
@@ -133,8 +138,9 @@ def ensure_tuned_model(name: str, recipe: TuneRecipe, cache_dir: str | Path, pro
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
     except OSError as e:
-        raise TuneFailed(f"cannot write the model cache at {cache_dir} ({e.strerror}); set cache_dir=/a/writable/dir") \
-            from e
+        raise TuneFailed(
+            f"cannot write the model cache at {cache_dir} ({e.strerror}); set cache_dir=/a/writable/dir"
+        ) from e
     try:
         log.info("Building %s: SmolLM2-135M-Instruct fine-tuned by %s, into %s", name, recipe, target)
         start = time.perf_counter()
@@ -144,8 +150,13 @@ def ensure_tuned_model(name: str, recipe: TuneRecipe, cache_dir: str | Path, pro
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         seconds = time.perf_counter() - start
-        (tmp / MARKER).write_text(json.dumps({"name": name, "base": str(base), "recipe": asdict(recipe),
-                                              "build_seconds": round(seconds, 1)}, indent=2) + "\n")
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {"name": name, "base": str(base), "recipe": asdict(recipe), "build_seconds": round(seconds, 1)},
+                indent=2,
+            )
+            + "\n"
+        )
         tmp.chmod(0o755)
         try:
             os.rename(tmp, target)

@@ -22,12 +22,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Toy models small and briefly trained: the plumbing, not the quality, is under test here.
 TINY_MODELS = [
-    "model.toy.hidden_size=16", "model.toy.intermediate_size=32", "model.toy.train_steps=10",
-    "teacher.toy.hidden_size=24", "teacher.toy.intermediate_size=48", "teacher.toy.train_steps=10",
+    "model.toy.hidden_size=16",
+    "model.toy.intermediate_size=32",
+    "model.toy.train_steps=10",
+    "teacher.toy.hidden_size=24",
+    "teacher.toy.intermediate_size=48",
+    "teacher.toy.train_steps=10",
 ]
 TINY_RUN = TINY_MODELS + [
-    "steps=2", "batch_size=3", "rollout.n=2", "rollout.max_new_tokens=24", "eval.every=1",
-    "benchmark.limit=8", "benchmark.max_new_tokens=24", "eval.kl_prompts=4", "logger=csv",
+    "steps=2",
+    "batch_size=3",
+    "rollout.n=2",
+    "rollout.max_new_tokens=24",
+    "eval.every=1",
+    "benchmark.limit=8",
+    "benchmark.max_new_tokens=24",
+    "eval.kl_prompts=4",
+    "logger=csv",
 ]
 
 

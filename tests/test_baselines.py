@@ -61,13 +61,15 @@ def test_baselines_train_through_the_same_step(tmp_path, toy_cache, method, monk
 
     samplers, forced = [], []
     real_generate, real_from_texts = sources.generate, sources.from_texts
-    monkeypatch.setattr(sources, "generate", lambda model, *a, **kw: samplers.append(model) or real_generate(
-        model, *a, **kw))
+    monkeypatch.setattr(
+        sources, "generate", lambda model, *a, **kw: samplers.append(model) or real_generate(model, *a, **kw)
+    )
     monkeypatch.setattr(sources, "from_texts", lambda *a, **kw: forced.append(real_from_texts(*a, **kw)) or forced[-1])
     modules = []
     real_init = DistillModule.__init__
-    monkeypatch.setattr(DistillModule, "__init__", lambda self, *a, **kw: modules.append(self) or real_init(
-        self, *a, **kw))
+    monkeypatch.setattr(
+        DistillModule, "__init__", lambda self, *a, **kw: modules.append(self) or real_init(self, *a, **kw)
+    )
     metrics, run_dir = run(tmp_path, toy_cache, f"method={method}")
     assert metrics["steps"] == 2 and metrics["config"]["method"]["name"] == method
     (module,) = modules
@@ -79,8 +81,7 @@ def test_baselines_train_through_the_same_step(tmp_path, toy_cache, method, monk
         for rollout in forced:  # the answer key: a complete reference's answer is its last running total
             ends = [int(row[m][-1]) for row, m in zip(rollout.input_ids, rollout.response_mask)]
             complete = [t for t, e in zip(rollout.texts, ends) if e == 1]  # end-of-text: not cut at 24 tokens
-            assert complete and all(t.split(ANSWER_SEP)[1] == t.split(ANSWER_SEP)[0].split("=")[-1]
-                                    for t in complete)
+            assert complete and all(t.split(ANSWER_SEP)[1] == t.split(ANSWER_SEP)[0].split("=")[-1] for t in complete)
     assert metrics["grad_mass_coverage"] == pytest.approx(1.0) and metrics["kept_share"] == pytest.approx(1.0)
     assert 0.0 <= metrics["benchmarks"]["toy"]["accuracy_after"] <= 1.0
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_support import needs_full_isolation
 
 from dear.data.benchmarks import (
     BENCHMARKS,
@@ -24,6 +23,8 @@ from dear.data.benchmarks import (
 )
 from dear.errors import DearError
 from dear.eval.grading import GRADERS, extract_code, grade, register_grader
+
+from sandbox_support import needs_full_isolation
 
 OFFLINE_COUNTS = {"humaneval": 164, "math500": 311, "aime24": 30, "aime25": 15, "cnmo": 18}
 MATH_SETS = ["math500", "aime24", "aime25", "cnmo"]
@@ -42,12 +43,7 @@ def test_offline_suites_have_their_counts_and_fields(name):
     for p in problems:
         assert p.id and p.question.strip() and p.reference.strip()
         if name == "humaneval":
-            assert (
-                p.kind == "code"
-                and p.entry_point
-                and p.code_prompt
-                and f"def {p.entry_point}" in p.code_prompt
-            )
+            assert p.kind == "code" and p.entry_point and p.code_prompt and f"def {p.entry_point}" in p.code_prompt
         else:
             assert p.kind == "math" and p.entry_point is None and not p.reference.startswith("$")
 
@@ -121,8 +117,7 @@ def test_humaneval_canonical_solutions_pass_and_wrong_code_fails():
 
 def test_extract_code_picks_the_final_python_block():
     draft_and_final = (
-        "<think>```python\nx = 0\n```</think>try\n```\nplain\n```\n"
-        "```python\nx = 2\n```\nand\n```py\nx = 3\n```"
+        "<think>```python\nx = 0\n```</think>try\n```\nplain\n```\n```python\nx = 2\n```\nand\n```py\nx = 3\n```"
     )
     assert extract_code(draft_and_final) == "x = 3\n"
     assert extract_code("```\nonly = 1\n```") == "only = 1\n"
@@ -143,9 +138,7 @@ def test_register_adds_a_benchmark_and_a_grader(monkeypatch):
 
     @register("tiny")
     def tiny(*, seed: int, limit: int | None) -> list[Problem]:
-        return [
-            Problem(id=f"tiny/{i}", question=f"{i}+1?", reference=str(i + 1), kind="toy") for i in range(10)
-        ]
+        return [Problem(id=f"tiny/{i}", question=f"{i}+1?", reference=str(i + 1), kind="toy") for i in range(10)]
 
     @register_grader("toy")
     def lenient(problem: Problem, response: str) -> bool:
@@ -209,9 +202,7 @@ def test_hub_sets_fail_fast_in_offline_mode(name, empty_datasets_cache, monkeypa
     assert "offline mode" in _assert_unavailable_fast(name)
 
 
-def _fake_hub_cache(
-    cache: Path, tmp_path: Path, repo: str, config: str, split: str, rows: list[dict]
-) -> None:
+def _fake_hub_cache(cache: Path, tmp_path: Path, repo: str, config: str, split: str, rows: list[dict]) -> None:
     """Lay out ``rows`` in the datasets cache as if ``load_dataset(repo, config)`` had run online."""
     import datasets
 
@@ -232,9 +223,7 @@ def _fake_hub_cache(
 
 
 def test_a_cached_hub_set_loads_offline(empty_datasets_cache, tmp_path, monkeypatch):
-    rows = [
-        {"question": "Tom has 3 apples and buys 1,000 more. How many?", "answer": "3+1000=1003\n#### 1,003"}
-    ]
+    rows = [{"question": "Tom has 3 apples and buys 1,000 more. How many?", "answer": "3+1000=1003\n#### 1,003"}]
     _fake_hub_cache(empty_datasets_cache, tmp_path, "openai/gsm8k", "main", "test", rows)
     # Offline mode stays on: tests never reach for the hub, not even to probe it.
     start = time.perf_counter()
@@ -247,9 +236,7 @@ def test_a_cached_hub_set_loads_offline(empty_datasets_cache, tmp_path, monkeypa
 MBPP_ROW = {
     "source_file": "Benchmark Questions Verification V2.ipynb",
     "task_id": 11,
-    "prompt": (
-        "Write a python function to remove first and last occurrence of a given character from the string."
-    ),
+    "prompt": ("Write a python function to remove first and last occurrence of a given character from the string."),
     # MBPP's own solution, CRLF line ends included.
     "code": (
         "def remove_Occ(s,ch): \r\n    for i in range(len(s)): \r\n        if (s[i] == ch): \r\n"
@@ -335,9 +322,7 @@ def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(
-        models.WordLevel(vocab={"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2}, unk_token="<unk>")
-    )
+    core = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|im_end|>")
     tokenizer.chat_template = CHATML
@@ -412,20 +397,37 @@ def _encoded(cases: list[dict]) -> str:
 
 
 SUM_CASES = [{"input": "3\n1 2 3\n", "output": "6\n", "testtype": "stdin"}]
-SUM_PRIVATE = [{"input": "2\n5 5\n", "output": "10\n", "testtype": "stdin"},
-               {"input": "1\n-4\n", "output": "-4\n", "testtype": "stdin"}]
+SUM_PRIVATE = [
+    {"input": "2\n5 5\n", "output": "10\n", "testtype": "stdin"},
+    {"input": "1\n-4\n", "output": "-4\n", "testtype": "stdin"},
+]
 LCB_ROWS = [
-    {"question_title": "Sum", "question_content": "Read N and N integers; print their sum.",
-     "platform": "atcoder", "question_id": "abc001_a", "contest_id": "abc001", "contest_date": "2025-01-04",
-     "starter_code": "", "difficulty": "easy", "public_test_cases": json.dumps(SUM_CASES),
-     "private_test_cases": _encoded(SUM_PRIVATE), "metadata": "{}"},
-    {"question_title": "Two Sum", "question_content": "Return the indices of the two numbers adding to target.",
-     "platform": "leetcode", "question_id": "1", "contest_id": "w1", "contest_date": "2025-01-05",
-     "starter_code": "class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n        ",
-     "difficulty": "easy",
-     "public_test_cases": json.dumps([{"input": "[2, 7, 11, 15]\n9", "output": "[0, 1]", "testtype": "functional"}]),
-     "private_test_cases": _encoded([{"input": "[3, 2, 4]\n6", "output": "[1, 2]", "testtype": "functional"}]),
-     "metadata": json.dumps({"func_name": "twoSum"})},
+    {
+        "question_title": "Sum",
+        "question_content": "Read N and N integers; print their sum.",
+        "platform": "atcoder",
+        "question_id": "abc001_a",
+        "contest_id": "abc001",
+        "contest_date": "2025-01-04",
+        "starter_code": "",
+        "difficulty": "easy",
+        "public_test_cases": json.dumps(SUM_CASES),
+        "private_test_cases": _encoded(SUM_PRIVATE),
+        "metadata": "{}",
+    },
+    {
+        "question_title": "Two Sum",
+        "question_content": "Return the indices of the two numbers adding to target.",
+        "platform": "leetcode",
+        "question_id": "1",
+        "contest_id": "w1",
+        "contest_date": "2025-01-05",
+        "starter_code": "class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n        ",
+        "difficulty": "easy",
+        "public_test_cases": json.dumps([{"input": "[2, 7, 11, 15]\n9", "output": "[0, 1]", "testtype": "functional"}]),
+        "private_test_cases": _encoded([{"input": "[3, 2, 4]\n6", "output": "[1, 2]", "testtype": "functional"}]),
+        "metadata": json.dumps({"func_name": "twoSum"}),
+    },
 ]
 SUM_RIGHT = "```python\nn = int(input())\nprint(sum(map(int, input().split())))\n```"
 TWO_SUM_RIGHT = (
@@ -450,8 +452,9 @@ def test_livecodebench_loads_a_local_copy_and_grades_stdin_and_class_problems(tm
     assert not grade(stdin, "```python\ninput()\nprint(6)\n```")
     assert not grade(stdin, "```python\nn = int(input())\nprint(sum(map(abs, map(int, input().split()))))\n```")
     assert grade(functional, TWO_SUM_RIGHT)
-    assert not grade(functional, "```python\nclass Solution:\n    def twoSum(self, nums, target):\n"
-                                 "        return [0, 1]\n```")
+    assert not grade(
+        functional, "```python\nclass Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]\n```"
+    )
 
 
 @needs_full_isolation
@@ -474,8 +477,7 @@ def test_encoded_test_cases_may_hold_only_text():
     import pickle
     import zlib
 
-    assert decode_io_tests(_encoded(SUM_PRIVATE)) == [{"input": c["input"], "output": c["output"]}
-                                                     for c in SUM_PRIVATE]
+    assert decode_io_tests(_encoded(SUM_PRIVATE)) == [{"input": c["input"], "output": c["output"]} for c in SUM_PRIVATE]
     assert decode_io_tests(json.dumps(SUM_CASES))[0]["output"] == "6\n" and decode_io_tests("") == []
 
     class Payload:

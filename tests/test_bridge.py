@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from dear import objective
-from dear.bridge import TeacherPrompts, align_to_student, templates_differ, teacher_view
+from dear.bridge import TeacherPrompts, align_to_student, teacher_view, templates_differ
 from dear.data.toy import build_tokenizer
 from dear.models import TokenizerMismatch, check_compatible
 from dear.rollout import generate
 from dear.step import forward_pair, rollout_reverse_kl
+
 from tiny import tiny_qwen2
 
 PROMPTS = ["1+2+3?", "4+5?", "6+7+8+9+1?"]
@@ -38,9 +39,12 @@ def rollout(pair, tok):
 
 
 def loaded(name, tokenizer, chat_template: bool):
-    return SimpleNamespace(name=name, tokenizer=tokenizer, chat_template=chat_template,
-                           model=SimpleNamespace(get_output_embeddings=lambda: SimpleNamespace(
-                               weight=torch.zeros(len(tokenizer), 1))))
+    return SimpleNamespace(
+        name=name,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        model=SimpleNamespace(get_output_embeddings=lambda: SimpleNamespace(weight=torch.zeros(len(tokenizer), 1))),
+    )
 
 
 def test_the_teacher_reads_the_response_after_its_own_prompt(pair, tok, rollout):
@@ -52,14 +56,14 @@ def test_the_teacher_reads_the_response_after_its_own_prompt(pair, tok, rollout)
     fwd = forward_pair(student, teacher, rollout, teacher_rollout=seen)
     mask = rollout.target_mask
     for row in range(rollout.input_ids.shape[0]):
-        response = rollout.input_ids[row, rollout.prompt_width:][rollout.response_mask[row, rollout.prompt_width:]]
+        response = rollout.input_ids[row, rollout.prompt_width :][rollout.response_mask[row, rollout.prompt_width :]]
         ids = tok(texts[row], add_special_tokens=False, return_tensors="pt").input_ids[0]
         alone = teacher(input_ids=torch.cat([ids, response])[None]).logits[0]  # unpadded, on its own
-        want = alone[len(ids) - 1:len(ids) - 1 + len(response)]  # the columns that predict the response
+        want = alone[len(ids) - 1 : len(ids) - 1 + len(response)]  # the columns that predict the response
         got = fwd.teacher_logits[row][mask[row]]
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # the response ids, their mask and padding are the student's own
-    assert torch.equal(seen.input_ids[:, seen.prompt_width:], rollout.input_ids[:, rollout.prompt_width:])
+    assert torch.equal(seen.input_ids[:, seen.prompt_width :], rollout.input_ids[:, rollout.prompt_width :])
     assert torch.equal(seen.target_mask.sum(1), rollout.target_mask.sum(1))
 
 
@@ -76,8 +80,9 @@ def test_a_shifted_alignment_is_caught(pair, tok, rollout):
     """Off by one column, the bridged teacher no longer matches the teacher run alone (the test above can fail)."""
     student, teacher = pair
     seen = teacher_view(rollout, [p for p in PROMPTS for _ in range(2)], tok)
-    logits = teacher(input_ids=seen.input_ids, attention_mask=seen.attention_mask,
-                     position_ids=seen.position_ids).logits[:, :-1]
+    logits = teacher(
+        input_ids=seen.input_ids, attention_mask=seen.attention_mask, position_ids=seen.position_ids
+    ).logits[:, :-1]
     good = align_to_student(logits, rollout, seen)
     shifted = align_to_student(torch.roll(logits, 1, dims=1), rollout, seen)
     mask = rollout.target_mask
@@ -121,6 +126,7 @@ def test_only_the_template_may_differ(tmp_path, caplog):
     vocab = swapped.get_vocab()
     x, y = "1", "2"
     swapped.backend_tokenizer.model = type(swapped.backend_tokenizer.model)(
-        vocab={**vocab, x: vocab[y], y: vocab[x]}, unk_token=swapped.unk_token or "<pad>")
+        vocab={**vocab, x: vocab[y], y: vocab[x]}, unk_token=swapped.unk_token or "<pad>"
+    )
     with pytest.raises(TokenizerMismatch, match="map to different tokens"):
         check_compatible(student, loaded("t", swapped, True))

@@ -19,8 +19,9 @@ BIN = Path(sys.executable).parent
 def cli(tool: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
     full_env = {**os.environ, "DEAR_OUTPUTS": str(cwd / "outputs"), **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([str(BIN / tool), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(BIN / tool), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_line_error(proc, *needles: str):
@@ -44,9 +45,14 @@ def test_help_lists_the_config_groups(tmp_path):
     assert "qwen-1.5b" in proc.stdout and "toy-student" in proc.stdout
 
 
-@pytest.mark.parametrize("name,student,teacher", [("toy-s", "toy-student-s", "toy-teacher-s"),
-                                                  ("toy-l", "toy-student-l", "toy-teacher-l"),
-                                                  ("qwen-1.5b-7b", "qwen-1.5b", "qwen-7b")])
+@pytest.mark.parametrize(
+    "name,student,teacher",
+    [
+        ("toy-s", "toy-student-s", "toy-teacher-s"),
+        ("toy-l", "toy-student-l", "toy-teacher-l"),
+        ("qwen-1.5b-7b", "qwen-1.5b", "qwen-7b"),
+    ],
+)
 def test_an_experiment_swaps_in_its_pair(name, student, teacher):
     """The README's form, experiment=<name> (no '+': the defaults list already has the slot)."""
     cfg = compose([f"experiment={name}"])
@@ -59,16 +65,19 @@ def test_real_preset_composes(tmp_path):
     assert "Qwen/Qwen2.5-1.5B-Instruct" in proc.stdout and "Qwen/Qwen2.5-7B-Instruct" in proc.stdout
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["model=no-such-model"], ["unknown model preset 'no-such-model'", "toy-student"]),
-    (["method=nope"], ["unknown method preset 'nope'"]),
-    (["method.decision_ratio=1.5"], ["decision_ratio", "[0, 1]"]),
-    (["method=dear", "method.lam=-1"], ["lam"]),
-    (["rollout.temperature=0"], ["rollout.temperature", "> 0"]),
-    (["loss.temperature=-2"], ["loss.temperature"]),
-    (["steps=-1"], ["steps", ">= 0"]),
-    (["loss.kind=k3"], ["loss.kind"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["model=no-such-model"], ["unknown model preset 'no-such-model'", "toy-student"]),
+        (["method=nope"], ["unknown method preset 'nope'"]),
+        (["method.decision_ratio=1.5"], ["decision_ratio", "[0, 1]"]),
+        (["method=dear", "method.lam=-1"], ["lam"]),
+        (["rollout.temperature=0"], ["rollout.temperature", "> 0"]),
+        (["loss.temperature=-2"], ["loss.temperature"]),
+        (["steps=-1"], ["steps", ">= 0"]),
+        (["loss.kind=k3"], ["loss.kind"]),
+    ],
+)
 def test_bad_input_fails_in_one_line(tmp_path, args, needles, toy_cache):
     proc = cli("dear-train", *args, f"cache_dir={toy_cache}", cwd=tmp_path)
     assert_one_line_error(proc, *needles)
@@ -90,8 +99,9 @@ def test_unreachable_teacher_names_the_teacher_group(tmp_path, toy_cache):
 
 
 def test_missing_local_path_is_refused(tmp_path, toy_cache):
-    proc = cli("dear-train", "model=qwen-1.5b", f"model.path={tmp_path / 'nothing'}", f"cache_dir={toy_cache}",
-               cwd=tmp_path)
+    proc = cli(
+        "dear-train", "model=qwen-1.5b", f"model.path={tmp_path / 'nothing'}", f"cache_dir={toy_cache}", cwd=tmp_path
+    )
     assert_one_line_error(proc, "qwen-1.5b", "config.json")
 
 
@@ -105,9 +115,10 @@ def test_unwritable_cache_is_refused(tmp_path):
 
 def test_tokenizer_mismatch_is_refused(tmp_path, toy_cache):
     # A teacher whose tokenizer maps two characters to each other's ids.
-    from conftest import compose
     from dear.data.toy import ToyTaskConfig
     from dear.models import resolve_weights
+
+    from conftest import compose
 
     cfg = compose(TINY_MODELS + [f"cache_dir={toy_cache}"])
     teacher_dir, _ = resolve_weights(cfg.teacher, toy_cache, ToyTaskConfig(**cfg.toy_task))
@@ -125,24 +136,59 @@ def test_tokenizer_mismatch_is_refused(tmp_path, toy_cache):
 def test_installed_package_finds_its_configs_from_anywhere(tmp_path):
     """A non-editable install (the wheel) carries the config tree; run it from an unrelated folder."""
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheel_dir), str(ROOT)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = wheel_dir.glob("dear-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = ("import sys, dear; assert dear.__file__.startswith(sys.argv[1]), dear.__file__; "
-            "from dear.cli import train; sys.argv = ['dear-train', 'model=qwen-1.5b', '--cfg', 'job']; train()")
-    proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=elsewhere, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=300)
+    code = (
+        "import sys, dear; assert dear.__file__.startswith(sys.argv[1]), dear.__file__; "
+        "from dear.cli import train; sys.argv = ['dear-train', 'model=qwen-1.5b', '--cfg', 'job']; train()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(target)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Qwen/Qwen2.5-1.5B-Instruct" in proc.stdout
 
 
 def test_dear_eval_writes_per_problem_records_and_a_summary(tmp_path, toy_cache):
     tiny_teacher = [a.replace("teacher.", "model.", 1) for a in TINY_MODELS if a.startswith("teacher.")]
-    proc = cli("dear-eval", "model=toy-teacher", *tiny_teacher, "benchmark=toy", "benchmark.limit=12", f"cache_dir={toy_cache}", cwd=tmp_path)
+    proc = cli(
+        "dear-eval",
+        "model=toy-teacher",
+        *tiny_teacher,
+        "benchmark=toy",
+        "benchmark.limit=12",
+        f"cache_dir={toy_cache}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary_path,) = (tmp_path / "outputs").rglob("summary.json")
     summary = json.loads(summary_path.read_text())
@@ -159,8 +205,9 @@ def test_dear_eval_unknown_benchmark_fails_in_one_line(tmp_path, toy_cache):
 
 
 def test_multirun_writes_separate_runs_and_dear_table_collates_them(tmp_path, toy_cache):
-    proc = cli("dear-train", "-m", "seed=0,1", *TINY_RUN, "steps=1", f"cache_dir={toy_cache}", cwd=tmp_path,
-               timeout=600)
+    proc = cli(
+        "dear-train", "-m", "seed=0,1", *TINY_RUN, "steps=1", f"cache_dir={toy_cache}", cwd=tmp_path, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "outputs").rglob("metrics.json"))
     assert len(runs) == 2 and runs[0].parent != runs[1].parent  # one directory per job
@@ -178,11 +225,15 @@ def test_dear_table_runs_a_grid_file_then_collates_it(tmp_path, toy_cache):
     import yaml
 
     grid = tmp_path / "tiny.yaml"
-    grid.write_text(yaml.safe_dump({
-        "output": str(tmp_path / "tables"),
-        "overrides": [*TINY_RUN, "steps=1", f"cache_dir={toy_cache}"],
-        "sweep": {"method": ["opd", "dear"]},
-    }))
+    grid.write_text(
+        yaml.safe_dump(
+            {
+                "output": str(tmp_path / "tables"),
+                "overrides": [*TINY_RUN, "steps=1", f"cache_dir={toy_cache}"],
+                "sweep": {"method": ["opd", "dear"]},
+            }
+        )
+    )
     proc = cli("dear-table", "--run", str(grid), "--out", str(tmp_path / "table.md"), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| toy-student")]

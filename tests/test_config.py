@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, compose
 from dear.cli import choices, choose_setup, sweep_points, user_overrides
 from dear.config import train_config
 from dear.runs import config_record
 from dear.schema import ConfigError, MethodConfig, ToyTaskConfig, load
+
+from conftest import ROOT, compose
 
 BIN = Path(sys.executable).parent
 
@@ -37,10 +38,14 @@ BAD_RUNS = [
     (["ckpt_path=/no/such/last.ckpt"], ["ckpt_path=/no/such/last.ckpt does not exist"]),
     (["model=qwen-1.5b", "model.path=/no/such/dir"], ["model.path=/no/such/dir", "qwen-1.5b", "config.json"]),
     (["teacher.path=/no/such/dir"], ["teacher.path=/no/such/dir", "config.json"]),
-    (["method=opd", "method.decision_ratio=0.3"], ["method.decision_ratio is not a knob of method=opd",
-                                                   "valid keys: divergence, name, selector"]),
-    (["method.decison_ratio=0.3"], ["method.decison_ratio is not a knob of method=dear", "decision_ratio",
-                                    "evidence_ratio"]),
+    (
+        ["method=opd", "method.decision_ratio=0.3"],
+        ["method.decision_ratio is not a knob of method=opd", "valid keys: divergence, name, selector"],
+    ),
+    (
+        ["method.decison_ratio=0.3"],
+        ["method.decison_ratio is not a knob of method=dear", "decision_ratio", "evidence_ratio"],
+    ),
     (["method.decision_ratio=1.5"], ["method.decision_ratio must be a number in [0, 1], got 1.5"]),
     (["method.boost=exp"], ["method.boost must be one of normalized, multiplicative, additive, none; got 'exp'"]),
     (["method=tip", "method.tip_ratio=-1"], ["method.tip_ratio must be a number in [0, 1]"]),
@@ -89,8 +94,10 @@ def test_a_bad_config_is_one_line_and_exit_2(args, needles, capsys):
         assert needle in line, line
 
 
-@pytest.mark.parametrize("args", [["model.toy.train_steps=-5"], ["method=opd", "method.decision_ratio=0.3"],
-                                  ["-m", "seed=0,1", "method.lam=-1"]])
+@pytest.mark.parametrize(
+    "args",
+    [["model.toy.train_steps=-5"], ["method=opd", "method.decision_ratio=0.3"], ["-m", "seed=0,1", "method.lam=-1"]],
+)
 def test_the_installed_command_refuses_before_writing_anything(tmp_path, args):
     proc = dear("dear-train", *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -102,8 +109,10 @@ def test_the_installed_command_refuses_before_writing_anything(tmp_path, args):
 
 def test_dear_eval_checks_its_config_too(tmp_path):
     proc = dear("dear-eval", "benchmark.limit=-3", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip() == \
-        "dear-eval: error: benchmark.limit must be an integer >= 0 or None, got -3", proc.stderr
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == "dear-eval: error: benchmark.limit must be an integer >= 0 or None, got -3"
+    ), proc.stderr
     assert not (tmp_path / "outputs").exists()
 
 
@@ -126,8 +135,17 @@ def test_the_recorded_config_shows_every_knob_a_run_used():
     record = config_record(train_config(compose(["method=dear_nosim"])))
     method = record["method"]
     assert method["similarity"] == "none" and method["selector"] == "dear" and method["name"] == "dear_nosim"
-    assert {k for k, v in method.items() if v is not None} >= {"decision_ratio", "evidence_ratio", "boost", "lam",
-                                                               "agg", "w_dec", "w_evi", "w_other", "hidden_layer"}
+    assert {k for k, v in method.items() if v is not None} >= {
+        "decision_ratio",
+        "evidence_ratio",
+        "boost",
+        "lam",
+        "agg",
+        "w_dec",
+        "w_evi",
+        "w_other",
+        "hidden_layer",
+    }
     assert record["loss"]["beta"] == 0.5 and record["toy_task"]["seed"] == 1234
 
 
@@ -162,8 +180,10 @@ def test_sweeps_are_checked_point_by_point_without_the_product():
 
 
 def test_hydra_flags_are_not_overrides():
-    assert user_overrides(["-m", "seed=1", "hydra/launcher=basic", "--config-dir", "/x", "method=opd"]) == \
-        ["seed=1", "method=opd"]
+    assert user_overrides(["-m", "seed=1", "hydra/launcher=basic", "--config-dir", "/x", "method=opd"]) == [
+        "seed=1",
+        "method=opd",
+    ]
     assert user_overrides(["seed=1", "--cfg", "job"]) is None  # nothing runs: nothing to refuse
 
 
@@ -171,8 +191,12 @@ def test_the_headline_command_composes_a_real_run(tmp_path):
     """dear-train model=qwen-1.5b teacher=qwen-7b: real prompts, math500, the accelerator there is, a 1.5B's steps."""
     assert choose_setup(["model=qwen-1.5b", "teacher=qwen-7b"]) == "real-math"
     s = train_config(compose(["model=qwen-1.5b", "teacher=qwen-7b", "setup=real-math"]))
-    assert (s.data.name, s.benchmark.name, s.trainer.accelerator, s.trainer.precision) == \
-        ("rg-gsm_symbolic", "math500", "auto", "auto")
+    assert (s.data.name, s.benchmark.name, s.trainer.accelerator, s.trainer.precision) == (
+        "rg-gsm_symbolic",
+        "math500",
+        "auto",
+        "auto",
+    )
     assert (s.optim.lr, s.rollout.max_new_tokens, s.batch_size, s.steps) == (1e-6, 1024, 32, 200)
     proc = dear("dear-train", "model=qwen-1.5b", "teacher=qwen-7b", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0 and "setup=real-math" in proc.stderr
@@ -183,8 +207,13 @@ def test_the_headline_command_composes_a_real_run(tmp_path):
 def test_the_embedded_default_stays_the_toy_run():
     assert choose_setup([]) is None and choose_setup(["method=opd", "seed=3"]) is None
     s = train_config(compose([]))
-    assert (s.model.name, s.data.name, s.benchmark.name, s.trainer.accelerator, s.steps) == \
-        ("toy-student", "toy", "toy", "cpu", 120)
+    assert (s.model.name, s.data.name, s.benchmark.name, s.trainer.accelerator, s.steps) == (
+        "toy-student",
+        "toy",
+        "toy",
+        "cpu",
+        120,
+    )
 
 
 def test_a_named_setup_or_experiment_is_kept():
@@ -196,9 +225,14 @@ def test_a_named_setup_or_experiment_is_kept():
     assert s.optim.lr == 1e-6
 
 
-@pytest.mark.parametrize("name,pair", [("qwen-1.5b-14b", ("qwen-1.5b", "qwen-14b")),
-                                       ("qwen-1.5b-qwen3-4b", ("qwen-1.5b", "qwen3-4b")),
-                                       ("qwen3-1.7b-4b", ("qwen3-1.7b", "qwen3-4b"))])
+@pytest.mark.parametrize(
+    "name,pair",
+    [
+        ("qwen-1.5b-14b", ("qwen-1.5b", "qwen-14b")),
+        ("qwen-1.5b-qwen3-4b", ("qwen-1.5b", "qwen3-4b")),
+        ("qwen3-1.7b-4b", ("qwen3-1.7b", "qwen3-4b")),
+    ],
+)
 def test_the_papers_pairs_are_experiments(name, pair):
     s = train_config(compose([f"experiment={name}"]))
     assert (s.model.name, s.teacher.name) == pair and s.data.name != s.benchmark.name

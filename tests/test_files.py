@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY_RUN, compose
 from dear.errors import DearError
 from dear.files import write_dir_atomic, write_json_atomic, write_text_atomic
+
+from conftest import ROOT, TINY_RUN, compose
 
 
 def no_full_disk(*_args, **_kwargs):
@@ -75,8 +76,9 @@ write_dir_atomic(Path(sys.argv[1]), slow)
 def test_a_run_killed_during_export_leaves_the_previous_student(tmp_path):
     student = tmp_path / "student"
     write_dir_atomic(student, lambda folder: (folder / "model.safetensors").write_text("v1"))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_EXPORT, str(student)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_EXPORT, str(student)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -89,11 +91,22 @@ def test_dear_table_out_into_an_unwritable_folder_is_one_line(tmp_path):
 
     run = tmp_path / "runs" / "a"
     run.mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({
-        "status": "complete", "config": {"model": {"name": "s"}, "teacher": {"name": "t"}, "method": {"name": "dear"},
-                                         "loss": {"normalize": "selected"}},
-        "benchmarks": {"toy": {"accuracy_before": 0.1, "accuracy_after": 0.2, "gain": 0.1}},
-        "accuracy_auc": 0.15, "heldout_reverse_kl": {"after": 0.3}}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "status": "complete",
+                "config": {
+                    "model": {"name": "s"},
+                    "teacher": {"name": "t"},
+                    "method": {"name": "dear"},
+                    "loss": {"normalize": "selected"},
+                },
+                "benchmarks": {"toy": {"accuracy_before": 0.1, "accuracy_after": 0.2, "gain": 0.1}},
+                "accuracy_auc": 0.15,
+                "heldout_reverse_kl": {"after": 0.3},
+            }
+        )
+    )
     (tmp_path / "tables").write_text("a file")
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "runs"), "--out", str(tmp_path / "tables" / "toy.md")])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 import dear.train
-from conftest import TINY_RUN, compose
 from dear.train import train
+
+from conftest import TINY_RUN, compose
 
 
 def test_the_teacher_is_frozen_out_of_the_optimizer_and_out_of_the_checkpoint(tmp_path, toy_cache, monkeypatch):

@@ -7,8 +7,9 @@ import csv
 import pytest
 import torch
 
-from conftest import TINY_RUN, compose
 from dear.train import RunStopped, train
+
+from conftest import TINY_RUN, compose
 
 
 @pytest.fixture
@@ -25,6 +26,7 @@ def nan_teacher(monkeypatch):
         starts.append({k: v.detach().clone() for k, v in student.state_dict().items()})
         if len(starts) not in bad_steps:
             return real_step(student, teacher, *args, **kwargs)
+
         def poison(_module, _inputs, output):
             output.logits.fill_(float("nan"))
 
@@ -47,16 +49,17 @@ def test_nan_teacher_logits_skip_the_step_and_are_counted(tmp_path, toy_cache, n
     bad_steps.update({2, 3})
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    metrics = train(compose(TINY_RUN + [f"cache_dir={toy_cache}", "steps=4", "guards.max_skipped_in_a_row=3"]),
-                    run_dir)
+    metrics = train(compose(TINY_RUN + [f"cache_dir={toy_cache}", "steps=4", "guards.max_skipped_in_a_row=3"]), run_dir)
     assert metrics["steps"] == 4 and metrics["skipped_steps"] == 2
     assert not same(starts[0], starts[1])  # step 1 updated the student
     assert same(starts[1], starts[2]) and same(starts[2], starts[3])  # steps 2 and 3 did not
     with open(run_dir / "csv" / "metrics.csv") as f:
         skipped = [float(r["train/skipped_steps"]) for r in csv.DictReader(f) if r.get("train/skipped_steps")]
     assert skipped == [0, 1, 2, 2]
-    assert all(torch.isfinite(v).all() for v in
-               torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"].values())
+    assert all(
+        torch.isfinite(v).all()
+        for v in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"].values()
+    )
 
 
 def test_too_many_in_a_row_stop_with_the_last_good_state(tmp_path, toy_cache, nan_teacher):
@@ -65,8 +68,11 @@ def test_too_many_in_a_row_stop_with_the_last_good_state(tmp_path, toy_cache, na
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = compose(TINY_RUN + [f"cache_dir={toy_cache}", "steps=6", "guards.max_skipped_in_a_row=2"])
-    with pytest.raises(RunStopped, match=r"^2 steps in a row \(up to step 3\) were skipped for non-finite teacher "
-                                         r"logits .*; the run stopped; checkpoint .*last.ckpt; resume with: dear-train"):
+    with pytest.raises(
+        RunStopped,
+        match=r"^2 steps in a row \(up to step 3\) were skipped for non-finite teacher "
+        r"logits .*; the run stopped; checkpoint .*last.ckpt; resume with: dear-train",
+    ):
         train(cfg, run_dir)
     assert len(starts) == 3  # stopped after the second bad step
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)

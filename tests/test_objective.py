@@ -13,7 +13,6 @@ from fractions import Fraction
 import pytest
 import torch
 
-from conftest import method_config
 from dear.objective import (
     Selection,
     Signals,
@@ -25,13 +24,21 @@ from dear.objective import (
     token_signals,
 )
 
+from conftest import method_config
+
 NEG = float("-inf")
 
 
 def select(method: str, *, entropy, divergence, hidden, mask, generator=None, **overrides) -> Selection:
     """`select_tokens` with conf/method/<method>.yaml and ``overrides``, as dear-train calls it."""
-    return select_tokens(method_config(method, **overrides), entropy=entropy, divergence=divergence,
-                         hidden=hidden, mask=mask, generator=generator)
+    return select_tokens(
+        method_config(method, **overrides),
+        entropy=entropy,
+        divergence=divergence,
+        hidden=hidden,
+        mask=mask,
+        generator=generator,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,8 +94,9 @@ def naive_log_probs(z: torch.Tensor, tau: float) -> dict[int, torch.Tensor]:
     return {v: s - lse for v, s in zip(idx, scaled)}
 
 
-def naive_token(zs: torch.Tensor, zt: torch.Tensor, kind: str, tau: float = 1.0, beta: float = 0.5,
-                y: int | None = None) -> torch.Tensor:
+def naive_token(
+    zs: torch.Tensor, zt: torch.Tensor, kind: str, tau: float = 1.0, beta: float = 0.5, y: int | None = None
+) -> torch.Tensor:
     """One position's ℓ in float64 (zs may require grad; zt already sliced to V*)."""
     lp, lq = naive_log_probs(zs, tau), naive_log_probs(zt, tau)
     if kind == "jsd" and beta == 0.0:
@@ -102,10 +110,12 @@ def naive_token(zs: torch.Tensor, zt: torch.Tensor, kind: str, tau: float = 1.0,
     if kind == "forward_kl":
         return sum(lq[v].exp() * (lq[v] - lp[v]) for v in lq)
     if kind == "jsd":
+
         def log_m(v):
             pv = lp[v].exp() if v in lp else 0.0
             qv = lq[v].exp() if v in lq else 0.0
             return torch.log((1 - beta) * pv + beta * qv)
+
         kl_qm = sum(lq[v].exp() * (lq[v] - log_m(v)) for v in lq)
         kl_pm = sum(lp[v].exp() * (lp[v] - log_m(v)) for v in lp)
         return beta * kl_qm + (1 - beta) * kl_pm
@@ -162,8 +172,13 @@ def test_token_entropy_matches_naive(tau, dtype):
     zs = zs.to(dtype)
     got = token_entropy(zs, tau, chunk_size=4)
     assert got.shape == (3, 6) and got.dtype == torch.float32 and not got.requires_grad
-    ref = torch.tensor([[float(naive_token(zs[i, t].double(), zs[i, t].double(), "entropy", tau))
-                         for t in range(6)] for i in range(3)], dtype=torch.float64)
+    ref = torch.tensor(
+        [
+            [float(naive_token(zs[i, t].double(), zs[i, t].double(), "entropy", tau)) for t in range(6)]
+            for i in range(3)
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
     assert got[0, 3] == pytest.approx(math.log(8), abs=1e-5)  # uniform over the 8 finite logits
     assert got[2, 2] == 0.0  # one-hot row
@@ -175,8 +190,14 @@ def test_token_entropy_matches_naive(tau, dtype):
     torch.testing.assert_close(sliced, token_entropy(zs[..., :5], tau))
 
 
-DIVERGENCE_CASES = [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.3), ("jsd", 0.0), ("jsd", 1.0),
-                    ("logratio", 0.5)]
+DIVERGENCE_CASES = [
+    ("reverse_kl", 0.5),
+    ("forward_kl", 0.5),
+    ("jsd", 0.3),
+    ("jsd", 0.0),
+    ("jsd", 1.0),
+    ("logratio", 0.5),
+]
 
 
 @pytest.mark.parametrize("kind,beta", DIVERGENCE_CASES)
@@ -192,8 +213,12 @@ def test_token_divergence_value_and_grad(kind, beta, tau):
     (grad,) = torch.autograd.grad((got * coef).sum(), x)
 
     xr = zs.double().requires_grad_()
-    ref = torch.stack([torch.stack([naive_token(xr[i, t], zt[i, t, :9].double(), kind, tau, beta, int(y[i, t]))
-                                    for t in range(6)]) for i in range(3)])
+    ref = torch.stack(
+        [
+            torch.stack([naive_token(xr[i, t], zt[i, t, :9].double(), kind, tau, beta, int(y[i, t])) for t in range(6)])
+            for i in range(3)
+        ]
+    )
     (ref_grad,) = torch.autograd.grad((ref * coef.double()).sum(), xr)
     torch.testing.assert_close(got.double(), ref.detach(), atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(grad.double(), ref_grad, atol=2e-5, rtol=1e-5)
@@ -208,7 +233,9 @@ def test_token_divergence_is_infinite_where_support_is_violated():
     assert torch.isfinite(token_divergence(zs, zt, "reverse_kl")).all()
 
 
-@pytest.mark.parametrize("divergence,beta", [("reverse_kl", 0.5), ("jsd", 0.25), ("logratio", 0.5), ("forward_kl", 0.5)])
+@pytest.mark.parametrize(
+    "divergence,beta", [("reverse_kl", 0.5), ("jsd", 0.25), ("logratio", 0.5), ("forward_kl", 0.5)]
+)
 @pytest.mark.parametrize("chunk_size", [1, 4, None])
 def test_token_signals_matches_naive(divergence, beta, chunk_size):
     zs, zt = make_logits(3, student_only_inf=divergence != "forward_kl")
@@ -216,8 +243,9 @@ def test_token_signals_matches_naive(divergence, beta, chunk_size):
     y = sampled_for(zs, 3)
     y[~mask] = -100  # ids on masked positions are never used
     tau = 0.8
-    sig = token_signals(zs, zt, mask, sampled_ids=y, divergence=divergence, temperature=tau, beta=beta,
-                        chunk_size=chunk_size)
+    sig = token_signals(
+        zs, zt, mask, sampled_ids=y, divergence=divergence, temperature=tau, beta=beta, chunk_size=chunk_size
+    )
     assert isinstance(sig, Signals)
     for i in range(3):
         for t in range(6):
@@ -286,8 +314,9 @@ def make_weights(seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("normalize", ["selected", "all", "sequence"])
-@pytest.mark.parametrize("kind,beta", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.4), ("pg", 0.5),
-                                       ("ce", 0.5)])
+@pytest.mark.parametrize(
+    "kind,beta", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.4), ("pg", 0.5), ("ce", 0.5)]
+)
 def test_distill_loss_value_and_grad(kind, beta, normalize):
     zs, zt = make_logits(5, student_only_inf=kind != "forward_kl")
     mask = make_mask()
@@ -295,8 +324,18 @@ def test_distill_loss_value_and_grad(kind, beta, normalize):
     y = sampled_for(zs, 5)
     tau = 1.7
     x = zs.clone().requires_grad_()
-    loss, stats = distill_loss(x, zt, weights, kind=kind, sampled_ids=y, mask=mask, normalize=normalize,
-                               temperature=tau, beta=beta, chunk_size=3)
+    loss, stats = distill_loss(
+        x,
+        zt,
+        weights,
+        kind=kind,
+        sampled_ids=y,
+        mask=mask,
+        normalize=normalize,
+        temperature=tau,
+        beta=beta,
+        chunk_size=3,
+    )
     (grad,) = torch.autograd.grad(loss, x)
     ref, ref_grad = naive_grad(zs, zt, weights, mask, kind, normalize, tau=tau, beta=beta, y=y)
     assert loss.dim() == 0
@@ -432,10 +471,28 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / (max(float(a.norm()), 1e-8) * max(float(b.norm()), 1e-8))
 
 
-def naive_select(H, D, h, mask, decision_ratio=0.2, evidence_ratio=0.2, mode="topk", h_min=None,
-                 scope="sequence", agg="max", direction="both", window=None, boost="normalized", lam=1.0,
-                 confident_only=False, similarity="cosine", w_dec=1.0, w_evi=1.0, w_other=0.0,
-                 evidence_pool="remaining"):
+def naive_select(
+    H,
+    D,
+    h,
+    mask,
+    decision_ratio=0.2,
+    evidence_ratio=0.2,
+    mode="topk",
+    h_min=None,
+    scope="sequence",
+    agg="max",
+    direction="both",
+    window=None,
+    boost="normalized",
+    lam=1.0,
+    confident_only=False,
+    similarity="cosine",
+    w_dec=1.0,
+    w_evi=1.0,
+    w_other=0.0,
+    evidence_pool="remaining",
+):
     """Returns (decision set, evidence set, weights dict) with (i, t) keys."""
     B, T = mask.shape
     pos = {i: [t for t in range(T) if mask[i, t]] for i in range(B)}
@@ -448,10 +505,10 @@ def naive_select(H, D, h, mask, decision_ratio=0.2, evidence_ratio=0.2, mode="to
         dec = set()
         for i in range(B):
             ranked = sorted(pos[i], key=lambda t: (-Hf[i, t], t))
-            dec |= {(i, t) for t in ranked[:ceil_ratio(decision_ratio, len(pos[i]))]}
+            dec |= {(i, t) for t in ranked[: ceil_ratio(decision_ratio, len(pos[i]))]}
     else:
         ranked = sorted(Hf, key=lambda k: (-Hf[k], k))
-        dec = set(ranked[:ceil_ratio(decision_ratio, len(ranked))])
+        dec = set(ranked[: ceil_ratio(decision_ratio, len(ranked))])
     # 2. evidence score
     score = {}
     for i in range(B):
@@ -465,13 +522,18 @@ def naive_select(H, D, h, mask, decision_ratio=0.2, evidence_ratio=0.2, mode="to
         for t in pos[i]:
             if (i, t) in dec or (confident_only and Hf[i, t] > median):
                 continue
-            allowed = [d for d in decs
-                       if (direction != "before" or t < d) and (direction != "after" or t > d)
-                       and (window is None or abs(t - d) <= window)]
+            allowed = [
+                d
+                for d in decs
+                if (direction != "before" or t < d)
+                and (direction != "after" or t > d)
+                and (window is None or abs(t - d) <= window)
+            ]
             if not allowed:
                 continue  # no decision to support: never evidence
             sims = [1.0 if similarity == "none" else cosine(h[i, t], h[i, d]) for d in allowed]
             raw[t] = max(sims) if agg == "max" else sum(sims) / len(sims)
+
         def norm(vals, constant=0.0):  # min-max over this sequence's competing candidates
             lo, hi = min(vals.values(), default=0), max(vals.values(), default=0)
             return {t: (v - lo) / (hi - lo) if hi > lo else constant for t, v in vals.items()}
@@ -487,6 +549,7 @@ def naive_select(H, D, h, mask, decision_ratio=0.2, evidence_ratio=0.2, mode="to
         else:
             s = raw
         score.update({(i, t): v for t, v in s.items()})
+
     # 3. evidence: a share of the non-decisions ("remaining") or of every response token ("all")
     def pool(keys):
         return len([k for k in keys if evidence_pool == "all" or k not in dec])
@@ -495,10 +558,10 @@ def naive_select(H, D, h, mask, decision_ratio=0.2, evidence_ratio=0.2, mode="to
         evi = set()
         for i in range(B):
             ranked = sorted([t for t in pos[i] if (i, t) in score], key=lambda t: (-score[i, t], t))
-            evi |= {(i, t) for t in ranked[:ceil_ratio(evidence_ratio, pool([(i, t) for t in pos[i]]))]}
+            evi |= {(i, t) for t in ranked[: ceil_ratio(evidence_ratio, pool([(i, t) for t in pos[i]]))]}
     else:
         ranked = sorted(score, key=lambda k: (-score[k], k))
-        evi = set(ranked[:ceil_ratio(evidence_ratio, pool(Hf))])
+        evi = set(ranked[: ceil_ratio(evidence_ratio, pool(Hf))])
     weights = {k: (w_dec if k in dec else w_evi if k in evi else w_other) for k in Hf}
     return dec, evi, weights
 
@@ -510,7 +573,7 @@ def make_selection_inputs(seed: int = 0, B: int = 5, T: int = 14, H_dim: int = 6
     mask = torch.zeros(B, T, dtype=torch.bool)
     starts, ends = [2, 5, 0, 13, 3], [14, 12, 9, 14, 14]
     for i in range(B):
-        mask[i, starts[i]:ends[i]] = True  # seq 3: a single response token
+        mask[i, starts[i] : ends[i]] = True  # seq 3: a single response token
     H = torch.randint(0, 6, (B, T), generator=g).float() / 4 if ties else torch.rand(B, T, generator=g) * 2
     D = torch.rand(B, T, generator=g) * 2
     D[2] = 0.0  # mean divergence 0: the boost must not divide by zero
@@ -520,9 +583,14 @@ def make_selection_inputs(seed: int = 0, B: int = 5, T: int = 14, H_dim: int = 6
     return H, D, hidden, mask
 
 
-METHOD_KNOBS = {"dear": {}, "dear_nosim": {"similarity": "none"}, "dear_noboost": {"lam": 0.0},
-                "evidence_only": {"w_dec": 0.0}, "entropy": {"evidence_ratio": 0.0},
-                "opd": {"decision_ratio": 0.0, "evidence_ratio": 0.0, "w_other": 1.0}}
+METHOD_KNOBS = {
+    "dear": {},
+    "dear_nosim": {"similarity": "none"},
+    "dear_noboost": {"lam": 0.0},
+    "evidence_only": {"w_dec": 0.0},
+    "entropy": {"evidence_ratio": 0.0},
+    "opd": {"decision_ratio": 0.0, "evidence_ratio": 0.0, "w_other": 1.0},
+}
 
 SELECTION_CASES = [
     ("dear", {}),
@@ -601,8 +669,9 @@ def test_random_picks_as_many_tokens_as_dear(pool, scope):
     H, D, hidden, mask = make_selection_inputs(0, ties=False)
     knobs = dict(evidence_pool=pool, scope=scope, decision_ratio=0.3, evidence_ratio=0.4)
     dear = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, **knobs)
-    rand = select("random", entropy=H, divergence=D, hidden=None, mask=mask,
-                  generator=torch.Generator().manual_seed(0), **knobs)
+    rand = select(
+        "random", entropy=H, divergence=D, hidden=None, mask=mask, generator=torch.Generator().manual_seed(0), **knobs
+    )
     dim = -1 if scope == "sequence" else None
     n_dear = (dear.decision | dear.evidence).sum(dim) if dim else (dear.decision | dear.evidence).sum()
     n_rand = (rand.weights > 0).sum(dim) if dim else (rand.weights > 0).sum()
@@ -643,14 +712,16 @@ def test_ties_go_to_the_lower_position():
     assert sel.decision[1].nonzero().flatten().tolist() == [0, 1]  # ⌈0.3·5⌉ = 2
 
 
-@pytest.mark.parametrize("method", ["opd", "entropy", "tip", "random", "dear", "dear_nosim", "dear_noboost",
-                                    "evidence_only"])
+@pytest.mark.parametrize(
+    "method", ["opd", "entropy", "tip", "random", "dear", "dear_nosim", "dear_noboost", "evidence_only"]
+)
 @pytest.mark.parametrize("scope", ["sequence", "batch"])
 def test_masked_positions_are_never_selected(method, scope):
     H, D, hidden, mask = make_selection_inputs(2)
     scoped = {} if method == "opd" else {"scope": scope}  # opd selects everything: it has no scope knob
-    sel = select(method, entropy=H, divergence=D, hidden=hidden, mask=mask, generator=torch.Generator().manual_seed(0),
-                 **scoped)
+    sel = select(
+        method, entropy=H, divergence=D, hidden=hidden, mask=mask, generator=torch.Generator().manual_seed(0), **scoped
+    )
     assert (sel.weights[~mask] == 0).all()
     assert not sel.decision[~mask].any() and not sel.evidence[~mask].any()
     assert torch.isfinite(sel.weights).all()
@@ -669,15 +740,17 @@ def naive_tip(H, D, mask, tip_ratio=0.5, scope="sequence"):
     nh, nd = norm(H), norm(D)
     s = {k: nh[k] + nd[k] - nh[k] * nd[k] for k in keys}
     if scope == "batch":
-        return set(sorted(keys, key=lambda k: (-s[k], k))[:ceil_ratio(tip_ratio, len(keys))])
+        return set(sorted(keys, key=lambda k: (-s[k], k))[: ceil_ratio(tip_ratio, len(keys))])
     chosen = set()
     for i in range(B):
         mine = [k for k in keys if k[0] == i]
-        chosen |= set(sorted(mine, key=lambda k: (-s[k], k))[:ceil_ratio(tip_ratio, len(mine))])
+        chosen |= set(sorted(mine, key=lambda k: (-s[k], k))[: ceil_ratio(tip_ratio, len(mine))])
     return chosen
 
 
-@pytest.mark.parametrize("overrides", [{}, {"tip_ratio": 0.3}, {"scope": "batch"}, {"scope": "batch", "tip_ratio": 0.9}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"tip_ratio": 0.3}, {"scope": "batch"}, {"scope": "batch", "tip_ratio": 0.9}]
+)
 def test_tip_matches_naive(overrides):
     for seed in range(3):
         H, D, hidden, mask = make_selection_inputs(seed)
@@ -689,8 +762,18 @@ def test_tip_matches_naive(overrides):
 
 def test_random_counts_determinism_and_uniformity():
     H, D, hidden, mask = make_selection_inputs(3)
-    pick = lambda seed, **kw: select("random", entropy=H, divergence=D, hidden=None, mask=mask,  # noqa: E731
-                                            generator=torch.Generator().manual_seed(seed), **kw).weights
+
+    def pick(seed, **kw):
+        return select(
+            "random",
+            entropy=H,
+            divergence=D,
+            hidden=None,
+            mask=mask,
+            generator=torch.Generator().manual_seed(seed),
+            **kw,
+        ).weights
+
     a, b, c = pick(0), pick(0), pick(1)
     assert torch.equal(a, b) and not torch.equal(a, c)
     for i in range(mask.shape[0]):
@@ -706,8 +789,14 @@ def test_random_counts_determinism_and_uniformity():
     # uniform: each of 10 response positions is picked with probability 4/10
     many = torch.zeros(4000, 12, dtype=torch.bool)
     many[:, 1:11] = True
-    w = select("random", entropy=many.float(), divergence=many.float(), hidden=None, mask=many,
-                      generator=torch.Generator().manual_seed(5)).weights
+    w = select(
+        "random",
+        entropy=many.float(),
+        divergence=many.float(),
+        hidden=None,
+        mask=many,
+        generator=torch.Generator().manual_seed(5),
+    ).weights
     freq = (w > 0).float().mean(0)
     assert (freq[[0, 11]] == 0).all()
     assert ((freq[1:11] - 0.4).abs() < 0.04).all()
@@ -724,8 +813,9 @@ def test_selection_stats_matches_naive(ties):
     rkl[~mask] = 1e6
     gnorm = torch.rand(B, T, generator=g)
     gnorm[~mask] = 1e6  # padding must not enter the coverage's denominator
-    signals = Signals(entropy=H, divergence=D, reverse_kl=rkl, student_argmax=s_arg, teacher_argmax=t_arg,
-                      grad_norm=gnorm)
+    signals = Signals(
+        entropy=H, divergence=D, reverse_kl=rkl, student_argmax=s_arg, teacher_argmax=t_arg, grad_norm=gnorm
+    )
     sel = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, w_other=0.0)
     stats = selection_stats(sel, signals, mask)
 
@@ -770,8 +860,9 @@ def test_cosine_is_against_the_sequence_own_decisions_only():
     hidden[0, 4] = torch.tensor([0.0, 1.0])
     hidden[1, :, 1] = 1.0  # sequence 1 all along e1 except position 2
     hidden[1, 2] = torch.tensor([1.0, 0.0])
-    sel = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, decision_ratio=0.1,
-                        evidence_ratio=0.8)  # 1 decision (position 0), ⌈0.8·5⌉ = 4 evidence of 5
+    sel = select(
+        "dear", entropy=H, divergence=D, hidden=hidden, mask=mask, decision_ratio=0.1, evidence_ratio=0.8
+    )  # 1 decision (position 0), ⌈0.8·5⌉ = 4 evidence of 5
     assert sel.evidence[0].nonzero().flatten().tolist() == [1, 2, 3, 5]
     assert sel.evidence[1].nonzero().flatten().tolist() == [1, 3, 4, 5]
 
@@ -819,12 +910,14 @@ def test_other_user_errors():
         select("dear", entropy=H, divergence=D, hidden=None, mask=mask)
     zs, zt = make_logits(0)
     w = make_mask().float()
-    for kwargs, message in [({"kind": "kl"}, r"kind must be one of reverse_kl, forward_kl, jsd, pg"),
-                            ({"normalize": "mean"}, r"normalize must be one of selected, all, sequence"),
-                            ({"temperature": 0.0}, r"temperature must be > 0"),
-                            ({"beta": 1.5}, r"beta must be in \[0, 1\]"),
-                            ({"kind": "pg"}, r"kind='pg' needs sampled_ids"),
-                            ({"chunk_size": 0}, r"chunk_size must be a positive")]:
+    for kwargs, message in [
+        ({"kind": "kl"}, r"kind must be one of reverse_kl, forward_kl, jsd, pg"),
+        ({"normalize": "mean"}, r"normalize must be one of selected, all, sequence"),
+        ({"temperature": 0.0}, r"temperature must be > 0"),
+        ({"beta": 1.5}, r"beta must be in \[0, 1\]"),
+        ({"kind": "pg"}, r"kind='pg' needs sampled_ids"),
+        ({"chunk_size": 0}, r"chunk_size must be a positive"),
+    ]:
         with pytest.raises(ValueError, match=message):
             distill_loss(zs, zt, w, **kwargs)
     with pytest.raises(ValueError, match="weights must be >= 0"):

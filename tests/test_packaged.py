@@ -30,9 +30,7 @@ def gguf_pair():
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    return (
-        Path(os.environ["DEAR_CACHE"]) if os.environ.get("DEAR_CACHE") else tmp_path_factory.mktemp("cache")
-    )
+    return Path(os.environ["DEAR_CACHE"]) if os.environ.get("DEAR_CACHE") else tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="session")

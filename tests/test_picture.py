@@ -18,8 +18,9 @@ def test_groups_follow_the_selection_and_skip_prompt_and_padding():
 
 
 def test_render_colours_tokens_and_escapes_text():
-    page = render("dear <step 0>", ["1+2?"], [[Token("<", "decision", 1.25, 0.5, 1.0),
-                                              Token("3", "other", 0.01, 0.0, 0.0)]])
+    page = render(
+        "dear <step 0>", ["1+2?"], [[Token("<", "decision", 1.25, 0.5, 1.0), Token("3", "other", 0.01, 0.0, 0.0)]]
+    )
     assert page.startswith("<!doctype html>") and "dear &lt;step 0&gt;" in page
     assert 'class="tok decision"' in page and 'title="decision: H=1.250 D=0.500 w=1"' in page and ">&lt;</span>" in page
     assert 'class="tok other"' in page and "1+2?" in page

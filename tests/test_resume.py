@@ -17,14 +17,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODELS, compose
 from dear.train import RunStopped, train
+
+from conftest import TINY_MODELS, compose
 
 BIN = Path(sys.executable).parent
 # Long enough to be stopped mid-way; a checkpoint every step, so any step can be resumed from.
 RESUMABLE = TINY_MODELS + [
-    "steps=6", "batch_size=3", "rollout.n=2", "rollout.max_new_tokens=16", "eval.every=2", "benchmark.limit=4",
-    "benchmark.max_new_tokens=16", "eval.kl_prompts=2", "logger=csv", "checkpoint.every_steps=1",
+    "steps=6",
+    "batch_size=3",
+    "rollout.n=2",
+    "rollout.max_new_tokens=16",
+    "eval.every=2",
+    "benchmark.limit=4",
+    "benchmark.max_new_tokens=16",
+    "eval.kl_prompts=2",
+    "logger=csv",
+    "checkpoint.every_steps=1",
 ]
 NUMBERS = ("steps", "benchmarks", "heldout_reverse_kl", "accuracy_auc", "curve")
 
@@ -38,8 +47,13 @@ def run_here(tmp_path: Path, toy_cache: Path, *extra: str, name: str) -> dict:
 def start_cli(tmp_path: Path, toy_cache: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "DEAR_OUTPUTS": str(tmp_path / "outputs")}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([str(BIN / "dear-train"), *RESUMABLE, f"cache_dir={toy_cache}", *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(BIN / "dear-train"), *RESUMABLE, f"cache_dir={toy_cache}", *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def saved_step(ckpt: Path) -> int:

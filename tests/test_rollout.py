@@ -9,6 +9,7 @@ import torch
 
 from dear.data.toy import build_tokenizer
 from dear.rollout import generate
+
 from tiny import tiny_qwen2
 
 PROMPTS = ["1+2?", "3+4+5?"]  # 4 and 6 characters: the first is left-padded by 2
@@ -29,8 +30,13 @@ class Scripted(torch.nn.Module):
         self.seen: dict = {}
 
     def generate(self, input_ids, attention_mask, **kw):
-        self.seen = {"input_ids": input_ids, "attention_mask": attention_mask, "training": self.training,
-                     "grad": torch.is_grad_enabled(), **kw}
+        self.seen = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "training": self.training,
+            "grad": torch.is_grad_enabled(),
+            **kw,
+        }
         return torch.cat([input_ids, self.responses[: input_ids.shape[0]]], dim=1)
 
 
@@ -40,12 +46,14 @@ def ids(tok, text: str) -> list[int]:
 
 def scripted_rollout(tok):
     eos, pad = tok.eos_token_id, tok.pad_token_id
-    responses = torch.tensor([
-        [*ids(tok, "12"), eos, pad, pad],  # ends after two tokens
-        ids(tok, "34567"),                 # never ends: cut at max_new_tokens
-        [eos, pad, pad, pad, pad],         # ends at once
-        [*ids(tok, "8"), eos, *ids(tok, "9"), eos, *ids(tok, "1")],  # junk after the first end-of-text
-    ])
+    responses = torch.tensor(
+        [
+            [*ids(tok, "12"), eos, pad, pad],  # ends after two tokens
+            ids(tok, "34567"),  # never ends: cut at max_new_tokens
+            [eos, pad, pad, pad, pad],  # ends at once
+            [*ids(tok, "8"), eos, *ids(tok, "9"), eos, *ids(tok, "1")],  # junk after the first end-of-text
+        ]
+    )
     model = Scripted(responses)
     return model, generate(model, tok, PROMPTS * 2, max_new_tokens=5)
 
@@ -54,12 +62,15 @@ def test_response_mask_covers_sampled_tokens_through_the_first_end_of_text(tok):
     _, r = scripted_rollout(tok)
     P = 6
     assert r.prompt_width == P and r.input_ids.shape == (4, P + 5)
-    expected = torch.tensor([
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 1, 1],
-        [1, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-    ], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1],
+            [1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+        ],
+        dtype=torch.bool,
+    )
     assert not r.response_mask[:, :P].any(), "the prompt is never in the response mask"
     assert torch.equal(r.response_mask[:, P:], expected)
     # the end-of-text token itself is learned: it sits inside the mask
@@ -75,7 +86,7 @@ def test_padding_is_outside_the_masks_and_replaces_junk_after_end_of_text(tok):
     _, r = scripted_rollout(tok)
     P, pad = r.prompt_width, tok.pad_token_id
     # after the first end-of-text every token becomes padding, out of both masks
-    assert r.input_ids[3, P + 2:].tolist() == [pad, pad, pad]
+    assert r.input_ids[3, P + 2 :].tolist() == [pad, pad, pad]
     response = r.input_ids[:, P:]
     assert not r.response_mask[:, P:][response == pad].any()
     assert not r.attention_mask[:, P:][response == pad].any()
@@ -89,10 +100,10 @@ def test_padding_is_outside_the_masks_and_replaces_junk_after_end_of_text(tok):
 def test_position_ids_count_real_tokens_only(tok):
     _, r = scripted_rollout(tok)
     assert r.position_ids.tolist() == [
-        [0, 0, 0, 1, 2, 3, 4, 5, 6, 6, 6],        # 2 left pads, 4 prompt tokens, "12</s>", padding
-        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],       # 6 prompt tokens, 5 response tokens
-        [0, 0, 0, 1, 2, 3, 4, 4, 4, 4, 4],        # "</s>" at once
-        [0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7],        # "8</s>", then padding
+        [0, 0, 0, 1, 2, 3, 4, 5, 6, 6, 6],  # 2 left pads, 4 prompt tokens, "12</s>", padding
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],  # 6 prompt tokens, 5 response tokens
+        [0, 0, 0, 1, 2, 3, 4, 4, 4, 4, 4],  # "</s>" at once
+        [0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 7],  # "8</s>", then padding
     ]
 
 

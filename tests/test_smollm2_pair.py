@@ -15,9 +15,10 @@ import statistics
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose
 from dear.config import train_config
 from dear.schema import ConfigError, ModelPreset, load
+
+from conftest import compose
 
 EXPERIMENT = "experiment=smollm2-chain_sum"
 
@@ -51,13 +52,16 @@ def test_training_prompts_and_benchmark_share_no_generator_seed():
     assert len({s.data.options["seed_offset"], TUNE_SEED_OFFSET, 0}) == 3
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"tune": None}, "teacher.tune (the fine-tuning recipe) is required when teacher.source is smollm2-tuned"),
-    ({"tune.steps": 0}, "teacher.tune.steps must be an integer >= 1, got 0"),
-    ({"tune.lr": -1e-4}, "teacher.tune.lr must be a finite number > 0, got -0.0001"),
-    ({"tune.epochs": 2}, "teacher.tune.epochs is not a setting of teacher.tune; valid keys: batch_size, lr"),
-    ({"tune.seed": None}, "teacher.tune is missing teacher.tune.seed"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"tune": None}, "teacher.tune (the fine-tuning recipe) is required when teacher.source is smollm2-tuned"),
+        ({"tune.steps": 0}, "teacher.tune.steps must be an integer >= 1, got 0"),
+        ({"tune.lr": -1e-4}, "teacher.tune.lr must be a finite number > 0, got -0.0001"),
+        ({"tune.epochs": 2}, "teacher.tune.epochs is not a setting of teacher.tune; valid keys: batch_size, lr"),
+        ({"tune.seed": None}, "teacher.tune is missing teacher.tune.seed"),
+    ],
+)
 def test_tune_recipe_errors_are_one_line(change, words):
     data = _teacher_yaml()
     for key, value in change.items():
@@ -75,8 +79,9 @@ def test_tune_recipe_errors_are_one_line(change, words):
 def test_unknown_task_fails_in_one_line_before_building(tmp_path):
     from dear.tuned import TuneFailed, ensure_tuned_model
 
-    recipe = load(ModelPreset, {**_teacher_yaml(), "tune": {**_teacher_yaml()["tune"], "task": "no_such_task"}},
-                  "teacher.").tune
+    recipe = load(
+        ModelPreset, {**_teacher_yaml(), "tune": {**_teacher_yaml()["tune"], "task": "no_such_task"}}, "teacher."
+    ).tune
     with pytest.raises(TuneFailed, match="unknown reasoning-gym task 'no_such_task'") as err:
         ensure_tuned_model("t", recipe, tmp_path, progress=False)
     assert "\n" not in str(err.value)

@@ -40,10 +40,22 @@ def test_a_long_run_keeps_its_memory(tmp_path, toy_cache, monkeypatch):
         samples[int(self.global_step)] = rss_mib()
 
     monkeypatch.setattr(DistillModule, "on_train_batch_end", measured)
-    cfg = compose(TINY_MODELS + [f"cache_dir={toy_cache}", f"steps={STEPS}", "batch_size=2", "rollout.n=2",
-                                 "rollout.max_new_tokens=12", "eval.every=500", "benchmark.limit=4",
-                                 "benchmark.max_new_tokens=12", "eval.kl_prompts=2", "logger=csv",
-                                 "checkpoint.every_steps=250"])
+    cfg = compose(
+        TINY_MODELS
+        + [
+            f"cache_dir={toy_cache}",
+            f"steps={STEPS}",
+            "batch_size=2",
+            "rollout.n=2",
+            "rollout.max_new_tokens=12",
+            "eval.every=500",
+            "benchmark.limit=4",
+            "benchmark.max_new_tokens=12",
+            "eval.kl_prompts=2",
+            "logger=csv",
+            "checkpoint.every_steps=250",
+        ]
+    )
     run_dir = tmp_path / "soak"
     run_dir.mkdir()
     t0 = time.perf_counter()
@@ -52,8 +64,10 @@ def test_a_long_run_keeps_its_memory(tmp_path, toy_cache, monkeypatch):
     start, warm, end = samples[1], samples[WARM_UP], samples[STEPS]
     peak_after_warm = max(v for k, v in samples.items() if k >= WARM_UP)
     growth = (end - warm) / warm
-    print(f"\nsoak: {STEPS} steps in {wall:.0f} s; RSS MiB at step 1 {start:.1f}, step {WARM_UP} {warm:.1f}, "
-          f"step {STEPS} {end:.1f} (peak after warm-up {peak_after_warm:.1f}); growth after warm-up {100 * growth:+.2f}%")
+    print(
+        f"\nsoak: {STEPS} steps in {wall:.0f} s; RSS MiB at step 1 {start:.1f}, step {WARM_UP} {warm:.1f}, "
+        f"step {STEPS} {end:.1f} (peak after warm-up {peak_after_warm:.1f}); growth after warm-up {100 * growth:+.2f}%"
+    )
     assert growth < 0.05, f"RSS grew {100 * growth:.1f}% after warm-up ({warm:.1f} -> {end:.1f} MiB)"
 
 
@@ -81,7 +95,7 @@ def our_descendants() -> list[tuple[int, str]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         parents[int(entry.name)], states[int(entry.name)] = int(fields[1]), fields[0]
     out = []
     for pid in parents:
@@ -102,8 +116,9 @@ def test_a_thousand_sandboxed_programs_leave_nothing_behind(tmp_path, monkeypatc
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     before_tmp = set(tmp.iterdir())
     rng = random.Random(0)
-    programs = [HOSTILE[i % len(HOSTILE)] if i % 10 == 0 else f"print(sum(range({rng.randrange(1000)})))\n"
-                for i in range(1000)]
+    programs = [
+        HOSTILE[i % len(HOSTILE)] if i % 10 == 0 else f"print(sum(range({rng.randrange(1000)})))\n" for i in range(1000)
+    ]
     statuses: dict[str, int] = {}
     t0 = time.perf_counter()
     for source in programs:
@@ -113,8 +128,10 @@ def test_a_thousand_sandboxed_programs_leave_nothing_behind(tmp_path, monkeypatc
     time.sleep(1.0)  # let anything that is dying finish
     left = our_descendants()
     new_tmp = sorted(str(p) for p in set(tmp.iterdir()) - before_tmp)
-    print(f"\nsandbox soak ({isolation()}): 1000 programs (100 hostile) in {wall:.0f} s; statuses {statuses}; "
-          f"processes left {len(left)} (zombies {sum(s == 'Z' for _, s in left)}); new temp entries {len(new_tmp)}")
+    print(
+        f"\nsandbox soak ({isolation()}): 1000 programs (100 hostile) in {wall:.0f} s; statuses {statuses}; "
+        f"processes left {len(left)} (zombies {sum(s == 'Z' for _, s in left)}); new temp entries {len(new_tmp)}"
+    )
     assert statuses.get("passed", 0) >= 900, statuses
     assert not left, f"processes left behind: {left}"
     assert not new_tmp, f"temporary entries left behind: {new_tmp[:5]}"

@@ -8,12 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import TINY_MODELS, compose
 from dear import objective
 from dear.config import train_config
 from dear.data.toy import build_tokenizer
 from dear.rollout import generate
 from dear.step import distill_step, forward_pair
+
+from conftest import TINY_MODELS, compose
 from tiny import tiny_qwen2
 
 PROMPTS = ["1+2+3?", "4+5?", "6+7+8+9+1?"]  # different lengths: rows are left-padded
@@ -54,8 +55,9 @@ class PerturbedAt(torch.nn.Module):
 
 
 def reverse_kl(fwd, rollout, vocab_size):
-    return objective.token_signals(fwd.student_logits.detach(), fwd.teacher_logits, rollout.target_mask,
-                                   vocab_size=vocab_size).reverse_kl
+    return objective.token_signals(
+        fwd.student_logits.detach(), fwd.teacher_logits, rollout.target_mask, vocab_size=vocab_size
+    ).reverse_kl
 
 
 def test_a_copy_of_the_student_as_teacher_gives_zero_divergence_everywhere(student, rollout):
@@ -91,15 +93,15 @@ def test_column_t_predicts_token_t_plus_one(student, rollout):
     assert torch.equal(fwd.teacher_logits.argmax(-1)[mask], r.input_ids[:, 1:][mask])
     # the hidden states are the ones the head read at the same column
     with torch.no_grad():
-        torch.testing.assert_close(m.lm_head(fwd.hidden)[mask], fwd.student_logits.detach()[mask],
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(m.lm_head(fwd.hidden)[mask], fwd.student_logits.detach()[mask], rtol=1e-4, atol=1e-4)
 
 
 def test_the_step_loss_is_zero_against_a_copy_and_the_kl_against_a_perturbed_teacher(student, rollout):
     opd = train_config(compose(TINY_MODELS + ["method=opd"]))
     vocab = len(student.tokenizer)
-    same, stats = distill_step(student.model, copy.deepcopy(student.model), rollout, opd.method, opd.loss,
-                               vocab_size=vocab)
+    same, stats = distill_step(
+        student.model, copy.deepcopy(student.model), rollout, opd.method, opd.loss, vocab_size=vocab
+    )
     assert abs(float(same.detach())) < 1e-5 and abs(stats["train/reverse_kl"]) < 1e-5
     rows, cols = rollout.target_mask.nonzero(as_tuple=True)
     other = PerturbedAt(student.model, int(rows[0]), int(cols[0]))

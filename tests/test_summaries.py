@@ -7,15 +7,17 @@ import math
 
 import pytest
 
-from conftest import TINY_RUN, compose
 from dear.data.benchmarks import Problem
 from dear.data.toy import build_tokenizer
 from dear.eval.runner import EvalResult, Evaluator
 from dear.module import accuracy_auc
-from dear.table import cell, main as table_main
+from dear.table import cell
+from dear.table import main as table_main
 
+from conftest import TINY_RUN, compose
 
 # --- area under the accuracy curve --------------------------------------------------------
+
 
 def test_accuracy_auc_is_the_trapezoid_mean_over_the_steps_covered():
     # steps 0, 2, 6 with accuracy 0.2, 0.6, 0.4: area 2·0.4 + 4·0.5 = 2.8 over 6 steps
@@ -34,11 +36,16 @@ def test_accuracy_auc_of_a_single_point_is_that_point():
 
 # --- what a run writes to metrics.json ----------------------------------------------------
 
+
 def test_metrics_json_reports_gain_kl_and_auc_from_the_evaluations(tmp_path, toy_cache, monkeypatch):
     """Scripted evaluations at steps 0, 1, 2; a held-out KL of exactly 0.0 must survive as 0.0."""
-    scripted = iter([{"accuracy": 0.25, "heldout_reverse_kl": 0.5},
-                     {"accuracy": 0.5, "heldout_reverse_kl": 0.125},
-                     {"accuracy": 0.75, "heldout_reverse_kl": 0.0}])
+    scripted = iter(
+        [
+            {"accuracy": 0.25, "heldout_reverse_kl": 0.5},
+            {"accuracy": 0.5, "heldout_reverse_kl": 0.125},
+            {"accuracy": 0.75, "heldout_reverse_kl": 0.0},
+        ]
+    )
     monkeypatch.setattr(Evaluator, "evaluate", lambda self, model, teacher=None: EvalResult(dict(next(scripted))))
     from dear.train import train
 
@@ -54,6 +61,7 @@ def test_metrics_json_reports_gain_kl_and_auc_from_the_evaluations(tmp_path, toy
 
 # --- the table ----------------------------------------------------------------------------
 
+
 def test_a_cell_is_mean_and_sample_std_over_seeds():
     # mean 0.3; squared deviations 0.04 + 0.01 + 0.09 = 0.14 over n-1 = 2: std √0.07 = 0.2646
     assert cell([0.1, 0.2, 0.6]) == "0.300 ± 0.265"
@@ -63,53 +71,84 @@ def test_a_cell_is_mean_and_sample_std_over_seeds():
     assert cell([0.25, 0.25]) == "0.250 ± 0.000"
 
 
-def record(method: str, seed: int, before: float, after: float, auc: float, kl_after: float,
-           status: str = "complete") -> dict:
+def record(
+    method: str, seed: int, before: float, after: float, auc: float, kl_after: float, status: str = "complete"
+) -> dict:
     return {
-        "status": status, "seed": seed,
-        "config": {"model": {"name": "toy-student"}, "teacher": {"name": "toy-teacher"},
-                   "method": {"name": method}, "loss": {"normalize": "selected"}},
+        "status": status,
+        "seed": seed,
+        "config": {
+            "model": {"name": "toy-student"},
+            "teacher": {"name": "toy-teacher"},
+            "method": {"name": method},
+            "loss": {"normalize": "selected"},
+        },
         "benchmarks": {"toy": {"accuracy_before": before, "accuracy_after": after, "gain": after - before}},
-        "accuracy_auc": auc, "heldout_reverse_kl": {"before": 0.7, "after": kl_after},
+        "accuracy_auc": auc,
+        "heldout_reverse_kl": {"before": 0.7, "after": kl_after},
     }
 
 
 def test_the_table_groups_seeds_and_reports_each_column(tmp_path, capsys):
-    runs = [record("dear", 0, 0.2, 0.5, 0.4, 0.25), record("dear", 1, 0.2, 0.7, 0.5, 0.75),
-            record("opd", 0, 0.2, 0.4, 0.3, 0.0),
-            record("opd", 1, 0.9, 0.9, 0.9, 9.0, status="running")]  # unfinished: left out
+    runs = [
+        record("dear", 0, 0.2, 0.5, 0.4, 0.25),
+        record("dear", 1, 0.2, 0.7, 0.5, 0.75),
+        record("opd", 0, 0.2, 0.4, 0.3, 0.0),
+        record("opd", 1, 0.9, 0.9, 0.9, 9.0, status="running"),
+    ]  # unfinished: left out
     for i, r in enumerate(runs):
         (tmp_path / f"run{i}").mkdir()
         (tmp_path / f"run{i}" / "metrics.json").write_text(json.dumps(r))
     out = tmp_path / "table.md"
     table_main([str(tmp_path), "--out", str(out)])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == ("| student | teacher | method | normalize | benchmark | seeds | accuracy_before | "
-                        "accuracy_after | gain | accuracy_auc | kl_after |")
+    assert lines[0] == (
+        "| student | teacher | method | normalize | benchmark | seeds | accuracy_before | "
+        "accuracy_after | gain | accuracy_auc | kl_after |"
+    )
     # dear: after 0.5, 0.7 (mean 0.6, std 0.1414); gain 0.3, 0.5; auc 0.4, 0.5 (std 0.0707); kl 0.25, 0.75
-    assert lines[2] == ("| toy-student | toy-teacher | dear | selected | toy | 2 | 0.200 ± 0.000 | 0.600 ± 0.141 | "
-                        "0.400 ± 0.141 | 0.450 ± 0.071 | 0.500 ± 0.354 |")
-    assert lines[3] == "| toy-student | toy-teacher | opd | selected | toy | 1 | 0.200 | 0.400 | 0.200 | 0.300 | 0.000 |"
+    assert lines[2] == (
+        "| toy-student | toy-teacher | dear | selected | toy | 2 | 0.200 ± 0.000 | 0.600 ± 0.141 | "
+        "0.400 ± 0.141 | 0.450 ± 0.071 | 0.500 ± 0.354 |"
+    )
+    assert (
+        lines[3] == "| toy-student | toy-teacher | opd | selected | toy | 1 | 0.200 | 0.400 | 0.200 | 0.300 | 0.000 |"
+    )
     assert len(lines) == 4
     assert out.read_text() == "\n".join(lines) + "\n"
 
 
 # --- pass@1 and pass@k --------------------------------------------------------------------
 
+
 def test_pass_at_k_with_several_samples(tmp_path, monkeypatch):
     tok = build_tokenizer(tmp_path)
     problems = [Problem(id=f"p{i}", question=f"{i}+1?", reference=str(i + 1), kind="toy") for i in range(4)]
     right, wrong = (lambda i: f"{i}+1={i + 1}#{i + 1}"), (lambda i: f"{i}+1=0#0")
-    texts = [right(0), wrong(0), wrong(0),   # problem 0: 1 of 3
-             wrong(1), wrong(1), wrong(1),   # problem 1: 0 of 3
-             right(2), right(2), right(2),   # problem 2: 3 of 3
-             wrong(3), right(3), wrong(3)]   # problem 3: 1 of 3
+    texts = [
+        right(0),
+        wrong(0),
+        wrong(0),  # problem 0: 1 of 3
+        wrong(1),
+        wrong(1),
+        wrong(1),  # problem 1: 0 of 3
+        right(2),
+        right(2),
+        right(2),  # problem 2: 3 of 3
+        wrong(3),
+        right(3),
+        wrong(3),
+    ]  # problem 3: 1 of 3
     monkeypatch.setattr(Evaluator, "_generate", lambda self, model: list(texts))
     ev = Evaluator(name="toy", problems=problems, tokenizer=tok, samples=3, temperature=1.0, grade_workers=2)
     result = ev.evaluate(model=None)
     assert result.summary == {"accuracy": 5 / 12, "pass@3": 3 / 4}
-    assert [r["correct"] for r in result.records] == [[True, False, False], [False] * 3, [True] * 3,
-                                                      [False, True, False]]
+    assert [r["correct"] for r in result.records] == [
+        [True, False, False],
+        [False] * 3,
+        [True] * 3,
+        [False, True, False],
+    ]
     assert result.records[3]["responses"] == texts[9:12]
 
 

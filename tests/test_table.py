@@ -25,11 +25,19 @@ GRID = {
     "overrides": ["logger=csv"],
     "launch": ["hydra/launcher=joblib"],
     "tables": {
-        "main": {"seeds": 3, "baseline": "opd",
-                 "rows": {"opd": ["method=opd"], "dear": ["method=dear"], "random": ["method=random"]}},
-        "ratio": {"seeds": [0, 1], "baseline": "opd", "rows": {"opd": ["method=opd"]},
-                  "overrides": ["method=dear"], "sweep": {"method.decision_ratio": [0.1, 0.3]},
-                  "curve": "method.decision_ratio"},
+        "main": {
+            "seeds": 3,
+            "baseline": "opd",
+            "rows": {"opd": ["method=opd"], "dear": ["method=dear"], "random": ["method=random"]},
+        },
+        "ratio": {
+            "seeds": [0, 1],
+            "baseline": "opd",
+            "rows": {"opd": ["method=opd"]},
+            "overrides": ["method=dear"],
+            "sweep": {"method.decision_ratio": [0.1, 0.3]},
+            "curve": "method.decision_ratio",
+        },
     },
 }
 ACC = {"opd": [0.5, 0.6, 0.7], "dear": [0.6, 0.8, 0.9], "random": [0.4, 0.5, None]}  # None: not finished
@@ -44,12 +52,25 @@ def make_grid(tmp_path, spec=GRID) -> grids.Grid:
 def fabricate(grid: grids.Grid, run: grids.Run, accuracy: float) -> None:
     run_dir = grid.run_dir(run)
     run_dir.mkdir(parents=True, exist_ok=True)
-    curve = [{"step": 0, "accuracy": 0.3}, {"step": 60, "accuracy": (0.3 + accuracy) / 2},
-             {"step": 120, "accuracy": accuracy}]
-    (run_dir / "metrics.json").write_text(json.dumps({
-        "status": "complete", "seed": run.seed, "benchmarks": {"toy": {"accuracy_after": accuracy}},
-        "accuracy_auc": accuracy - 0.1, "heldout_reverse_kl": {"after": 1.0 - accuracy},
-        "grad_mass_coverage": 0.75, "kept_share": 0.36, "curve": curve}))
+    curve = [
+        {"step": 0, "accuracy": 0.3},
+        {"step": 60, "accuracy": (0.3 + accuracy) / 2},
+        {"step": 120, "accuracy": accuracy},
+    ]
+    (run_dir / "metrics.json").write_text(
+        json.dumps(
+            {
+                "status": "complete",
+                "seed": run.seed,
+                "benchmarks": {"toy": {"accuracy_after": accuracy}},
+                "accuracy_auc": accuracy - 0.1,
+                "heldout_reverse_kl": {"after": 1.0 - accuracy},
+                "grad_mass_coverage": 0.75,
+                "kept_share": 0.36,
+                "curve": curve,
+            }
+        )
+    )
 
 
 def fabricate_all(grid):
@@ -120,8 +141,9 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, monkeyp
     assert calls == []  # everything finished: nothing runs again
     # a changed shared override is a different run
     assert grids.read(tmp_path / "fab.yaml", ["steps=5"]).runs()[0].slug != todo[0].slug.replace("random", "opd")
-    assert not set(r.slug for r in grids.read(tmp_path / "fab.yaml", ["steps=5"]).runs()) & \
-        set(r.slug for r in grid.runs())
+    assert not set(r.slug for r in grids.read(tmp_path / "fab.yaml", ["steps=5"]).runs()) & set(
+        r.slug for r in grid.runs()
+    )
 
 
 def test_wandb_runs_are_grouped_by_grid_and_tagged_with_method_and_pair(tmp_path):
@@ -152,21 +174,41 @@ def test_the_paper_grid_as_a_dry_run(capsys):
     assert len(runs) == 3 * 4 * 9 and lines[-1].startswith("108 runs")
     for pair in ("qwen-1.5b-14b", "qwen-1.5b-qwen3-4b", "qwen3-1.7b-4b"):
         for method in ("offline_kd", "opd", "entropy", "dear"):
-            for bench in ("math500", "minerva", "amc23", "olympiadbench", "aime24", "aime25", "mbpp-plus",
-                          "humaneval", "apps"):
+            for bench in (
+                "math500",
+                "minerva",
+                "amc23",
+                "olympiadbench",
+                "aime24",
+                "aime25",
+                "mbpp-plus",
+                "humaneval",
+                "apps",
+            ):
                 assert sum(f"experiment={pair} method={method} benchmark={bench} seed=0" in r for r in runs) == 1
-    for bench in ("math500", "minerva", "amc23", "olympiadbench", "aime24", "aime25", "mbpp-plus", "humaneval",
-                  "apps"):  # every benchmark is a preset
+    for bench in (
+        "math500",
+        "minerva",
+        "amc23",
+        "olympiadbench",
+        "aime24",
+        "aime25",
+        "mbpp-plus",
+        "humaneval",
+        "apps",
+    ):  # every benchmark is a preset
         assert (ROOT / "conf" / "benchmark" / f"{bench}.yaml").is_file()
 
 
 @pytest.mark.slow
 def test_a_joblib_sweep_runs_the_grid_and_a_second_call_reuses_it(tmp_path, toy_cache):
-    spec = {"name": "tiny", "output": str(tmp_path / "tables"),
-            "overrides": [*TINY_RUN, "steps=1", f"cache_dir={toy_cache}"],
-            "launch": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1"],
-            "tables": {"main": {"seeds": 2, "baseline": "opd", "rows": {"opd": ["method=opd"],
-                                                                        "dear": ["method=dear"]}}}}
+    spec = {
+        "name": "tiny",
+        "output": str(tmp_path / "tables"),
+        "overrides": [*TINY_RUN, "steps=1", f"cache_dir={toy_cache}"],
+        "launch": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1"],
+        "tables": {"main": {"seeds": 2, "baseline": "opd", "rows": {"opd": ["method=opd"], "dear": ["method=dear"]}}},
+    }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     cmd = [str(Path(sys.executable).parent / "dear-table"), "--run", str(path)]
@@ -186,8 +228,15 @@ def test_the_toy_grid_holds_what_issue_11_asks():
     g = grids.read(ROOT / "conf" / "table" / "toy.yaml")
     tables = {t.name: t for t in g.tables}
     main_rows = {r: o for r, o in tables["main"].rows.items()}
-    assert len(tables["main"].seeds) >= 20 and set(main_rows) == {"opd", "offline_kd", "sft", "entropy", "tip",
-                                                                   "random", "dear"}
+    assert len(tables["main"].seeds) >= 20 and set(main_rows) == {
+        "opd",
+        "offline_kd",
+        "sft",
+        "entropy",
+        "tip",
+        "random",
+        "dear",
+    }
     assert all(len(t.seeds) >= 10 for t in g.tables)
     ablations = [o for o in tables["ablations"].rows.values()]
     assert ("method=dear", "method.boost=multiplicative", "method.evidence_pool=all") in ablations

@@ -7,8 +7,18 @@ import random
 import pytest
 import torch
 
-from dear.data.toy import (EOS, ToyTask, ToyTaskConfig, answer, build_tokenizer, final_answer, grade, parse_terms,
-                           prompt_text, worked_solution)
+from dear.data.toy import (
+    EOS,
+    ToyTask,
+    ToyTaskConfig,
+    answer,
+    build_tokenizer,
+    final_answer,
+    grade,
+    parse_terms,
+    prompt_text,
+    worked_solution,
+)
 from dear.toy_models import CacheNotWritable, ToyModelSpec, ensure_toy_model
 
 
@@ -20,7 +30,9 @@ def replay(terms: list[int], solution: str) -> list[tuple[list[int], int]]:
         assert step.startswith("+") == (k > 0), step
         head, written = step.removeprefix("+").split("=")
         chunk = [int(x) for x in head.split("+")]
-        assert chunk == terms[used : used + len(chunk)] and 1 <= len(chunk) <= 2, f"{step} does not take the next digits"
+        assert chunk == terms[used : used + len(chunk)] and 1 <= len(chunk) <= 2, (
+            f"{step} does not take the next digits"
+        )
         used += len(chunk)
         total += sum(chunk)
         assert int(written) == total, f"{step}: the total should be {total}"
@@ -188,8 +200,19 @@ def test_the_shared_schedule_warms_up_then_holds_or_decays():
     assert cosine(9) == 1.0 and 0.0 <= cosine(100) < 1e-12 and cosine(50) < cosine(20)
 
 
-@pytest.mark.parametrize("name", ["toy-student", "toy-student-s", "toy-student-l",
-                                  "toy-teacher", "toy-teacher-s", "toy-teacher-l", "qwen-7b", "smollm2-135m"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "toy-student",
+        "toy-student-s",
+        "toy-student-l",
+        "toy-teacher",
+        "toy-teacher-s",
+        "toy-teacher-l",
+        "qwen-7b",
+        "smollm2-135m",
+    ],
+)
 def test_a_teacher_preset_is_the_model_preset(name):
     """teacher=X composes conf/model/X.yaml itself, so dear-eval model=X scores the same cached model."""
     from conftest import compose

@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_RUN, compose
 from dear.cli import choices
 from dear.train import train
+
+from conftest import TINY_RUN, compose
 
 
 def run(tmp_path, toy_cache, *extra: str, name: str = "run"):
@@ -36,8 +37,9 @@ def test_each_method_trains_the_student(tmp_path, toy_cache, method):
     # the loss of every step is finite and logged
     rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    losses = [float(r.split(",")[header.index("train/loss")]) for r in rows[1:]
-              if r.split(",")[header.index("train/loss")]]
+    losses = [
+        float(r.split(",")[header.index("train/loss")]) for r in rows[1:] if r.split(",")[header.index("train/loss")]
+    ]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
 
 

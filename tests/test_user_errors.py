@@ -33,7 +33,10 @@ def pair(tmp_path, s_template, t_template, *, chat: bool) -> tuple[LoadedModel, 
     for tok, template in zip(toks, (s_template, t_template)):
         tok.chat_template = template
     rows = len(toks[0])
-    return (LoadedModel("student", Head(rows), toks[0], chat, "s"), LoadedModel("teacher", Head(rows), toks[1], chat, "t"))
+    return (
+        LoadedModel("student", Head(rows), toks[0], chat, "s"),
+        LoadedModel("teacher", Head(rows), toks[1], chat, "t"),
+    )
 
 
 def test_tokenizers_that_differ_only_in_chat_template_are_a_compatible_pair(tmp_path):
@@ -46,8 +49,9 @@ def test_a_pair_with_different_token_ids_or_too_few_head_rows_is_refused(tmp_pat
     student, teacher = pair(tmp_path, TEMPLATE, TEMPLATE, chat=False)
     vocab = teacher.tokenizer.get_vocab()
     a, b = vocab["1"], vocab["2"]
-    teacher.tokenizer = type("Swapped", (), {"get_vocab": lambda self: {**vocab, "1": b, "2": a},
-                                            "__len__": lambda self: len(vocab)})()
+    teacher.tokenizer = type(
+        "Swapped", (), {"get_vocab": lambda self: {**vocab, "1": b, "2": a}, "__len__": lambda self: len(vocab)}
+    )()
     with pytest.raises(TokenizerMismatch, match="2 of the student's ids map to different tokens"):
         check_compatible(student, teacher)
     student, teacher = pair(tmp_path / "rows", TEMPLATE, TEMPLATE, chat=False)
@@ -71,6 +75,7 @@ def test_a_failed_json_write_leaves_the_old_file_and_no_temp_file(tmp_path):
 
 
 # --- dear-table's errors: exit status 2 and one line that says what to do --------------------
+
 
 def table_error(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as info:
@@ -98,12 +103,15 @@ def test_dear_table_names_a_broken_metrics_file(tmp_path, capsys):
     assert "metrics.json is not valid JSON" in err
 
 
-@pytest.mark.parametrize("text, says", [
-    ("overrides: [logger=csv\nsweep: {seed: [0]}\n", "not valid YAML"),
-    ("- seed=0\n- seed=1\n", "must map overrides to a list"),
-    ("sweep:\n  method: dear\n", "sweep to lists of values"),
-    ("overrides: logger=csv\n", "must map overrides to a list"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("overrides: [logger=csv\nsweep: {seed: [0]}\n", "not valid YAML"),
+        ("- seed=0\n- seed=1\n", "must map overrides to a list"),
+        ("sweep:\n  method: dear\n", "sweep to lists of values"),
+        ("overrides: logger=csv\n", "must map overrides to a list"),
+    ],
+)
 def test_dear_table_refuses_a_bad_grid_file_before_running_anything(tmp_path, capsys, monkeypatch, text, says):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a bad grid file started runs"))
     grid = tmp_path / "grid.yaml"
@@ -121,5 +129,6 @@ def test_the_installed_dear_table_exits_2_with_one_line(tmp_path):
     exe = Path(sys.executable).parent / "dear-table"
     proc = subprocess.run([str(exe), str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [f"dear-table: error: no folder {tmp_path / 'nowhere'}; "
-                                                "give the folders that hold the runs"]
+    assert proc.stderr.strip().splitlines() == [
+        f"dear-table: error: no folder {tmp_path / 'nowhere'}; give the folders that hold the runs"
+    ]

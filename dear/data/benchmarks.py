@@ -263,9 +263,7 @@ def _load_reasoning_gym(
     try:
         import reasoning_gym
     except ImportError as err:
-        raise BenchmarkUnavailable(
-            f"benchmark 'rg-{task}' needs reasoning-gym: pip install reasoning-gym"
-        ) from err
+        raise BenchmarkUnavailable(f"benchmark 'rg-{task}' needs reasoning-gym: pip install reasoning-gym") from err
     if limit is not None:
         config["size"] = limit
     # reasoning-gym draws entry i from Random(seed + i): seeds 0 and 1 would share all but one
@@ -351,9 +349,7 @@ def _hub_rows(
     try:
         import datasets
     except ImportError as err:
-        raise BenchmarkUnavailable(
-            f"benchmark {benchmark!r} needs the datasets package: pip install datasets"
-        ) from err
+        raise BenchmarkUnavailable(f"benchmark {benchmark!r} needs the datasets package: pip install datasets") from err
     if path is not None:
         return _local_rows(benchmark, path, split)
     offline = _offline_env() or not _hub_reachable(_hub_endpoint())
@@ -371,9 +367,7 @@ def _unavailable(
     args = ", ".join(repr(a) for a in (repo, config) if a is not None)
     if not offline:
         reason = " ".join(str(err).split())[:200]
-        return BenchmarkUnavailable(
-            f"benchmark {benchmark!r}: loading {repo} ({split}) from the hub failed: {reason}"
-        )
+        return BenchmarkUnavailable(f"benchmark {benchmark!r}: loading {repo} ({split}) from the hub failed: {reason}")
     why = "offline mode is set" if _offline_env() else "the Hugging Face Hub is unreachable"
     import datasets.config
 
@@ -434,9 +428,7 @@ def _load_math500_full(
     *, seed: int, limit: int | None, split: str = "test", path: str | None = None, revision: str | None = None
 ) -> list[Problem]:
     """All 500 MATH500 problems (HuggingFaceH4/MATH-500)."""
-    rows = _hub_rows(
-        "math500-full", "HuggingFaceH4/MATH-500", config=None, split=split, path=path, revision=revision
-    )
+    rows = _hub_rows("math500-full", "HuggingFaceH4/MATH-500", config=None, split=split, path=path, revision=revision)
     return [
         Problem(
             id=f"math500-full/{row.get('unique_id', i)}",
@@ -476,9 +468,7 @@ def _mbpp_problem(row: dict[str, Any], benchmark: str, plus: bool) -> Problem:
         body = f"{imports}\n\ndef check(candidate):\n{asserts}\n"
     statement = row.get("prompt") or row.get("text") or ""
     # The first assert fixes the function's name and signature, as in MBPP's own prompts.
-    question = (
-        f"{statement.strip()}\nYour code should pass this test:\n{tests[0]}" if tests else statement.strip()
-    )
+    question = f"{statement.strip()}\nYour code should pass this test:\n{tests[0]}" if tests else statement.strip()
     return Problem(
         id=f"{benchmark}/{row['task_id']}",
         question=question,
@@ -515,15 +505,18 @@ def _load_humaneval_plus(
     *, seed: int, limit: int | None, split: str = "test", path: str | None = None, revision: str | None = None
 ) -> list[Problem]:
     """HumanEval+ (evalplus/humanevalplus): HumanEval's problems with ~80x the tests."""
-    rows = _hub_rows(
-        "humaneval-plus", "evalplus/humanevalplus", config=None, split=split, path=path, revision=revision
-    )
+    rows = _hub_rows("humaneval-plus", "evalplus/humanevalplus", config=None, split=split, path=path, revision=revision)
     return [_humaneval_problem(row, prefix="plus/") for row in rows]
 
 
 @register("livecodebench")
 def _load_livecodebench(
-    *, seed: int, limit: int | None, split: str = "test", config: str = "v6", path: str | None = None,
+    *,
+    seed: int,
+    limit: int | None,
+    split: str = "test",
+    config: str = "v6",
+    path: str | None = None,
     revision: str | None = None,
 ) -> list[Problem]:
     """LiveCodeBench code generation (lighteval/code_generation_lite; ``config`` picks the release window).
@@ -531,8 +524,9 @@ def _load_livecodebench(
     Contest problems judged on hidden tests: AtCoder/Codeforces ones read stdin and write
     stdout, LeetCode ones complete a ``class Solution`` method called with JSON arguments.
     """
-    rows = _hub_rows("livecodebench", "lighteval/code_generation_lite", config=config, split=split, path=path,
-                     revision=revision)
+    rows = _hub_rows(
+        "livecodebench", "lighteval/code_generation_lite", config=config, split=split, path=path, revision=revision
+    )
     return [_livecodebench_problem(row) for row in rows]
 
 
@@ -557,7 +551,7 @@ def decode_io_tests(field: object) -> list[dict]:
 
         payload = StringsOnly(io.BytesIO(zlib.decompress(base64.b64decode(text)))).load()
         if not isinstance(payload, str):
-            raise TypeError(f"encoded test cases hold a {type(payload).__name__}, not JSON text")
+            raise TypeError(f"encoded test cases hold a {type(payload).__name__}, not JSON text") from None
         cases = json.loads(payload)
     return [{"input": c["input"], "output": c["output"]} for c in cases]
 
@@ -567,8 +561,11 @@ def _livecodebench_problem(row: dict[str, Any]) -> Problem:
     metadata = row.get("metadata") or "{}"
     func_name = (json.loads(metadata) if isinstance(metadata, str) else metadata).get("func_name")
     starter = (row.get("starter_code") or "").strip()
-    how = ("Complete the class below; it is called with the test's arguments." if starter else
-           "Your program reads the input from standard input and writes the answer to standard output.")
+    how = (
+        "Complete the class below; it is called with the test's arguments."
+        if starter
+        else "Your program reads the input from standard input and writes the answer to standard output."
+    )
     return Problem(
         id=f"livecodebench/{row['question_id']}",
         question=f"{row['question_content'].strip()}\n\n{how}",
@@ -587,8 +584,10 @@ def _load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list
 
     del seed  # every run scores the same problems, whatever its seed
     cfg = ToyTaskConfig(**(task or {}))
-    return [Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t), kind="toy")
-            for i, t in enumerate(ToyTask(cfg).held_out[:limit])]
+    return [
+        Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t), kind="toy")
+        for i, t in enumerate(ToyTask(cfg).held_out[:limit])
+    ]
 
 
 # --------------------------------------------------------------------------- prompts
@@ -632,9 +631,7 @@ def format_prompt(
         return f"{statement}\n{instruction}\n" if instruction else statement
     if getattr(tokenizer, "chat_template", None) is None:
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise ValueError(
-            f"tokenizer {name} has no chat template: set chat_template: false in its model preset"
-        )
+        raise ValueError(f"tokenizer {name} has no chat template: set chat_template: false in its model preset")
     content = f"{statement}\n\n{instruction}" if instruction else statement
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True

@@ -63,14 +63,25 @@ def math_problem(name: str, i: int, row: dict[str, Any]) -> Problem | None:
         answer = last_boxed(row["solution"])
     if not question or answer is None:
         return None
-    return Problem(id=f"{name}/{row.get('id', row.get('unique_id', i))}", question=str(question),
-                   reference=str(answer).strip().strip("$").strip(), kind="math",
-                   meta={k: row[k] for k in ("level", "type", "subject", "source") if k in row})
+    return Problem(
+        id=f"{name}/{row.get('id', row.get('unique_id', i))}",
+        question=str(question),
+        reference=str(answer).strip().strip("$").strip(),
+        kind="math",
+        meta={k: row[k] for k in ("level", "type", "subject", "source") if k in row},
+    )
 
 
 def _register_math(name: str, repo: str, config: str | None, split: str) -> None:
-    def load(*, seed: int, limit: int | None, path: str | None = None, repo: str = repo, split: str = split,
-             revision: str | None = None) -> list[Problem]:
+    def load(
+        *,
+        seed: int,
+        limit: int | None,
+        path: str | None = None,
+        repo: str = repo,
+        split: str = split,
+        revision: str | None = None,
+    ) -> list[Problem]:
         rows = _hub_rows(name, repo, config=config, split=split, path=path, revision=revision)
         problems = (math_problem(name, i, row) for i, row in enumerate(rows))
         return [p for p in problems if p is not None]
@@ -103,18 +114,33 @@ def apps_problem(i: int, row: dict[str, Any]) -> Problem | None:
         return "\n".join(map(str, x)) if isinstance(x, list) else str(x)
 
     if fn_name:
-        cases = [{"input": "\n".join(json.dumps(a) for a in args), "output": json.dumps(out)}
-                 for args, out in zip(inputs, outputs, strict=True)]
+        cases = [
+            {"input": "\n".join(json.dumps(a) for a in args), "output": json.dumps(out)}
+            for args, out in zip(inputs, outputs, strict=True)
+        ]
     else:
         cases = [{"input": text(a), "output": text(b)} for a, b in zip(inputs, outputs, strict=True)]
-    return Problem(id=f"apps/{row.get('problem_id', i)}", question=str(row.get("question", "")),
-                   reference=json.dumps(cases), kind="code-io", entry_point=fn_name or None,
-                   code_prompt=starter or None, meta={"difficulty": row.get("difficulty")})
+    return Problem(
+        id=f"apps/{row.get('problem_id', i)}",
+        question=str(row.get("question", "")),
+        reference=json.dumps(cases),
+        kind="code-io",
+        entry_point=fn_name or None,
+        code_prompt=starter or None,
+        meta={"difficulty": row.get("difficulty")},
+    )
 
 
 @register("apps")
-def _load_apps(*, seed: int, limit: int | None, path: str | None = None, repo: str = APPS[0], split: str = APPS[2],
-               revision: str | None = None) -> list[Problem]:
+def _load_apps(
+    *,
+    seed: int,
+    limit: int | None,
+    path: str | None = None,
+    repo: str = APPS[0],
+    split: str = APPS[2],
+    revision: str | None = None,
+) -> list[Problem]:
     """APPS (codeparrot/apps, test): graded on its input/output tests in the code sandbox."""
     rows = _hub_rows("apps", repo, config=APPS[1], split=split, path=path, revision=revision)
     problems = (apps_problem(i, row) for i, row in enumerate(rows))

@@ -60,13 +60,14 @@ def training_problems(data_cfg: DataConfig, seed: int) -> list:
     return load_benchmark(data_cfg.name, limit=data_cfg.limit, seed=seed, **(data_cfg.options or {}))
 
 
-def prompt_loader(data_cfg: DataConfig, toy_task: ToyTaskConfig, tokenizer, *, chat_template: bool, batch_size: int,
-                  seed: int) -> DataLoader:
+def prompt_loader(
+    data_cfg: DataConfig, toy_task: ToyTaskConfig, tokenizer, *, chat_template: bool, batch_size: int, seed: int
+) -> DataLoader:
     if data_cfg.name == "toy":
         task = ToyTask(toy_task)
         make_draw = lambda: lambda rng: prompt_text(task.sample_train(rng))  # noqa: E731
     else:
-        from dear.data.benchmarks import format_prompt, load_benchmark
+        from dear.data.benchmarks import format_prompt
 
         problems = training_problems(data_cfg, seed)
         make_draw = cycle_draw([format_prompt(p, tokenizer, chat_template=chat_template) for p in problems])

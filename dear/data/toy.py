@@ -50,8 +50,9 @@ def worked_solution(terms: list[int], rng: random.Random, max_chunk: int = 2) ->
     return noisy_solution(terms, rng, slip_rate=0.0, max_chunk=max_chunk)[0]
 
 
-def noisy_solution(terms: list[int], rng: random.Random, slip_rate: float,
-                   max_chunk: int = 2) -> tuple[str, list[tuple[int, int]]]:
+def noisy_solution(
+    terms: list[int], rng: random.Random, slip_rate: float, max_chunk: int = 2
+) -> tuple[str, list[tuple[int, int]]]:
     """A worked solution in which each running total is miscomputed with probability ``slip_rate``.
 
     Returns the text and the character spans of the slipped totals; later steps add on to the
@@ -95,7 +96,8 @@ def parse_terms(prompt: str) -> list[int]:
 class ToyTask:
     """Procedural problems with a held-out split fixed by ``cfg.seed``."""
 
-    def __init__(self, cfg: ToyTaskConfig = ToyTaskConfig()) -> None:
+    def __init__(self, cfg: ToyTaskConfig | None = None) -> None:
+        cfg = cfg or ToyTaskConfig()
         self.cfg = cfg  # its ranges were checked when it was built (dear/schema.py)
         rng = random.Random(cfg.seed)
         held: dict[str, list[int]] = {}
@@ -126,8 +128,8 @@ def build_tokenizer(out_dir: str | Path):
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=PAD,
-                                  padding_side="left")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=PAD, padding_side="left"
+    )
     tok.save_pretrained(str(out_dir))
     return tok
-

@@ -107,8 +107,14 @@ WORKDIR_TMPFS_MB = 64
 SUPERVISOR_MB = 64
 SUPERVISOR_TASKS = 8
 # Limits of the sandbox's own IPC namespace: 16 segments, 16 MiB of SysV shared memory in all.
-IPC_LIMITS = {"shmmni": 16, "shmmax": 16 << 20, "shmall": (16 << 20) // 4096, "msgmni": 16, "msgmax": 8192,
-              "msgmnb": 16384}
+IPC_LIMITS = {
+    "shmmni": 16,
+    "shmmax": 16 << 20,
+    "shmall": (16 << 20) // 4096,
+    "msgmni": 16,
+    "msgmax": 8192,
+    "msgmnb": 16384,
+}
 # How long a sandbox gets to wind down after SIGTERM before its group is SIGKILLed.
 _TERMINATE_GRACE_S = 2.0
 # How long to keep draining stdout/stderr after the sandbox has exited.
@@ -141,7 +147,6 @@ class ExecResult:
     @property
     def passed(self) -> bool:
         return self.status == "passed"
-
 
 
 class _Mode(enum.Enum):
@@ -206,8 +211,13 @@ def _binds() -> list[tuple[str, str, str]]:
             links[path] = os.readlink(path)
         elif os.path.isdir(path):
             dirs.add(path)
-    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                   os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}:
+    for prefix in {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))),
+    }:
         real = os.path.realpath(prefix)
         dirs.add(real)
         if real != prefix:
@@ -215,8 +225,11 @@ def _binds() -> list[tuple[str, str, str]]:
     kept = sorted(d for d in dirs if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in dirs))
     inside = lambda p: any(p.startswith(d.rstrip("/") + "/") for d in kept)  # noqa: E731
     files = [f for f in ["/etc/ld.so.cache"] if os.path.isfile(f)]
-    return ([("dir", d, "") for d in kept] + [("file", f, "") for f in files]
-            + [("symlink", p, t) for p, t in sorted(links.items()) if not inside(p) and p not in kept])
+    return (
+        [("dir", d, "") for d in kept]
+        + [("file", f, "") for f in files]
+        + [("symlink", p, t) for p, t in sorted(links.items()) if not inside(p) and p not in kept]
+    )
 
 
 @dataclass
@@ -273,9 +286,7 @@ def _pump(
                 if exited_at is None and (pidfd is None and _has_exited(proc)):
                     exited_at = now
                 open_streams = len(selector.get_map()) - (pidfd is not None and exited_at is None)
-                if exited_at is not None and (
-                    open_streams == 0 or now > exited_at + _DRAIN_GRACE_S
-                ):
+                if exited_at is not None and (open_streams == 0 or now > exited_at + _DRAIN_GRACE_S):
                     return streams, False
                 if now >= deadline:
                     return streams, True
@@ -333,10 +344,9 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-
-
-def _classify(streams: _Streams, timed_out: bool, bootstrap_rc: int | None, token: str | None
-              ) -> tuple[str, int | None, str]:
+def _classify(
+    streams: _Streams, timed_out: bool, bootstrap_rc: int | None, token: str | None
+) -> tuple[str, int | None, str]:
     """(status, returncode, note) from what the bootstrap reported (and, graded, the checker's token)."""
     if timed_out:
         return "timeout", None, "wall-clock limit exceeded"
@@ -361,8 +371,9 @@ def _classify(streams: _Streams, timed_out: bool, bootstrap_rc: int | None, toke
     return "error", None, f"sandbox ended without a result (bootstrap status {bootstrap_rc})"
 
 
-def _run(source: str, timeout_s: float, memory_mb: int, max_output_bytes: int, mode: _Mode,
-         job: dict | None = None) -> ExecResult:
+def _run(
+    source: str, timeout_s: float, memory_mb: int, max_output_bytes: int, mode: _Mode, job: dict | None = None
+) -> ExecResult:
     """Run ``source`` in the sandbox; with a ``job`` (the tests), as a graded run that needs the token."""
     start = time.monotonic()
     base = tempfile.mkdtemp(prefix="dear-sandbox-")
@@ -391,8 +402,9 @@ def _run(source: str, timeout_s: float, memory_mb: int, max_output_bytes: int, m
             "token_fd": token_w if job is not None else None,
             "harness_pid": os.getpid(),
             "isolate": mode.namespaced,
-            "remap_uid": _unused_uid() if mode in (_Mode.FULL_REMAP,) or (
-                mode is _Mode.NAMESPACES and os.geteuid() == 0) else None,
+            "remap_uid": _unused_uid()
+            if mode in (_Mode.FULL_REMAP,) or (mode is _Mode.NAMESPACES and os.geteuid() == 0)
+            else None,
             "cgroup": group.dirs[0].name if group else None,
             "cgroup_controllers": (["memory", "pids"] if group.version == 1 else [""]) if group else [],
             "root": os.path.join(base, "root"),
@@ -431,8 +443,9 @@ def _run(source: str, timeout_s: float, memory_mb: int, max_output_bytes: int, m
                 if group is not None:
                     group.add(proc.pid)  # meanwhile the bootstrap starts; it waits for its configuration
                 _send_config(proc, config)
-                streams, timed_out = _pump(proc, status_r, token_r if job is not None else None,
-                                           start + timeout_s, max_output_bytes)
+                streams, timed_out = _pump(
+                    proc, status_r, token_r if job is not None else None, start + timeout_s, max_output_bytes
+                )
                 if timed_out or streams.overflow:
                     _stop(proc)
             except OSError as exc:  # the cgroup refused it: nothing ran
@@ -485,9 +498,14 @@ def _probe(mode: _Mode) -> ExecResult:
     result = _run("", 20.0, 256, 4096, mode)
     if not result.passed:
         return result
-    return _run("def f():\n    return 1\n", 20.0, 256, 4096, mode,
-                job={"kind": "module", "prompt": "", "test": "def check(f):\n    assert f() == 1\n",
-                     "entry_point": "f"})
+    return _run(
+        "def f():\n    return 1\n",
+        20.0,
+        256,
+        4096,
+        mode,
+        job={"kind": "module", "prompt": "", "test": "def check(f):\n    assert f() == 1\n", "entry_point": "f"},
+    )
 
 
 def _select_mode() -> _Mode:
@@ -496,8 +514,12 @@ def _select_mode() -> _Mode:
     if policy not in ("strict", "weak", "rlimits"):
         raise DearError(f"DEAR_SANDBOX={policy!r} is not a sandbox policy; use strict (default), weak or rlimits")
     if policy == "rlimits":
-        warnings.warn("DEAR_SANDBOX=rlimits: sandboxed code runs with rlimits only "
-                      "(no filesystem, network, memory or process isolation).", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "DEAR_SANDBOX=rlimits: sandboxed code runs with rlimits only "
+            "(no filesystem, network, memory or process isolation).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return _Mode.PLAIN
     reasons = []
     if not sys.platform.startswith("linux"):
@@ -516,17 +538,25 @@ def _select_mode() -> _Mode:
         result = _probe(candidate)
         if result.passed:
             if candidate.label != "full":
-                warnings.warn(f"DEAR_SANDBOX=weak: sandboxed code runs with {candidate.value} "
-                              f"({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"DEAR_SANDBOX=weak: sandboxed code runs with {candidate.value} ({'; '.join(reasons)})",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             return candidate
         reasons.append(f"{candidate.label} isolation failed: {_reason(result)}")
     if policy == "weak":
-        warnings.warn(f"DEAR_SANDBOX=weak: sandboxed code runs with rlimits, its own session and a temp dir only, "
-                      f"and can read files, use the network and signal your processes ({'; '.join(reasons)})",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"DEAR_SANDBOX=weak: sandboxed code runs with rlimits, its own session and a temp dir only, "
+            f"and can read files, use the network and signal your processes ({'; '.join(reasons)})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return _Mode.PLAIN
-    raise DearError(f"cannot isolate untrusted code here ({'; '.join(reasons)}); set DEAR_SANDBOX=weak to grade "
-                    "it with weaker isolation (record dear.eval.code.isolation() with the results)")
+    raise DearError(
+        f"cannot isolate untrusted code here ({'; '.join(reasons)}); set DEAR_SANDBOX=weak to grade "
+        "it with weaker isolation (record dear.eval.code.isolation() with the results)"
+    )
 
 
 def _reason(result: ExecResult) -> str:
@@ -595,8 +625,14 @@ def check_solution(
     return _run(prompt + completion, timeout_s, memory_mb, 64_000, _current_mode(), job=job)
 
 
-def check_io(source: str, cases: list[dict], func_name: str | None = None, *,
-             timeout_s: float | None = None, memory_mb: int = 1024) -> ExecResult:
+def check_io(
+    source: str,
+    cases: list[dict],
+    func_name: str | None = None,
+    *,
+    timeout_s: float | None = None,
+    memory_mb: int = 1024,
+) -> ExecResult:
     """Run ``source`` against input/output ``cases``; passed only if every case matched, checked by the checker.
 
     Without ``func_name`` the source is a whole program: each case's ``input`` is its stdin and
@@ -608,6 +644,9 @@ def check_io(source: str, cases: list[dict], func_name: str | None = None, *,
         raise ValueError("check_io needs at least one test case")
     timeout = timeout_s if timeout_s is not None else min(60.0, 6.0 + 1.0 * len(cases))
     _check_limits(timeout, memory_mb, 64_000)
-    job = {"kind": "io", "cases": [{"input": c["input"], "output": c["output"]} for c in cases],
-           "func": func_name or ""}
+    job = {
+        "kind": "io",
+        "cases": [{"input": c["input"], "output": c["output"]} for c in cases],
+        "func": func_name or "",
+    }
     return _run(source, timeout, memory_mb, 64_000, _current_mode(), job=job)

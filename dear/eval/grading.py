@@ -49,9 +49,7 @@ def grade(problem: Problem, response: str) -> bool:
     """Whether ``response`` solves ``problem``; dispatches on ``problem.kind`` via :data:`GRADERS`."""
     grader = GRADERS.get(problem.kind)
     if grader is None:
-        raise ValueError(
-            f"no grader for problem kind {problem.kind!r}; known kinds: {', '.join(sorted(GRADERS))}"
-        )
+        raise ValueError(f"no grader for problem kind {problem.kind!r}; known kinds: {', '.join(sorted(GRADERS))}")
     return grader(problem, response)
 
 

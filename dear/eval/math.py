@@ -184,9 +184,7 @@ def _parse_unbounded(text: str) -> list[Any]:
     )
 
     regexes = get_extraction_regexes([LatexExtractionConfig(), ExprExtractionConfig()])
-    return extract_target_from_pred(
-        text, regexes, fallback_mode="first_match", extraction_mode="any_match"
-    )
+    return extract_target_from_pred(text, regexes, fallback_mode="first_match", extraction_mode="any_match")
 
 
 def _verify_unbounded(gold: list[Any], target: list[Any]) -> bool:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from dear.bridge import teacher_view
 from dear.data.benchmarks import Problem, format_prompt
 from dear.eval.grading import grade
-from dear.bridge import teacher_view
 from dear.rollout import generate
 from dear.step import rollout_reverse_kl
 
@@ -44,9 +44,9 @@ class Evaluator:
     chat_template: bool = False
     max_new_tokens: int = 256
     batch_size: int = 64
-    samples: int = 1            # k responses per problem
-    temperature: float = 0.0    # 0: greedy (then samples must be 1)
-    kl_prompts: int = 0         # held-out prompts for the on-policy reverse KL (needs a teacher)
+    samples: int = 1  # k responses per problem
+    temperature: float = 0.0  # 0: greedy (then samples must be 1)
+    kl_prompts: int = 0  # held-out prompts for the on-policy reverse KL (needs a teacher)
     teacher_format: Callable[[Problem], str] | None = None  # the teacher's own prompt format (dear/bridge.py)
     teacher_tokenizer: object | None = None
     vocab_size: int | None = None
@@ -66,15 +66,22 @@ class Evaluator:
     def evaluate(self, model, teacher=None) -> EvalResult:
         texts = self._generate(model)
         k = self.samples
-        flat = [(p, t) for i, p in enumerate(self.problems) for t in texts[i * k:(i + 1) * k]]
+        flat = [(p, t) for i, p in enumerate(self.problems) for t in texts[i * k : (i + 1) * k]]
         correct = self.grade_all(flat)
         records, n_right, n_any = [], 0, 0
         for i, problem in enumerate(self.problems):
-            ok = correct[i * k:(i + 1) * k]
+            ok = correct[i * k : (i + 1) * k]
             n_right += sum(ok)
             n_any += any(ok)
-            records.append({"id": problem.id, "prompt": self.prompts[i], "reference": problem.reference,
-                            "responses": texts[i * k:(i + 1) * k], "correct": ok})
+            records.append(
+                {
+                    "id": problem.id,
+                    "prompt": self.prompts[i],
+                    "reference": problem.reference,
+                    "responses": texts[i * k : (i + 1) * k],
+                    "correct": ok,
+                }
+            )
         n = max(1, len(self.problems))
         summary = {"accuracy": n_right / (n * k), f"pass@{k}": n_any / n}
         if teacher is not None and self.kl_prompts > 0:
@@ -96,8 +103,12 @@ class Evaluator:
                         correct[i] = bool(ok)
             except (BrokenProcessPool, OSError) as err:
                 # e.g. a script without `if __name__ == "__main__":`, which spawned workers re-run
-                log.warning("grading %d answers on threads instead of worker processes (%s); "
-                            "math-verify's timeouts are off there", len(in_processes), type(err).__name__)
+                log.warning(
+                    "grading %d answers on threads instead of worker processes (%s); "
+                    "math-verify's timeouts are off there",
+                    len(in_processes),
+                    type(err).__name__,
+                )
                 in_processes = []
         on_threads = sorted(set(range(len(pairs))) - set(in_processes))
         with ThreadPoolExecutor(self.grade_workers) as pool:  # code graders run subprocesses
@@ -110,8 +121,15 @@ class Evaluator:
         greedy = self.temperature == 0
         batches = range(0, len(self.prompts), self.batch_size)
         for start in tqdm(batches, desc=f"eval {self.name}", disable=not self.progress, leave=False):
-            r = generate(model, self.tokenizer, self.prompts[start:start + self.batch_size], n=self.samples,
-                         temperature=self.temperature or 1.0, max_new_tokens=self.max_new_tokens, greedy=greedy)
+            r = generate(
+                model,
+                self.tokenizer,
+                self.prompts[start : start + self.batch_size],
+                n=self.samples,
+                temperature=self.temperature or 1.0,
+                max_new_tokens=self.max_new_tokens,
+                greedy=greedy,
+            )
             out.extend(r.texts)
         return out
 
@@ -120,11 +138,17 @@ class Evaluator:
         total, count = 0.0, 0
         prompts = self.prompts[: self.kl_prompts]
         for start in range(0, len(prompts), self.batch_size):
-            r = generate(model, self.tokenizer, prompts[start:start + self.batch_size], n=1,
-                         temperature=temperature, max_new_tokens=self.max_new_tokens)
+            r = generate(
+                model,
+                self.tokenizer,
+                prompts[start : start + self.batch_size],
+                n=1,
+                temperature=temperature,
+                max_new_tokens=self.max_new_tokens,
+            )
             seen = None
             if self.teacher_format is not None:  # the teacher reads each prompt in its own format
-                batch = self.problems[start:start + len(r.texts)]
+                batch = self.problems[start : start + len(r.texts)]
                 seen = teacher_view(r, [self.teacher_format(p) for p in batch], self.teacher_tokenizer)
             kl_sum, tokens = rollout_reverse_kl(model, teacher, r, self.vocab_size, teacher_rollout=seen)
             total += kl_sum

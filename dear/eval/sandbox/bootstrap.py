@@ -20,10 +20,12 @@ CFG = json.loads(sys.stdin.buffer.read())
 STATUS_FD = CFG["status_fd"]
 TOKEN_FD = CFG["token_fd"]
 LIBC = ctypes.CDLL(None, use_errno=True)
-for name, argtypes in (("mount", [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]),
-                       ("umount2", [ctypes.c_char_p, ctypes.c_int]),
-                       ("unshare", [ctypes.c_int]),
-                       ("prctl", [ctypes.c_int] + [ctypes.c_ulong] * 4)):
+for name, argtypes in (
+    ("mount", [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]),
+    ("umount2", [ctypes.c_char_p, ctypes.c_int]),
+    ("unshare", [ctypes.c_int]),
+    ("prctl", [ctypes.c_int] + [ctypes.c_ulong] * 4),
+):
     if hasattr(LIBC, name):  # Linux-only calls; the fallback copes without them
         getattr(LIBC, name).argtypes = argtypes
 
@@ -89,8 +91,11 @@ def check_cgroup():
         return
     with open("/proc/self/cgroup") as f:
         ours = [line.rstrip("\n").split(":", 2) for line in f]
-    joined = [path.endswith("/" + name) for _, names, path in ours if set(names.split(",")) & set(controllers)
-              or (names == "" and controllers == [""])]
+    joined = [
+        path.endswith("/" + name)
+        for _, names, path in ours
+        if set(names.split(",")) & set(controllers) or (names == "" and controllers == [""])
+    ]
     if not joined or not all(joined):
         raise OSError("not in the sandbox's cgroup %s" % name)
 
@@ -183,8 +188,12 @@ def build_root():
     os.symlink("pts/ptmx", dev + "/ptmx")
     os.makedirs(dev + "/shm")
     mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16m,mode=1777")
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, dev + "/" + name)
     os.makedirs(inside("/proc"))
     mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -269,13 +278,23 @@ def launch(isolated):
     go_r, go_w = os.pipe()
     checker_fds = [job_r, requests_w, replies_r, TOKEN_FD, ready_w]
     # Both start without site (-S), which they load only for code that imports beyond the stdlib.
-    checker = spawn([python, "-I", "-B", "-S", drivers + "/checker.py"] + [str(fd) for fd in checker_fds],
-                    checker_fds, isolated, False)
+    checker = spawn(
+        [python, "-I", "-B", "-S", drivers + "/checker.py"] + [str(fd) for fd in checker_fds],
+        checker_fds,
+        isolated,
+        False,
+    )
     # Both interpreters start at once, but the candidate's driver runs none of the program's code
     # until the checker has made itself undumpable and said so ("go").
     candidate_fds = [requests_r, replies_w, go_r]
-    candidate = spawn([python, "-B", "-s", "-S", drivers + "/candidate.py"] + [str(fd) for fd in candidate_fds]
-                      + [program, job["kind"]], candidate_fds, isolated, True)
+    candidate = spawn(
+        [python, "-B", "-s", "-S", drivers + "/candidate.py"]
+        + [str(fd) for fd in candidate_fds]
+        + [program, job["kind"]],
+        candidate_fds,
+        isolated,
+        True,
+    )
     for fd in (job_r, ready_w, go_r, TOKEN_FD, requests_r, requests_w, replies_r, replies_w):
         os.close(fd)
     try:
@@ -374,7 +393,7 @@ def supervise_plain():
     kill_children()
     while True:
         for pid in children():
-            with_suppress(lambda: os.kill(pid, signal.SIGKILL))
+            with_suppress(lambda: os.kill(pid, signal.SIGKILL))  # noqa: B023 (called at once)
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:
@@ -389,8 +408,8 @@ STOP = {"requested": False, "children": []}
 
 def kill_children():
     for child in STOP["children"]:
-        with_suppress(lambda: os.killpg(child, signal.SIGKILL))
-        with_suppress(lambda: os.kill(child, signal.SIGKILL))
+        with_suppress(lambda: os.killpg(child, signal.SIGKILL))  # noqa: B023 (called at once)
+        with_suppress(lambda: os.kill(child, signal.SIGKILL))  # noqa: B023
 
 
 def on_sigterm(*_):

@@ -14,7 +14,6 @@ MAX_LINE = 256 << 20  # bytes of one message; more is a protocol error
 MAX_ITEMS = 1_000_000  # items taken from an iterator the candidate returns
 
 
-
 def load_site_if_needed(*sources: str) -> None:
     """Process site-packages (slow: ~30 ms) only when the code imports something outside the stdlib.
 
