@@ -17,7 +17,7 @@ import torch
 from dear import objective
 from dear.rollout import generate
 from dear.schema import LossConfig, MethodConfig
-from dear.step import forward_pair, step_signals
+from dear.step import select_step
 
 COLOURS = {"decision": "#f4a261", "evidence": "#2a9d8f", "selected": "#8ecae6", "other": "#f1f1f1"}
 
@@ -94,18 +94,17 @@ def selection_page(
         rollout = generate(student, tokenizer, prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens).to(
             device
         )
-    layer = method.hidden_layer if method.selector == "dear" else None
-    fwd = forward_pair(student, teacher, rollout, hidden_layer=layer, grad=False)
-    mask = rollout.target_mask
-    signals = step_signals(fwd, rollout, method, loss, vocab_size)
-    selection = objective.select_tokens(
+    _, signals, selection = select_step(
+        student,
+        teacher,
+        rollout,
         method,
-        entropy=signals.entropy,
-        divergence=signals.divergence,
-        hidden=fwd.hidden,
-        mask=mask,
+        loss,
+        vocab_size=vocab_size,
         generator=torch.Generator().manual_seed(seed),
+        grad=False,
     )
+    mask = rollout.target_mask
     rows = []
     for i, row_groups in enumerate(groups(selection, mask)):
         positions = mask[i].nonzero().flatten().tolist()

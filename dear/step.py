@@ -81,6 +81,42 @@ def step_signals(
     )
 
 
+def select_step(
+    student,
+    teacher,
+    rollout: Rollout,
+    method: MethodConfig,
+    loss: LossConfig,
+    *,
+    vocab_size: int | None,
+    generator: torch.Generator | None = None,
+    teacher_rollout: Rollout | None = None,
+    grad: bool = True,
+) -> tuple[Forward, objective.Signals, objective.Selection]:
+    """The step up to the loss: forward both models, compute the token signals, run the method's selection.
+
+    ``grad=False`` keeps the student's forward out of autograd (for pictures of what a method selects).
+    """
+    fwd = forward_pair(
+        student,
+        teacher,
+        rollout,
+        hidden_layer=method.hidden_layer if method.selector == "dear" else None,
+        grad=grad,
+        teacher_rollout=teacher_rollout,
+    )
+    signals = step_signals(fwd, rollout, method, loss, vocab_size)
+    selection = objective.select_tokens(
+        method,
+        entropy=signals.entropy,
+        divergence=signals.divergence,
+        hidden=fwd.hidden,
+        mask=rollout.target_mask,
+        generator=generator,
+    )
+    return fwd, signals, selection
+
+
 def distill_step(
     student,
     teacher,
@@ -98,23 +134,17 @@ def distill_step(
     are logged (``train/...``): the selection diagnostics of `objective.selection_stats`, the loss and
     the mean response length.
     """
-    fwd = forward_pair(
+    fwd, signals, selection = select_step(
         student,
         teacher,
         rollout,
-        hidden_layer=method.hidden_layer if method.selector == "dear" else None,
+        method,
+        loss,
+        vocab_size=vocab_size,
+        generator=generator,
         teacher_rollout=teacher_rollout,
     )
     mask, targets = rollout.target_mask, rollout.input_ids[:, 1:]
-    signals = step_signals(fwd, rollout, method, loss, vocab_size)
-    selection = objective.select_tokens(
-        method,
-        entropy=signals.entropy,
-        divergence=signals.divergence,
-        hidden=fwd.hidden,
-        mask=mask,
-        generator=generator,
-    )
     value, loss_stats = objective.distill_loss(
         fwd.student_logits,
         fwd.teacher_logits,
