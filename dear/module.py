@@ -292,7 +292,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def run_means(module: DistillModule) -> dict[str, float | None]:
-    """metrics.json's run averages: the paper's gradient-mass coverage (DESIGN §2) and the kept share."""
+    """metrics.json's run averages: the gradient-mass coverage and the kept share (README.md "The objective")."""
     return {
         name: (module.run_sums[key][0] / module.run_sums[key][1] if module.run_sums[key][1] else None)
         for key, name in RUN_MEANS.items()

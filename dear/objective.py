@@ -1,6 +1,6 @@
 """The DEAR objective: token signals, token selection and the weighted distillation loss.
 
-This module is DESIGN.md §2 written as tensor functions, and reads top to bottom like it:
+This module is README.md "The objective" written as tensor functions, and reads top to bottom like it:
 
 1. Signals, no grad (`token_entropy`, `token_divergence`, `token_signals`): entropy ``H_t``
    of ``p = softmax(z_s/τ)``, divergence ``D_t`` to ``q = softmax(z_t/τ)``, argmaxes.
@@ -772,7 +772,7 @@ def select_tokens(
     mask: Tensor,
     generator: torch.Generator | None = None,
 ) -> Selection:
-    """Run a method's selection (DESIGN §2 table, ``method.selector``) and return per-token weights.
+    """Run a method's selection (README.md "The objective", ``method.selector``) and return per-token weights.
 
     selector ``all``: every response token, weight 1 (OPD); ``entropy``: decisions only, weight 1;
     ``tip``: `select_tip`; ``random``: `select_random`; ``dear``: decisions, then evidence scored by

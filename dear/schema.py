@@ -317,7 +317,7 @@ class ModelPreset(Schema):
 
 @dataclass(frozen=True)
 class MethodConfig(Schema):
-    """A method (conf/method/): which tokens carry the loss (DESIGN §2) and the signal D_t it uses.
+    """A method (conf/method/): which tokens carry the loss (README.md "The objective") and the signal D_t it uses.
 
     name: the method's name in tables; divergence: the signal D_t (reverse_kl | forward_kl | jsd |
     logratio); selector: which selection runs, ``all`` (every response token), ``entropy``

@@ -124,7 +124,9 @@ def train(cfg, run_dir: Path) -> dict:
             "accuracy_auc": accuracy_auc(module.history),
             "curve": module.history,
             "mean_step_time_s": sum(module.step_seconds) / max(1, len(module.step_seconds)),
-            **run_means(module),  # grad_mass_coverage (DESIGN §2) and kept_share, averaged over the steps
+            **run_means(
+                module
+            ),  # grad_mass_coverage (README.md "The objective") and kept_share, averaged over the steps
             # HTML pages of what the method selects at the start and the end (dear/picture.py)
             "selection_pages": module.pictures,
             "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (dear/module.py)

@@ -3,7 +3,7 @@
 The only real model available offline is the packaged SmolLM2-135M-Instruct (``dear/packaged.py``).
 Its teacher is made from it: supervised fine-tuning on a reasoning-gym task, each example a
 problem in the same chat-formatted prompt the benchmark uses, with the bare ``\\boxed{answer}``
-(and the end-of-turn token) as the target. A throwaway probe (DESIGN §4) took greedy held-out
+(and the end-of-turn token) as the target. A throwaway probe took greedy held-out
 accuracy on ``chain_sum`` with 2-3 one-digit terms from 0.10 to 0.64 in 75 such steps at
 AdamW lr 1e-4: a teacher far above its student within minutes on 2 cores.
 
