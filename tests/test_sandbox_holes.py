@@ -465,3 +465,14 @@ def test_the_sandbox_has_its_own_cgroup_and_ipc_limits() -> None:
     assert result.passed and "dear-sandbox-" in result.stdout, result
     for key in ("shmmni", "shmmax", "shmall"):
         assert f"{key} {code.IPC_LIMITS[key]}\n" in result.stdout
+
+
+@needs_full_isolation
+def test_a_python_installation_under_tmp_still_isolates(tmp_path, monkeypatch):
+    """A checkout (and its .venv) under /tmp: the sandbox's root gets /tmp both as a mount point and a parent."""
+    assert str(tmp_path).startswith("/tmp/"), "pytest's tmp_path is expected under /tmp here"
+    (tmp_path / "lib").mkdir()
+    binds = code._binds
+    monkeypatch.setattr(code, "_binds", lambda: [*binds(), ("dir", str(tmp_path / "lib"), "")])
+    result = run_program("print('ran')\n")
+    assert result.passed and result.stdout.strip() == "ran", result

@@ -197,7 +197,7 @@ def build_root():
         os.symlink(target, dev + "/" + name)
     os.makedirs(inside("/proc"))
     mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(inside("/tmp"))
+    os.makedirs(inside("/tmp"), exist_ok=True)  # already there when the Python installation lives under /tmp
     os.chdir(root)
     check(LIBC.syscall(SYS_PIVOT_ROOT[os.uname().machine], b".", b"."), "pivot_root")
     check(LIBC.umount2(b".", MNT_DETACH), "umount the host's root")
