@@ -72,8 +72,6 @@ _FLAGS_WITH_VALUE = {
     "--config-dir",
     "-cd",
     "--experimental-rerun",
-    "--info",
-    "-i",
 }
 _FLAGS_NOTHING_RUNS = {
     "--help",

@@ -60,7 +60,13 @@ def train(cfg, run_dir: Path) -> dict:
 
     log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
     data = prompt_loader(
-        s.data, s.toy_task, student.tokenizer, chat_template=student.chat_template, batch_size=s.batch_size, seed=s.seed
+        s.data,
+        s.toy_task,
+        student.tokenizer,
+        chat_template=student.chat_template,
+        batch_size=s.batch_size,
+        seed=s.seed,
+        problems=train_problems,  # loaded once, before the models
     )
     evaluator = build_evaluator(
         s, student, problems, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts, teacher=teacher

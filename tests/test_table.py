@@ -167,6 +167,19 @@ def test_bad_grid_files_are_one_line(tmp_path, capsys):
     assert "baseline must name a row of the table" in capsys.readouterr().err
 
 
+PAPER_BENCHMARKS = (
+    "math500",
+    "minerva",
+    "amc23",
+    "olympiadbench",
+    "aime24",
+    "aime25",
+    "mbpp-plus",
+    "humaneval",
+    "apps",
+)
+
+
 def test_the_paper_grid_as_a_dry_run(capsys):
     main(["--run", str(ROOT / "conf" / "table" / "paper.yaml"), "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
@@ -174,29 +187,9 @@ def test_the_paper_grid_as_a_dry_run(capsys):
     assert len(runs) == 3 * 4 * 9 and lines[-1].startswith("108 runs")
     for pair in ("qwen-1.5b-14b", "qwen-1.5b-qwen3-4b", "qwen3-1.7b-4b"):
         for method in ("offline_kd", "opd", "entropy", "dear"):
-            for bench in (
-                "math500",
-                "minerva",
-                "amc23",
-                "olympiadbench",
-                "aime24",
-                "aime25",
-                "mbpp-plus",
-                "humaneval",
-                "apps",
-            ):
+            for bench in PAPER_BENCHMARKS:
                 assert sum(f"experiment={pair} method={method} benchmark={bench} seed=0" in r for r in runs) == 1
-    for bench in (
-        "math500",
-        "minerva",
-        "amc23",
-        "olympiadbench",
-        "aime24",
-        "aime25",
-        "mbpp-plus",
-        "humaneval",
-        "apps",
-    ):  # every benchmark is a preset
+    for bench in PAPER_BENCHMARKS:  # every benchmark is a preset
         assert (ROOT / "conf" / "benchmark" / f"{bench}.yaml").is_file()
 
 

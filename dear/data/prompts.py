@@ -61,14 +61,22 @@ def training_problems(data_cfg: DataConfig, seed: int) -> list:
 
 
 def prompt_loader(
-    data_cfg: DataConfig, toy_task: ToyTaskConfig, tokenizer, *, chat_template: bool, batch_size: int, seed: int
+    data_cfg: DataConfig,
+    toy_task: ToyTaskConfig,
+    tokenizer,
+    *,
+    chat_template: bool,
+    batch_size: int,
+    seed: int,
+    problems: list | None = None,
 ) -> DataLoader:
+    """The endless, seeded prompt stream; ``problems``: the data preset's problems if already loaded."""
     if data_cfg.name == "toy":
         task = ToyTask(toy_task)
         make_draw = lambda: lambda rng: prompt_text(task.sample_train(rng))  # noqa: E731
     else:
         from dear.data.benchmarks import format_prompt
 
-        problems = training_problems(data_cfg, seed)
+        problems = problems if problems is not None else training_problems(data_cfg, seed)
         make_draw = cycle_draw([format_prompt(p, tokenizer, chat_template=chat_template) for p in problems])
     return DataLoader(PromptStream(make_draw, seed), batch_size=batch_size, collate_fn=list)
