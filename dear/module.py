@@ -88,7 +88,12 @@ class DistillModule(L.LightningModule):
         self.stop_reason: str | None = None  # set when a guard or a signal stops the run early
         self._nonfinite: str | None = None  # what was not finite in the current step
         self._resume_rng: dict | None = None
+        # The check runs on the teacher's logits and on its final hidden states (step.logits=chunked makes no logits).
         teacher.register_forward_hook(self._check_teacher_logits)
+        if callable(getattr(teacher, "get_decoder", None)) and teacher.get_decoder() is not teacher:
+            teacher.get_decoder().register_forward_hook(self._check_teacher_logits)
+        # Optimisation is manual: a step runs its micro-batches' backward passes itself (dear.step.distill_step).
+        self.automatic_optimization = False
 
     @property
     def teacher(self):
@@ -115,6 +120,8 @@ class DistillModule(L.LightningModule):
             offset=self.prompts_seen - len(prompts),
         ).to(self.device)
         seen = self.teacher_prompts.view(rollout, prompts, r.n) if self.teacher_prompts else None
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
         loss, stats = distill_step(
             self.student,
             self.teacher,
@@ -124,6 +131,8 @@ class DistillModule(L.LightningModule):
             vocab_size=self.vocab_size,
             generator=self.generator,
             teacher_rollout=seen,
+            step=self.cfg.step,
+            backward=self.manual_backward,
         )
         self.log_dict(stats, on_step=True, prog_bar=False, batch_size=len(prompts))
         if "train/reverse_kl" in stats:  # absent when it is not finite (a step the guards will skip)
@@ -132,24 +141,35 @@ class DistillModule(L.LightningModule):
         for key in RUN_MEANS:
             if key in stats:  # absent when not finite
                 self.run_sums[key] = [self.run_sums[key][0] + stats[key], self.run_sums[key][1] + 1]
-        if self._nonfinite is None and not torch.isfinite(loss.detach()):
+        if self._nonfinite is None and not torch.isfinite(loss):
             self._nonfinite = "loss"
+        optimizer.step()  # on_before_optimizer_step: the guards, then clipping
+        self.lr_schedulers().step()
         return loss
 
     # --- non-finite guards ----------------------------------------------------------------
     def _check_teacher_logits(self, _teacher, _inputs, output):
-        """A forward hook on the teacher: flags the step if any teacher logit is NaN or infinite."""
-        if not torch.isfinite(getattr(output, "logits", output)).all():
+        """A forward hook on the teacher (and its decoder): flags the step if any teacher logit (or final
+        hidden state) is NaN or infinite."""
+        values = getattr(output, "logits", None)
+        if values is None:
+            values = getattr(output, "last_hidden_state", output)
+        if not torch.isfinite(values).all():
             self._nonfinite = self._nonfinite or "teacher logits"
 
     def on_before_optimizer_step(self, optimizer):
         """Skip the update (every gradient dropped: AdamW leaves weights and moments as they are) if
-        anything in this step was not finite; the scheduler and the step count go on."""
+        anything in this step was not finite; the scheduler and the step count go on. Otherwise clip
+        the gradient's norm to ``optim.grad_clip`` (0: no clipping)."""
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
         if self._nonfinite is None and grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
             self._nonfinite = "gradient"
         if self._nonfinite is None:
             self.skipped_in_a_row = 0
+            if self.cfg.optim.grad_clip:
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=self.cfg.optim.grad_clip, gradient_clip_algorithm="norm"
+                )
         else:
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1

@@ -24,7 +24,9 @@ Conventions shared by every function:
   ``2**24 // V`` positions (110 at V = 151936: 64 MiB per buffer, ~340 MiB in all);
   ``chunk_size`` overrides it. bf16/fp16 inputs are upcast per chunk. The loss keeps only
   per-position scalars and recomputes each chunk's softmax in backward; only positions with
-  a nonzero weight are computed at all.
+  a nonzero weight are computed at all. Wherever logits are taken, `HeadLogits` (final hidden
+  states and the LM head's weight) may stand in: each chunk then computes its own rows of logits,
+  so the ``[B, T, V]`` logits and their gradient never exist.
 - ``-inf`` logits are allowed: ``0 · log 0 = 0`` everywhere. A divergence that is infinite
   mathematically (e.g. ``KL(p‖q)`` with ``q_v = 0 < p_v``) is returned as ``inf``.
 - Ties are broken deterministically: among equal scores the lower position index wins
@@ -46,6 +48,7 @@ from torch import Tensor
 from dear.schema import Boost, Divergence, EvidencePool, LossKind, MethodConfig, Normalization
 
 __all__ = [
+    "HeadLogits",
     "Signals",
     "Selection",
     "MethodConfig",
@@ -116,6 +119,49 @@ def _as_3d(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-2], x.shape[-1])
 
 
+@dataclass(frozen=True)
+class HeadLogits:
+    """Logits that never exist whole: ``z[b, t] = hidden[b, t] @ weight[:V]ᵀ``, computed chunk by chunk.
+
+    hidden ``[B, T, H]`` (the final hidden states, after the last norm), weight ``[V, H]`` (the LM head's,
+    without bias). Every function here that takes logits takes this too: a chunk's rows are computed
+    from the hidden states when they are needed and dropped after, so neither ``[B, T, V]`` logits nor
+    their gradient is allocated. In `distill_loss` gradients flow to ``hidden`` and ``weight``.
+    """
+
+    hidden: Tensor
+    weight: Tensor
+
+    def __post_init__(self):
+        if self.hidden.dim() != 3 or self.weight.dim() != 2 or self.hidden.shape[-1] != self.weight.shape[-1]:
+            raise ValueError(
+                f"HeadLogits needs hidden [B, T, H] and weight [V, H], got {tuple(self.hidden.shape)} "
+                f"and {tuple(self.weight.shape)}"
+            )
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.hidden.shape[:-1], self.weight.shape[0]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.promote_types(self.hidden.dtype, self.weight.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    def dim(self) -> int:
+        return 3
+
+    def detach(self) -> HeadLogits:
+        return HeadLogits(self.hidden.detach(), self.weight.detach())
+
+    def rows(self, b: Tensor, t: Tensor, vocab: int) -> Tensor:
+        """``z[b_i, t_i, :V]`` ``[m, V]`` in the head's dtype (one chunk)."""
+        return self.hidden[b, t].to(self.weight.dtype) @ self.weight[:vocab].T
+
+
 def _check_temperature_beta(temperature: float, beta: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -183,11 +229,14 @@ def _chunks(n: int, rows: int):
         yield slice(start, start + rows)
 
 
-def _gather_rows(out: Tensor, logits: Tensor, b: Tensor, t: Tensor, vocab: int) -> Tensor:
-    """``out[i] = logits[b_i, t_i, :V]`` (upcast): one indexing kernel written straight into out.
+def _gather_rows(out: Tensor, logits: Tensor | HeadLogits, b: Tensor, t: Tensor, vocab: int) -> Tensor:
+    """``out[i] = logits[b_i, t_i, :V]`` (upcast): one indexing kernel written straight into out (for
+    `HeadLogits`: the chunk's rows computed from the hidden states).
 
     (``index_select`` per sequence was the obvious alternative; it launches one parallel region per
     row and is ~100x slower on a busy 2-core CPU.) out ``[m, V]``."""
+    if isinstance(logits, HeadLogits):
+        return out.copy_(logits.rows(b, t, vocab))
     src = logits[..., :vocab]  # [B, T, V] view
     if src.dtype == out.dtype:
         return torch.ops.aten.index.Tensor_out(src, [b, t], out=out)
@@ -313,17 +362,37 @@ def _rows_grad(kind: str, r: _Rows, beta: float, value: Tensor, y: Tensor | None
     return g
 
 
+class _Const:
+    """A value autograd does not see (the teacher's logits: no gradient, and inference tensors allowed)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _head_accumulate(grad_h: Tensor, grad_w: Tensor, g: Tensor, head: HeadLogits, b: Tensor, t: Tensor, vocab: int):
+    """Back through ``z = h @ Wᵀ`` for one chunk: ``∂h[b, t] += g @ W[:V]``, ``∂W[:V] += gᵀ @ h[b, t]``."""
+    w = head.weight[:vocab]
+    gw = g.to(w.dtype)
+    grad_h.index_put_((b, t), (gw @ w).to(grad_h.dtype), accumulate=True)
+    grad_w[:vocab].addmm_(g.to(grad_w.dtype).T, head.hidden[b, t].to(grad_w.dtype))
+
+
 class _ChunkedTokenLoss(torch.autograd.Function):
     """Per-position ``ℓ`` at positions ``(b, t)``, chunked, with a recomputing exact backward.
 
-    forward(student [B,T,Vs], teacher [B,T,Vt], b [M], t [M] (row-major), sampled [B,T] | None,
-    kind, τ, β, V*, rows) -> ℓ [M]. Saves the inputs by reference and per-row scalars (the two
-    log-normalisers, ℓ, A); backward recomputes each chunk's log-probs and writes its gradient
-    into one preallocated ``zeros_like(student)``. The teacher gets no gradient.
+    forward(s_a, s_b, teacher, b [M], t [M] (row-major), sampled [B,T] | None, kind, τ, β, V*, rows) -> ℓ [M].
+    The student is ``s_a`` = logits ``[B,T,Vs]`` (``s_b`` None) or ``s_a, s_b`` = the hidden states and
+    the head weight of a `HeadLogits`; the teacher (logits or `HeadLogits`) comes wrapped in `_Const`.
+    Saves the inputs by reference and per-row scalars (the two log-normalisers, ℓ, A); backward
+    recomputes each chunk's log-probs and writes its gradient into ``zeros_like(logits)``, or, for
+    `HeadLogits`, into the hidden states' and the head's gradients, chunk by chunk. The teacher gets no
+    gradient.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, b, t, sampled, kind, temperature, beta, vocab, rows):  # type: ignore[override]
+    def forward(ctx, s_a, s_b, teacher, b, t, sampled, kind, temperature, beta, vocab, rows):  # type: ignore[override]
+        student = s_a if s_b is None else HeadLogits(s_a, s_b)
+        teacher = teacher.value
         dtype = _compute_dtype(student, teacher)
         value, aux, lse_s, lse_t = (torch.zeros(b.numel(), dtype=dtype, device=student.device) for _ in range(4))
         ws = _Workspace(min(rows, b.numel()), vocab, dtype, student.device)
@@ -333,30 +402,51 @@ class _ChunkedTokenLoss(torch.autograd.Function):
             value[sl], a = _rows_value(kind, r, beta, y)
             if a is not None:
                 aux[sl] = a
-        ctx.save_for_backward(student, teacher, b, t, sampled, lse_s, lse_t, value, aux)
+        ctx.save_for_backward(s_a, s_b, b, t, sampled, lse_s, lse_t, value, aux)
+        ctx.teacher = teacher
         ctx.cfg = (kind, temperature, beta, vocab, rows)
         return value
 
     @staticmethod
     def backward(ctx, grad_value):  # type: ignore[override]
-        student, teacher, b, t, sampled, lse_s, lse_t, value, aux = ctx.saved_tensors
+        s_a, s_b, b, t, sampled, lse_s, lse_t, value, aux = ctx.saved_tensors
+        teacher = ctx.teacher
         kind, temperature, beta, vocab, rows = ctx.cfg
-        if not ctx.needs_input_grad[0]:
-            return (None,) * 10
-        grad = torch.zeros_like(student)  # [B, T, Vs]; padding rows and unselected positions stay 0
+        none = (None,) * 9
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return (None, None) + none
+        head = HeadLogits(s_a, s_b) if s_b is not None else None
+        student = head if head is not None else s_a
+        if head is None:
+            grad = torch.zeros_like(s_a)  # [B, T, Vs]; padding rows and unselected positions stay 0
+        else:  # the hidden states' gradient, and the head's (in float32 when the head is half precision)
+            grad_h = torch.zeros_like(s_a)
+            acc = torch.float32 if s_b.dtype in (torch.float16, torch.bfloat16) else s_b.dtype
+            grad_w = torch.zeros(s_b.shape, dtype=acc, device=s_b.device)
         scale = grad_value / temperature  # [M]
         needs_teacher = kind in ("reverse_kl", "forward_kl", "jsd")
         ws = _Workspace(
-            min(rows, b.numel()), vocab, _compute_dtype(student, teacher), student.device, teacher=needs_teacher
+            min(rows, b.numel()), vocab, _compute_dtype(student, teacher), s_a.device, teacher=needs_teacher
         )
         for sl in _chunks(b.numel(), rows):
             r, _, _ = _load(
                 ws, b[sl], t[sl], student, teacher if needs_teacher else None, vocab, temperature, lse_s[sl], lse_t[sl]
             )
             y = sampled[b[sl], t[sl]] if sampled is not None else None
-            g = _rows_grad(kind, r, beta, value[sl], y, aux[sl])  # [m, V]
-            _scatter_rows(grad, g.mul_(scale[sl, None]), b[sl], t[sl], vocab)
-        return (grad,) + (None,) * 9
+            g = _rows_grad(kind, r, beta, value[sl], y, aux[sl]).mul_(scale[sl, None])  # [m, V]
+            if head is None:
+                _scatter_rows(grad, g, b[sl], t[sl], vocab)
+            else:
+                _head_accumulate(grad_h, grad_w, g, head, b[sl], t[sl], vocab)
+        if head is None:
+            return (grad, None) + none
+        return (grad_h, grad_w.to(s_b.dtype)) + none
+
+
+def _token_loss(student, teacher, b, t, y, kind, temperature, beta, vocab, rows) -> Tensor:
+    """`_ChunkedTokenLoss` on logits or `HeadLogits` (student and teacher alike): ℓ [M]."""
+    s_a, s_b = (student.hidden, student.weight) if isinstance(student, HeadLogits) else (student, None)
+    return _ChunkedTokenLoss.apply(s_a, s_b, _Const(teacher), b, t, y, kind, temperature, beta, vocab, rows)
 
 
 def _check_sampled(
@@ -439,7 +529,7 @@ def token_divergence(
     y = _check_sampled(sampled_ids, student_logits.shape[:-1], vocab, kind)
     y = y.reshape(zs.shape[:2]) if y is not None else None
     b, t = _all_positions(zs.shape[:2], zs.device)
-    value = _ChunkedTokenLoss.apply(
+    value = _token_loss(
         zs, zt, b, t, y, _effective_kind(kind, beta), temperature, beta, vocab, _rows_per_chunk(vocab, chunk_size)
     )  # [B'·T']
     return value.reshape(student_logits.shape[:-1])
@@ -847,6 +937,7 @@ def distill_loss(
     beta: float = 0.5,
     vocab_size: int | None = None,
     chunk_size: int | None = None,
+    reduction: str = "mean",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted per-token distillation loss ``L`` (§2 "Loss") with its exact gradient.
 
@@ -856,6 +947,9 @@ def distill_loss(
     reference tokens, the teacher's logits are not used). Reduction by ``normalize``: "selected" ``Σ w ℓ / Σ w``; "all"
     ``Σ w ℓ / Σ mask``; "sequence" the mean over sequences with ≥ 1 response token of
     ``Σ_t w ℓ / T_i``. An empty denominator gives a loss of 0 (with a zero gradient).
+    ``reduction="sum"`` returns the numerator alone (``Σ w ℓ``, or ``Σ_i Σ_t w ℓ / T_i``) and leaves the
+    division to the caller: micro-batches add numerators and denominators over the whole step
+    (``stats["denominator"]``: ``Σ w``, ``Σ mask`` or the number of sequences with a response token).
 
     student_logits ``[B, T, Vs]`` (may require grad), teacher_logits ``[B, T, Vt]`` (treated as
     constant), weights ``[B, T]`` ≥ 0, mask ``[B, T]`` (default ``weights > 0``; weights outside it
@@ -867,6 +961,7 @@ def distill_loss(
     """
     _check_choice("kind", kind, LOSS_KINDS)
     _check_choice("normalize", normalize, NORMALIZATIONS)
+    _check_choice("reduction", reduction, ("mean", "sum"))
     _check_temperature_beta(temperature, beta)
     if (
         student_logits.dim() != 3
@@ -884,7 +979,7 @@ def distill_loss(
     w = weights.float().masked_fill(~mask, 0.0)  # [B, T]
     b, t = (w != 0).nonzero(as_tuple=True)  # [M] positions that need the full-vocabulary pass
     y = _check_sampled(sampled_ids, w.shape, vocab, kind, w != 0)
-    token_loss = _ChunkedTokenLoss.apply(
+    token_loss = _token_loss(
         student_logits,
         teacher_logits,
         b,
@@ -898,17 +993,21 @@ def distill_loss(
     )  # [M]
     weighted = w[b, t] * token_loss  # [M]
     if normalize == "sequence":
-        per_seq = torch.zeros(w.shape[0], device=w.device).index_add(0, b, weighted)  # [B]
+        per_seq = torch.zeros(w.shape[0], dtype=weighted.dtype, device=w.device).index_add(0, b, weighted)  # [B]
         lengths = mask.sum(-1)
         has = lengths > 0
-        per_seq = per_seq[has] / lengths[has]
-        loss = per_seq.sum() / has.sum().clamp_min(1)
+        numerator, denom = (per_seq[has] / lengths[has]).sum(), has.sum()
     else:
+        numerator = weighted.sum()
         denom = w.sum() if normalize == "selected" else mask.sum().float()
-        loss = weighted.sum() / denom if bool(denom > 0) else weighted.sum() * 0.0
+    if reduction == "sum":
+        loss = numerator
+    else:
+        loss = numerator / denom if bool(denom > 0) else numerator * 0.0
     n_sel = torch.tensor(float(b.numel()), device=w.device)
     stats = {
         "loss": loss.detach(),
+        "denominator": denom.detach().float(),
         "selected_frac": n_sel / mask.sum().clamp_min(1),
         "weight_sum": w.sum(),
         "n_selected": n_sel,

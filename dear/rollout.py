@@ -31,6 +31,17 @@ class Rollout:
         """[B, L-1] bool: True where logits[:, t] predict a response token input_ids[:, t+1]."""
         return self.response_mask[:, 1:]
 
+    def rows(self, sl: slice) -> Rollout:
+        """The rollouts ``sl`` of the batch (a micro-batch), at the batch's full width."""
+        return Rollout(
+            self.input_ids[sl],
+            self.attention_mask[sl],
+            self.position_ids[sl],
+            self.response_mask[sl],
+            self.prompt_width,
+            self.texts[sl],
+        )
+
     def to(self, device) -> Rollout:
         return Rollout(
             self.input_ids.to(device),

@@ -488,6 +488,15 @@ class RolloutConfig(Schema):
 
 
 @dataclass(frozen=True)
+class StepConfig(Schema):
+    """How a training step is computed, not what: every setting here leaves the step's gradient the same."""
+
+    micro_batch_size: PositiveInt | None  # rollouts per forward and backward; None = all of a step's at once
+    logits: Literal["full", "chunked"]  # full: the models' [B, L, V] logits; chunked: rows from hidden states
+    gradient_checkpointing: bool  # recompute the student's activations in backward (less memory, more time)
+
+
+@dataclass(frozen=True)
 class OptimConfig(Schema):
     lr: Positive
     warmup_steps: Count
@@ -550,6 +559,7 @@ class TrainConfig(Schema):
     logger: LoggerConfig
     toy_task: ToyTaskConfig
     rollout: RolloutConfig
+    step: StepConfig
     optim: OptimConfig
     loss: LossConfig
     eval: EvalSettings
@@ -568,6 +578,16 @@ class TrainConfig(Schema):
             raise ConfigError(
                 f"method={self.method.name} trains on reference solutions, which only data=toy has "
                 f"(its worked solutions); got data={self.data.name}"
+            )
+        rollouts = self.batch_size * self.rollout.n
+        across = "method.scope=batch" if self.method.scope == "batch" else None
+        if self.method.selector == "tip":  # min-max over the batch's tokens
+            across = f"method={self.method.name} (min-max over the batch)"
+        if across and (self.step.micro_batch_size or rollouts) < rollouts:
+            raise ConfigError(
+                f"{across} ranks tokens across all {rollouts} rollouts of a step, but "
+                f"step.micro_batch_size={self.step.micro_batch_size} splits them; use step.micro_batch_size=null"
+                + (" or method.scope=sequence" if self.method.scope == "batch" else "")
             )
         if self.ckpt_path and not Path(self.ckpt_path).expanduser().is_file():
             raise ConfigError(f"ckpt_path={self.ckpt_path} does not exist; give a run's checkpoints/last.ckpt")

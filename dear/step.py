@@ -8,6 +8,7 @@ them, so there is one forward pass and one step to read and to test.
             ──token_signals──> H_t, D_t, true KL, argmaxes          (dear/objective.py)
             ──select_tokens──> per-token weights w_t                  (method)
             ──distill_loss───> L = Σ w_t ℓ_t / normaliser            (loss)
+            ──backward───────> the student's .grad                   (per micro-batch: step.micro_batch_size)
 
 Alignment: the logits at column ``t`` predict token ``input_ids[:, t+1]``, so every tensor here is
 ``[B, L-1, ...]`` and the response mask is ``rollout.target_mask``.
@@ -16,7 +17,9 @@ Alignment: the logits at column ``t`` predict token ``input_ids[:, t+1]``, so ev
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,18 +28,39 @@ from torch import Tensor
 from dear import objective
 from dear.bridge import align_to_student
 from dear.rollout import Rollout
-from dear.schema import LossConfig, MethodConfig
+from dear.schema import LossConfig, MethodConfig, StepConfig
 
 
 @dataclass
 class Forward:
-    student_logits: Tensor  # [B, L-1, Vs]: column t predicts input_ids[:, t+1]; carries grad if asked
-    teacher_logits: Tensor  # [B, L-1, Vt], no grad
+    # [B, L-1, Vs] (or the same as `objective.HeadLogits`): column t predicts input_ids[:, t+1]; grad if asked
+    student_logits: Tensor | objective.HeadLogits
+    teacher_logits: Tensor | objective.HeadLogits  # [B, L-1, Vt], no grad
     hidden: Tensor | None  # [B, L-1, H] detached student hidden states at the asked layer, or None
 
 
 def _inputs(rollout: Rollout) -> dict[str, Tensor]:
     return dict(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=rollout.position_ids)
+
+
+def lm_head(model) -> Tensor:
+    """The LM head's weight ``[V, H]`` of a model whose logits are ``final hidden state @ Wᵀ`` (no bias)."""
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "bias", None) is not None:
+        raise ValueError(
+            f"step.logits=chunked needs a bias-free linear LM head; {type(model).__name__} has "
+            f"{type(head).__name__}; use step.logits=full"
+        )
+    return head.weight
+
+
+def _run(model, rollout: Rollout, logits: str, hidden_states: bool):
+    """One forward: ``(logits [B, L-1, V] or HeadLogits, hidden states tuple or None)``."""
+    if logits == "full":
+        out = model(**_inputs(rollout), output_hidden_states=hidden_states)
+        return out.logits[:, :-1], out.hidden_states
+    out = model.get_decoder()(**_inputs(rollout), output_hidden_states=hidden_states)
+    return objective.HeadLogits(out.last_hidden_state[:, :-1], lm_head(model)), out.hidden_states
 
 
 def forward_pair(
@@ -47,22 +71,30 @@ def forward_pair(
     hidden_layer: int | None = None,
     grad: bool = True,
     teacher_rollout: Rollout | None = None,
+    logits: str = "full",
 ) -> Forward:
     """Run student and teacher over the same response tokens (same attention mask and position ids).
 
     ``hidden_layer``: index into the student's hidden states (-1: the last layer's output, which the
     LM head reads); None skips them. ``grad=False`` runs the student without autograd too.
     ``teacher_rollout``: the same responses after the teacher's own prompt (`dear.bridge.teacher_view`);
-    its logits are moved back to the student's columns.
+    its logits are moved back to the student's columns. ``logits="chunked"``: both models stop at their
+    final hidden states and return `objective.HeadLogits`, so no ``[B, L, V]`` tensor is made; the
+    teacher runs under ``inference_mode``.
     """
     with contextlib.nullcontext() if grad else torch.no_grad():
-        out = student(**_inputs(rollout), output_hidden_states=hidden_layer is not None)
-    with torch.no_grad():
-        t_logits = teacher(**_inputs(teacher_rollout or rollout)).logits[:, :-1]
+        s_logits, s_hidden = _run(student, rollout, logits, hidden_layer is not None)
+    with torch.no_grad() if logits == "full" else torch.inference_mode():
+        t_logits, _ = _run(teacher, teacher_rollout or rollout, logits, False)
     if teacher_rollout is not None:
-        t_logits = align_to_student(t_logits, rollout, teacher_rollout)
-    hidden = out.hidden_states[hidden_layer][:, :-1].detach() if hidden_layer is not None else None
-    return Forward(out.logits[:, :-1], t_logits, hidden)
+        if logits == "full":
+            t_logits = align_to_student(t_logits, rollout, teacher_rollout)
+        else:
+            t_logits = objective.HeadLogits(
+                align_to_student(t_logits.hidden, rollout, teacher_rollout), t_logits.weight
+            )
+    hidden = s_hidden[hidden_layer][:, :-1].detach() if hidden_layer is not None else None
+    return Forward(s_logits, t_logits, hidden)
 
 
 def step_signals(
@@ -92,6 +124,7 @@ def select_step(
     generator: torch.Generator | None = None,
     teacher_rollout: Rollout | None = None,
     grad: bool = True,
+    logits: str = "full",
 ) -> tuple[Forward, objective.Signals, objective.Selection]:
     """The step up to the loss: forward both models, compute the token signals, run the method's selection.
 
@@ -104,6 +137,7 @@ def select_step(
         hidden_layer=method.hidden_layer if method.selector == "dear" else None,
         grad=grad,
         teacher_rollout=teacher_rollout,
+        logits=logits,
     )
     signals = step_signals(fwd, rollout, method, loss, vocab_size)
     selection = objective.select_tokens(
@@ -117,6 +151,21 @@ def select_step(
     return fwd, signals, selection
 
 
+def _cat(items: list):
+    """Dataclasses of ``[b, T]`` tensors (Signals, Selection) joined along the batch."""
+    fields = dataclasses.fields(items[0])
+    return type(items[0])(
+        **{
+            f.name: None if getattr(items[0], f.name) is None else torch.cat([getattr(x, f.name) for x in items])
+            for f in fields
+        }
+    )
+
+
+def _backward(tensor: Tensor) -> None:
+    tensor.backward()
+
+
 def distill_step(
     student,
     teacher,
@@ -127,42 +176,73 @@ def distill_step(
     vocab_size: int | None,
     generator: torch.Generator | None = None,
     teacher_rollout: Rollout | None = None,
+    step: StepConfig | None = None,
+    backward: Callable[[Tensor], None] = _backward,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Forward both models, select the tokens that count, and return the weighted loss and step stats.
+    """One step's forward and backward: select the tokens that count, and accumulate the weighted loss's
+    gradient in the student's ``.grad``. Returns the loss (detached) and the step stats.
 
-    The loss carries the student's graph (call ``backward`` on it); stats are floats named as they
-    are logged (``train/...``): the selection diagnostics of `objective.selection_stats`, the loss and
-    the mean response length.
+    ``step.micro_batch_size`` rollouts at a time go through forward, signals, selection and ``backward``
+    (the module passes Lightning's ``manual_backward``), so only one micro-batch's graph is alive.
+    Selection is per sequence (``method.scope=batch`` is refused with micro-batches), so it does not
+    depend on the split. The loss's denominator is the whole step's (``Σ w``, ``Σ mask`` or the number of
+    sequences): each micro-batch's numerator is backpropagated and the summed gradient is divided once
+    at the end, so the gradient is the one-shot step's. With one micro-batch, the loss itself is
+    backpropagated. Stats are floats named as they are logged (``train/...``): the selection diagnostics
+    of `objective.selection_stats` over the whole step, the loss and the mean response length.
     """
-    fwd, signals, selection = select_step(
-        student,
-        teacher,
-        rollout,
-        method,
-        loss,
-        vocab_size=vocab_size,
-        generator=generator,
-        teacher_rollout=teacher_rollout,
-    )
-    mask, targets = rollout.target_mask, rollout.input_ids[:, 1:]
-    value, loss_stats = objective.distill_loss(
-        fwd.student_logits,
-        fwd.teacher_logits,
-        selection.weights,
-        kind=loss.kind,
-        sampled_ids=targets,
-        mask=mask,
-        normalize=loss.normalize,
-        temperature=loss.temperature,
-        beta=loss.beta,
-        vocab_size=vocab_size,
-    )
-    stats = {
-        f"train/{k}": v for k, v in objective.selection_stats(selection, signals, mask).items() if not math.isnan(v)
-    }
-    stats["train/loss"] = float(loss_stats["loss"])
+    size = rollout.input_ids.shape[0]
+    per = min((step.micro_batch_size if step else None) or size, size)
+    logits = step.logits if step else "full"
+    whole = per == size
+    numerator, denominator, signals, selections = 0.0, 0.0, [], []
+    for start in range(0, size, per):
+        sl = slice(start, start + per)
+        part = rollout.rows(sl)
+        fwd, sig, selection = select_step(
+            student,
+            teacher,
+            part,
+            method,
+            loss,
+            vocab_size=vocab_size,
+            generator=generator,
+            teacher_rollout=teacher_rollout.rows(sl) if teacher_rollout is not None else None,
+            logits=logits,
+        )
+        value, loss_stats = objective.distill_loss(
+            fwd.student_logits,
+            fwd.teacher_logits,
+            selection.weights,
+            kind=loss.kind,
+            sampled_ids=part.input_ids[:, 1:],
+            mask=part.target_mask,
+            normalize=loss.normalize,
+            temperature=loss.temperature,
+            beta=loss.beta,
+            vocab_size=vocab_size,
+            reduction="mean" if whole else "sum",
+        )
+        backward(value)
+        del fwd
+        numerator = numerator + value.detach()
+        denominator = denominator + loss_stats["denominator"]
+        signals.append(sig)
+        selections.append(selection)
+    if whole:
+        total = numerator
+    else:  # Σ numerators' gradients / the step's denominator (0 when nothing was selected)
+        factor = 1.0 / float(denominator) if float(denominator) > 0 else 0.0
+        for p in student.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        total = numerator * factor
+    mask = rollout.target_mask
+    selection_stats = objective.selection_stats(_cat(selections), _cat(signals), mask)
+    stats = {f"train/{k}": v for k, v in selection_stats.items() if not math.isnan(v)}
+    stats["train/loss"] = float(total)
     stats["train/response_tokens"] = float(mask.sum()) / mask.shape[0]
-    return value, stats
+    return total, stats
 
 
 def rollout_reverse_kl(

@@ -57,6 +57,8 @@ def train(cfg, run_dir: Path) -> dict:
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
     teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
     vocab_size = check_compatible(student, teacher)
+    if s.step.gradient_checkpointing:  # activations recomputed in backward: less memory, one more forward
+        getattr(student.model, "activation_checkpointing_enable", student.model.gradient_checkpointing_enable)()
 
     log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
     data = prompt_loader(
@@ -87,7 +89,6 @@ def train(cfg, run_dir: Path) -> dict:
         logger=build_loggers(s, run_dir),
         default_root_dir=str(run_dir),
         callbacks=[checkpoints(s, run_dir), preemption],
-        gradient_clip_val=s.optim.grad_clip,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         limit_val_batches=0,

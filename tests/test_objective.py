@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dear.objective import (
+    HeadLogits,
     Selection,
     Signals,
     distill_loss,
@@ -346,6 +347,42 @@ def test_distill_loss_value_and_grad(kind, beta, normalize):
     assert float(stats["loss"]) == pytest.approx(loss.item())
     assert float(stats["selected_frac"]) == pytest.approx(7 / 8)  # 8 response tokens, one with w = 0
     assert float(stats["n_selected"]) == 7
+
+
+@pytest.mark.parametrize("normalize", ["selected", "sequence"])
+@pytest.mark.parametrize(
+    "kind,beta", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.4), ("pg", 0.5), ("ce", 0.5)]
+)
+def test_head_logits_match_naive(kind, beta, normalize):
+    """Logits that never exist whole (`HeadLogits`: hidden states and the LM head, a chunk of rows at a
+    time) give the naive loss, and the gradient reaches hidden states and head by the chain rule."""
+    g = torch.Generator().manual_seed(11)
+    h, w = torch.randn(3, 6, 4, generator=g), torch.randn(9, 4, generator=g)  # student: V = 9
+    th, tw = torch.randn(3, 6, 5, generator=g), torch.randn(12, 5, generator=g)  # teacher head padded to 12
+    zs, zt = h @ w.T, th @ tw.T
+    mask, weights, y = make_mask(), make_weights(5), sampled_for(zs, 5)
+    hx, wx = h.clone().requires_grad_(), w.clone().requires_grad_()
+    loss, _ = distill_loss(
+        HeadLogits(hx, wx),
+        HeadLogits(th, tw),
+        weights,
+        kind=kind,
+        sampled_ids=y,
+        mask=mask,
+        normalize=normalize,
+        temperature=1.3,
+        beta=beta,
+        chunk_size=4,
+    )
+    grad_h, grad_w = torch.autograd.grad(loss, [hx, wx])
+    ref, ref_grad = naive_grad(zs, zt, weights, mask, kind, normalize, tau=1.3, beta=beta, y=y)
+    assert loss.item() == pytest.approx(float(ref), abs=1e-5, rel=1e-5)
+    torch.testing.assert_close(grad_h.double(), ref_grad @ w.double(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_w.double(), torch.einsum("btv,bth->vh", ref_grad, h.double()), atol=1e-5, rtol=1e-5)
+    sig = token_signals(HeadLogits(h, w), HeadLogits(th, tw), mask, chunk_size=4)
+    ref_sig = token_signals(zs, zt, mask)
+    for name in ("entropy", "reverse_kl", "grad_norm", "student_argmax", "teacher_argmax"):
+        torch.testing.assert_close(getattr(sig, name), getattr(ref_sig, name), atol=1e-5, rtol=1e-5)
 
 
 def test_distill_loss_default_mask_and_temperature_one():
