@@ -71,9 +71,19 @@ def generate(
     temperature: float = 1.0,
     max_new_tokens: int = 64,
     greedy: bool = False,
+    cache: str = "dynamic",
+    compile: bool = False,
 ) -> Rollout:
-    """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n … i*n+n-1)."""
+    """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n … i*n+n-1).
+
+    ``cache``: the KV cache Hugging Face generation keeps: ``dynamic`` (grows per token), ``static``
+    (preallocated for the whole length, what ``torch.compile`` needs) or ``auto`` (static on a GPU).
+    ``compile``: with a static cache on a GPU, generation compiles the model's forward once per shape.
+    """
     device = next(model.parameters()).device
+    if cache == "auto":
+        cache = "static" if device.type == "cuda" else "dynamic"
+    fast = {"cache_implementation": "static", "disable_compile": not compile} if cache == "static" else {}
     enc = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], device)
     was_training = model.training
     model.eval()
@@ -89,6 +99,7 @@ def generate(
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                **fast,
             )  # [B, P + new]
     finally:
         model.train(was_training)

@@ -485,6 +485,8 @@ class RolloutConfig(Schema):
     n: PositiveInt  # samples per prompt
     temperature: Positive  # sampling temperature of the student
     max_new_tokens: PositiveInt
+    cache: Literal["auto", "dynamic", "static"]  # generation's KV cache; auto: static on a GPU, dynamic on the CPU
+    compile: bool  # with a static cache on a GPU, generation compiles the forward (torch.compile)
 
 
 @dataclass(frozen=True)

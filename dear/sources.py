@@ -50,4 +50,13 @@ def training_rollout(
             tokenizer, [p for p in prompts for _ in range(r.n)], texts, max_new_tokens=r.max_new_tokens, device=device
         )
     model = teacher if source == "teacher" else student
-    return generate(model, tokenizer, prompts, n=r.n, temperature=r.temperature, max_new_tokens=r.max_new_tokens)
+    return generate(
+        model,
+        tokenizer,
+        prompts,
+        n=r.n,
+        temperature=r.temperature,
+        max_new_tokens=r.max_new_tokens,
+        cache=r.cache,
+        compile=r.compile,
+    )

@@ -185,3 +185,27 @@ def test_prompts_are_encoded_as_written_even_by_a_tokenizer_that_adds_special_to
     model = Scripted(torch.tensor([[tok.eos_token_id]]))
     generate(model, tok, ["1+2?"], max_new_tokens=1)
     assert model.seen["input_ids"][0].tolist() == ids(tok, "1+2?")
+
+
+def test_a_static_cache_samples_what_the_dynamic_one_does(tok):
+    """rollout.cache=static (what torch.compile needs on a GPU) changes how generation keeps its keys and
+    values, not what it samples: same seed, same tokens, greedy or sampled."""
+    model = tiny_qwen2(tok)
+    for greedy in (True, False):
+        torch.manual_seed(0)
+        dynamic = generate(model, tok, PROMPTS, n=2, max_new_tokens=10, greedy=greedy, cache="dynamic")
+        torch.manual_seed(0)
+        static = generate(model, tok, PROMPTS, n=2, max_new_tokens=10, greedy=greedy, cache="static")
+        assert torch.equal(dynamic.input_ids, static.input_ids)
+        assert torch.equal(dynamic.response_mask, static.response_mask)
+
+
+def test_the_cache_setting_reaches_generate(tok):
+    """auto is the dynamic cache on the CPU; static asks for a static cache and compiles only when told."""
+    model = Scripted(torch.full((2, 3), tok.eos_token_id))
+    generate(model, tok, PROMPTS, n=1, cache="auto", compile=True)
+    assert "cache_implementation" not in model.seen  # CPU: auto is dynamic
+    generate(model, tok, PROMPTS, n=1, cache="static", compile=False)
+    assert model.seen["cache_implementation"] == "static" and model.seen["disable_compile"] is True
+    generate(model, tok, PROMPTS, n=1, cache="static", compile=True)
+    assert model.seen["disable_compile"] is False
