@@ -223,6 +223,8 @@ def _train_app(cfg: DictConfig) -> None:
     from dear.train import train as run_train
 
     metrics = guarded("dear-train", run_train, cfg, run_dir())
+    if metrics is None:  # a data-parallel rank other than 0: rank 0 reports
+        return
     for name, b in metrics["benchmarks"].items():
         log.info(
             "student %s on %s: accuracy %.3f -> %.3f (%+.1f points); held-out reverse KL %.4f -> %.4f",

@@ -88,6 +88,7 @@ class DistillModule(L.LightningModule):
         self.stop_reason: str | None = None  # set when a guard or a signal stops the run early
         self._nonfinite: str | None = None  # what was not finite in the current step
         self._resume_rng: dict | None = None
+        self._rank_stream_pending = False  # set at the start of a data-parallel fit
         # The check runs on the teacher's logits and on its final hidden states (step.logits=chunked makes no logits).
         teacher.register_forward_hook(self._check_teacher_logits)
         if callable(getattr(teacher, "get_decoder", None)) and teacher.get_decoder() is not teacher:
@@ -104,6 +105,9 @@ class DistillModule(L.LightningModule):
         if self._resume_rng is not None:  # the first step after a checkpoint: draw what the run would have
             set_rng_state(self._resume_rng)
             self._resume_rng = None
+        if self._rank_stream_pending:  # data parallel: each rank samples from its own stream
+            torch.manual_seed(rank_seed(self.cfg.seed, self.global_rank, int(self.global_step)))
+            self._rank_stream_pending = False
         self.prompts_seen += len(prompts)
         self._nonfinite = None
         r = self.cfg.rollout
@@ -219,20 +223,23 @@ class DistillModule(L.LightningModule):
         self.teacher.eval()
 
     def on_train_start(self):
+        self._rank_stream_pending = self.trainer.world_size > 1
+        if not self.trainer.is_global_zero:  # evaluation, pictures and their logs: rank 0's job
+            return
         if self.global_step == 0 or self._evaluates_at(self.global_step):  # a resumed run keeps the same curve
             self.evaluate_now()
         if self.global_step == 0:
             self.draw_selection()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self._evaluates_at(self.global_step):
+        if self._evaluates_at(self.global_step) and self.trainer.is_global_zero:
             self.evaluate_now()
 
     def _evaluates_at(self, step: int) -> bool:
         return self.cfg.eval.every > 0 and step % self.cfg.eval.every == 0
 
     def on_train_end(self):
-        if self.stop_reason is None:  # a stopped run saves its state and goes: no final evaluation
+        if self.stop_reason is None and self.trainer.is_global_zero:  # a stopped run saves its state and goes
             self.evaluate_now()
             self.draw_selection()
 
@@ -287,6 +294,11 @@ class DistillModule(L.LightningModule):
         self._resume_rng = checkpoint.get("dear_rng")
         self.skipped_steps, self.skipped_in_a_row = checkpoint.get("dear_skipped", [0, 0])
         self.run_sums.update({k: list(v) for k, v in checkpoint.get("dear_run_sums", {}).items()})
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of rank ``rank``'s sampling stream in a data-parallel run, from the step it starts (or resumes) at."""
+    return seed * 1_000_003 + 7_919 * (rank + 1) + step
 
 
 def rng_state() -> dict:

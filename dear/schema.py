@@ -462,6 +462,9 @@ class TrainerConfig(Schema):
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"]
     devices: PositiveInt | Literal["auto"]
     precision: Literal["auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"]
+    # auto: one device; ddp: one process per device, the student replicated, gradients averaged; fsdp: the
+    # student sharded. The teacher is replicated on every device either way.
+    strategy: Literal["auto", "ddp", "fsdp"]
     threads: PositiveInt | None = None  # torch intra-op threads; None = torch's default
 
 
@@ -590,6 +593,11 @@ class TrainConfig(Schema):
                 f"{across} ranks tokens across all {rollouts} rollouts of a step, but "
                 f"step.micro_batch_size={self.step.micro_batch_size} splits them; use step.micro_batch_size=null"
                 + (" or method.scope=sequence" if self.method.scope == "batch" else "")
+            )
+        if self.trainer.strategy == "fsdp" and self.step.logits == "chunked":
+            raise ConfigError(
+                "trainer=fsdp shards the LM head's weight outside the forward, which step.logits=chunked reads; "
+                "use step.logits=full with fsdp, or trainer=ddp"
             )
         if self.ckpt_path and not Path(self.ckpt_path).expanduser().is_file():
             raise ConfigError(f"ckpt_path={self.ckpt_path} does not exist; give a run's checkpoints/last.ckpt")

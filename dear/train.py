@@ -42,8 +42,9 @@ class RunStopped(DearError):
     """A run that stopped before its last step (a signal, or too many non-finite steps), with its checkpoint."""
 
 
-def train(cfg, run_dir: Path) -> dict:
-    """Distil ``cfg.model`` from ``cfg.teacher`` as the composed config ``cfg`` says; return metrics.json."""
+def train(cfg, run_dir: Path) -> dict | None:
+    """Distil ``cfg.model`` from ``cfg.teacher`` as the composed config ``cfg`` says; return metrics.json
+    (None on the other ranks of a data-parallel run, which write nothing of their own)."""
     s = train_config(cfg)  # every setting checked before anything is loaded
     L.seed_everything(s.seed, workers=True, verbose=False)
     if s.trainer.threads:
@@ -84,6 +85,7 @@ def train(cfg, run_dir: Path) -> dict:
     trainer = L.Trainer(
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
+        strategy=s.trainer.strategy,
         precision=precision(s.trainer.precision),
         max_steps=s.steps,
         logger=build_loggers(s, run_dir),
@@ -106,6 +108,8 @@ def train(cfg, run_dir: Path) -> dict:
     wall = time.perf_counter() - t0
     if module.stop_reason:
         raise RunStopped(f"{module.stop_reason}; checkpoint {last_ckpt}; resume with: {resume_command(last_ckpt)}")
+    if not trainer.is_global_zero:  # data parallel: rank 0 evaluates and writes the student and metrics.json
+        return None
 
     def export(folder: Path) -> None:
         student.model.save_pretrained(folder)

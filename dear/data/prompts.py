@@ -30,11 +30,26 @@ class PromptStream(IterableDataset):
         self.start = 0
 
     def __iter__(self) -> Iterator[str]:
+        """Under data parallelism (``torch.distributed`` initialised) rank r of w takes draws r, r+w, r+2w, …
+        of the one seeded stream, so the ranks train on different prompts and together on the stream;
+        ``start`` counts this rank's prompts."""
+        rank, world = _rank_and_world()
         rng, draw = random.Random(self.seed), self.make_draw()
-        for _ in range(self.start):
+        for _ in range(self.start * world):
             draw(rng)
         while True:
-            yield draw(rng)
+            for k in range(world):
+                prompt = draw(rng)
+                if k == rank:
+                    yield prompt
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def cycle_draw(prompts: list[str]) -> Callable[[], Callable[[random.Random], str]]:

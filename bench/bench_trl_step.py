@@ -1,0 +1,340 @@
+"""Full on-policy training steps, ours (``method=opd``) against TRL's ``GKDTrainer``, interleaved.
+
+    python bench/bench_trl_step.py [--repeats 5] [--warmup 1] [--threads N] [--json PATH] [overrides ...]
+
+Three participants, each in its own process (TRL's trainers share Accelerate's process-wide state, so
+two differently configured ones cannot live in one process), each with its own copy of the embedded
+toy student and teacher, all on the same prompts:
+
+- ``ours``: what ``dear-train method=opd`` does in a step, in plain torch: sample ``rollout.n``
+  responses per prompt (`dear.rollout.generate`), `dear.step.distill_step` (student and teacher
+  forward, signals, loss, backward), the finiteness check, gradient clipping, AdamW step, schedule
+  step. Lightning's own per-step overhead is not included.
+- ``trl-defaults``: ``GKDTrainer`` with `GKDConfig`'s defaults except what has to match: the batch
+  (the same prompts, each repeated ``rollout.n`` times, one per row: GKD samples one completion per
+  row), ``max_new_tokens``, the sampling temperature (ours, 1.0), ``lmbda=1`` (always the student's
+  samples), ``beta=1`` (reverse KL), no evaluation, no saving, no reporting, no progress bar, CPU.
+  Its defaults include bf16 mixed precision and gradient checkpointing, which also turns the KV cache
+  off in its generation.
+- ``trl-tuned``: the same with our settings: fp32, no gradient checkpointing (so generation keeps its
+  KV cache).
+
+A step is timed from ``on_step_begin`` to ``on_step_end`` for TRL (generation, teacher, loss, backward,
+clipping, optimizer and schedule) and from the rollout to the schedule step for ours. The processes
+take turns, one step each, passing a baton (a semaphore ring): exactly one participant computes at a
+time, TRL's between-step work (logging, the next batch) included, so load on the machine hits all
+three alike. The first ``--warmup`` steps of each are not counted. Reported: median seconds per step
+and TRL's over ours, with the mean response tokens per step on each side (the samples differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from common import emit  # noqa: E402
+
+ROLES = ("ours", "trl-defaults", "trl-tuned")
+BATON_TIMEOUT = 900.0  # seconds a participant waits for its turn before it gives up
+
+
+class Baton:
+    """Turn-taking between processes: participant i runs one step, then hands over to i+1."""
+
+    def __init__(self, sems, index: int):
+        self.sems, self.index = sems, index
+
+    def take(self) -> None:
+        if not self.sems[self.index].acquire(timeout=BATON_TIMEOUT):
+            raise TimeoutError(f"no turn within {BATON_TIMEOUT:.0f} s (another participant stopped)")
+
+    def pass_on(self) -> None:
+        self.sems[(self.index + 1) % len(self.sems)].release()
+
+
+def _load_pair(overrides: list[str]):
+    from conftest import compose
+
+    from dear.config import train_config
+    from dear.models import check_compatible, load_model
+
+    s = train_config(compose(overrides + ["method=opd"]))
+    student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True, progress=False)
+    teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher", progress=False)
+    return s, student, teacher, check_compatible(student, teacher)
+
+
+def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps: int) -> dict:
+    import torch
+
+    from dear.rollout import generate
+    from dear.schedule import lr_factor
+    from dear.step import distill_step
+
+    s, student, teacher, vocab = _load_pair(args.overrides)
+    model = student.model
+    o = s.optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o.warmup_steps, s.steps, o.schedule))
+    times, tokens = [], []
+    barrier.wait(timeout=BATON_TIMEOUT)
+    for _ in range(steps):
+        baton.take()
+        start = time.perf_counter()
+        rollout = generate(
+            model,
+            student.tokenizer,
+            prompts,
+            n=s.rollout.n,
+            temperature=s.rollout.temperature,
+            max_new_tokens=s.rollout.max_new_tokens,
+        )
+        opt.zero_grad()
+        loss, _ = distill_step(
+            model, teacher.model, rollout, s.method, s.loss, vocab_size=vocab, generator=None, step=s.step
+        )
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        finite = bool(torch.isfinite(loss)) and bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        if finite:
+            if o.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            opt.step()
+        sched.step()
+        times.append(time.perf_counter() - start)
+        tokens.append(int(rollout.target_mask.sum()))
+        baton.pass_on()
+    return {"seconds": times, "response_tokens": tokens, "rows": int(rollout.input_ids.shape[0])}
+
+
+def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from dear.sources import reference_solutions
+
+    s, student, teacher, _ = _load_pair(args.overrides)
+    tok = student.tokenizer
+    rows = [p for p in prompts for _ in range(s.rollout.n)]  # our grouping: prompt i's samples side by side
+    # Each row is a prompt and a worked solution (`dear.sources`): GKD samples its own completion (lmbda=1), but
+    # the Trainer counts the loss's tokens (num_items_in_batch) in the dataset's completions, so a row without one
+    # gives a loss of x/0 = inf and NaN weights after the first step.
+    solutions = reference_solutions(prompts, s.rollout.n, s.toy_task, seed=s.seed, offset=0)
+    examples = []
+    for p, solution in zip(rows, solutions):
+        prompt_ids = tok(p, add_special_tokens=False).input_ids
+        completion_ids = tok(solution, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        examples.append(
+            {
+                "prompt": p,
+                "input_ids": prompt_ids + completion_ids,
+                "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
+            }
+        )
+    data = Dataset.from_list(examples)
+    times: list[float] = []
+    tokens: list[int] = []
+
+    class Turns(TrainerCallback):
+        """Take the baton before a step, time it, hand the baton over at the next step's start."""
+
+        holding = False
+        start = 0.0
+
+        def on_step_begin(self, _args, state, control, **kwargs):
+            if self.holding:
+                baton.pass_on()
+            baton.take()
+            self.holding = True
+            self.start = time.perf_counter()
+
+        def on_step_end(self, _args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+        def on_train_end(self, _args, state, control, **kwargs):
+            if self.holding:
+                baton.pass_on()
+                self.holding = False
+
+    class Counting(GKDTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            tokens.append(int((inputs["labels"] != -100).sum()))  # the sampled completion tokens
+            return loss
+
+    must_match = dict(
+        per_device_train_batch_size=len(rows),
+        max_steps=steps,
+        max_new_tokens=s.rollout.max_new_tokens,
+        temperature=s.rollout.temperature,
+        lmbda=1.0,
+        beta=1.0,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=s.seed,
+    )
+    tuned = dict(bf16=False, gradient_checkpointing=False) if role == "trl-tuned" else {}
+    with tempfile.TemporaryDirectory() as out:
+        config = GKDConfig(output_dir=out, **must_match, **tuned)
+        trainer = Counting(
+            model=student.model,
+            teacher_model=teacher.model,
+            args=config,
+            train_dataset=data,
+            processing_class=tok,
+            callbacks=[Turns()],
+        )
+        torch.set_num_threads(args.threads)  # the Trainer may have set its own
+        barrier.wait(timeout=BATON_TIMEOUT)
+        trainer.train()
+    settings = {
+        "bf16": bool(config.bf16),
+        "gradient_checkpointing": bool(config.gradient_checkpointing),
+        "learning_rate": config.learning_rate,
+        "optim": str(config.optim),
+        "generation_use_cache": bool(trainer.generation_config.use_cache),
+    }
+    return {"seconds": times, "response_tokens": tokens, "rows": len(rows), "settings": settings}
+
+
+def participant(args, role: str, index: int, prompts, sems, barrier, queue) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    baton = Baton(sems, index)
+    steps = args.warmup + args.repeats
+    try:
+        if role == "ours":
+            result = _run_ours(args, prompts, baton, barrier, steps)
+        else:
+            result = _run_trl(args, role, prompts, baton, barrier, steps)
+        queue.put({"role": role, **result})
+    except BaseException as err:  # noqa: BLE001  (reported to the parent, which stops the others)
+        barrier.abort()
+        queue.put({"role": role, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
+        traceback.print_exc()
+
+
+def _prompts(overrides: list[str]) -> tuple[list[str], dict]:
+    from conftest import compose
+
+    from dear.config import train_config
+    from dear.data.prompts import prompt_loader
+
+    s = train_config(compose(overrides + ["method=opd"]))
+    loader = prompt_loader(s.data, s.toy_task, None, chat_template=False, batch_size=s.batch_size, seed=s.seed)
+    shape = {"prompts": s.batch_size, "samples_per_prompt": s.rollout.n, "max_new_tokens": s.rollout.max_new_tokens}
+    return list(next(iter(loader))), shape
+
+
+def measure(args) -> dict:
+    prompts, shape = _prompts(args.overrides)
+    ctx = mp.get_context("spawn")
+    sems = [ctx.Semaphore(1 if i == 0 else 0) for i in range(len(ROLES))]
+    barrier = ctx.Barrier(len(ROLES))
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=participant, args=(args, role, i, prompts, sems, barrier, queue), daemon=True)
+        for i, role in enumerate(ROLES)
+    ]
+    for p in procs:
+        p.start()
+    results: dict[str, dict] = {}
+    deadline = time.monotonic() + args.timeout
+    error = None
+    while len(results) < len(ROLES) and time.monotonic() < deadline:
+        try:
+            item = queue.get(timeout=5)
+        except Exception:  # noqa: BLE001  (queue.Empty: check the processes)
+            if any(p.exitcode not in (None, 0) for p in procs) and queue.empty():
+                error = error or "a participant exited without a result"
+                break
+            continue
+        results[item["role"]] = item
+        if "error" in item:
+            error = f"{item['role']}: {item['error']}"
+            break
+    for p in procs:  # only the processes started here
+        p.join(timeout=10 if error is None else 1)
+        if p.is_alive():
+            p.terminate()
+    if error is None and len(results) < len(ROLES):
+        error = f"timed out after {args.timeout:.0f} s"
+    out = {"shape": shape, "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats}
+    if error is not None:
+        out["error"] = error
+        return out
+    for role in ROLES:
+        r = results[role]
+        timed = r["seconds"][args.warmup :]
+        toks = r["response_tokens"][args.warmup :]
+        out[role] = {
+            "median_s": statistics.median(timed),
+            "seconds": [round(x, 4) for x in timed],
+            "mean_response_tokens": statistics.fmean(toks) if toks else None,
+            "rows": r["rows"],
+            **({"settings": r["settings"]} if "settings" in r else {}),
+        }
+    ours = out["ours"]["median_s"]
+    out["speedup_vs_trl_defaults"] = out["trl-defaults"]["median_s"] / ours
+    out["speedup_vs_trl_tuned"] = out["trl-tuned"]["median_s"] / ours
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per participant (default: 1 or 2)")
+    parser.add_argument("--timeout", type=float, default=480.0, help="seconds for the whole comparison")
+    parser.add_argument("--json", default=None, help="write the result here ('-': a JSON line on stdout)")
+    args, args.overrides = parser.parse_known_args()
+    if args.threads is None:
+        from common import pick_threads
+
+        args.threads = pick_threads(None)[0]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = measure(args)
+    if args.json == "-":
+        emit(result)
+    elif args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if "error" in result:
+        print(f"unavailable: {result['error']}", file=sys.stderr)
+        return
+    print(
+        f"{result['shape']['prompts']} prompts x {result['shape']['samples_per_prompt']} samples, up to "
+        f"{result['shape']['max_new_tokens']} new tokens; {args.threads} threads; {args.repeats} interleaved rounds",
+        file=sys.stderr,
+    )
+    for role in ROLES:
+        r = result[role]
+        print(
+            f"{role:<14} {r['median_s']:8.3f} s/step  {r['mean_response_tokens']:7.1f} response tokens/step",
+            file=sys.stderr,
+        )
+    print(
+        f"speed-up vs TRL defaults x{result['speedup_vs_trl_defaults']:.2f}, "
+        f"vs TRL tuned x{result['speedup_vs_trl_tuned']:.2f}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()

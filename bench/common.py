@@ -1,0 +1,200 @@
+"""What the benchmark scripts share: machine facts, peak-memory probes, thread choice, child processes.
+
+Peak memory on the CPU (`PeakRSS`): glibc ``malloc_trim(0)`` first hands freed heap pages back to the
+kernel, so the resident set is what is alive; writing ``5`` to ``/proc/self/clear_refs`` resets the
+kernel's high-water mark ``VmHWM`` to the current ``VmRSS``; after the measured code, ``VmHWM - VmRSS
+before`` is the most memory it had resident at once on top of what was there. Where that reset is not
+available the probe falls back to ``ru_maxrss`` (peak since the process started: an overestimate when
+an earlier phase peaked higher) and says so in its ``how``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+}
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """The environment a benchmark child runs in: offline, the repository and tests/ importable."""
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, **OFFLINE, "PYTHONPATH": path, **extra}
+
+
+def _read_kib(field: str, path: str = "/proc/self/status") -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+class PeakRSS:
+    """Peak resident memory above the starting point of a block of code, in bytes.
+
+    >>> probe = PeakRSS(); probe.start(); work(); probe.stop(); probe.peak_bytes
+    """
+
+    def __init__(self):
+        self.how = ""
+        self.base_bytes = 0
+        self.peak_bytes = 0
+        self._hwm = False
+
+    def start(self) -> None:
+        import gc
+
+        gc.collect()
+        _malloc_trim()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to VmRSS (Linux >= 4.0)
+            self._hwm = _read_kib("VmHWM") is not None
+        except OSError:
+            self._hwm = False
+        rss = _read_kib("VmRSS")
+        if self._hwm and rss is not None:
+            self.base_bytes = rss * 1024
+            self.how = "VmHWM after a clear_refs reset, minus VmRSS before (malloc_trim(0) first)"
+        else:
+            self.base_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.how = "ru_maxrss after minus ru_maxrss before (no VmHWM reset here: an upper bound)"
+
+    def stop(self) -> int:
+        if self._hwm:
+            peak = (_read_kib("VmHWM") or 0) * 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak_bytes = max(0, peak - self.base_bytes)
+        return self.peak_bytes
+
+
+def available_gib() -> float:
+    return (_read_kib("MemAvailable", "/proc/meminfo") or 0) / 2**20
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def pick_threads(requested: int | None, preferred: int = 2) -> tuple[int, str]:
+    """Torch intra-op threads for the timed runs, and why.
+
+    Asked for: that many. Otherwise ``preferred`` (the CPU trainer's ``threads: 2``) when that many cores
+    are idle by the 1-minute load average, else 1: on a machine whose cores are already busy, a second
+    OpenMP thread waits at every barrier for a core the scheduler gives to someone else, and steps of a
+    few milliseconds per kernel get 10-30x slower and far noisier (measured here on the toy step).
+    """
+    if requested:
+        return requested, "asked for (--threads)"
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    idle = cores - load
+    if idle >= preferred - 0.5:
+        return preferred, f"{preferred} (the CPU trainer's setting): load average {load:.2f} on {cores} cores"
+    return 1, f"1: load average {load:.2f} on {cores} cores leaves fewer than {preferred} idle"
+
+
+def machine_facts(threads: int, threads_reason: str) -> dict:
+    import torch
+
+    facts = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host_cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": threads,
+        "threads_reason": threads_reason,
+        "mem_total_gib": round((_read_kib("MemTotal", "/proc/meminfo") or 0) / 2**20, 1),
+        "mem_available_gib_at_start": round(available_gib(), 1),
+        "load_average_at_start": load_average(),
+    }
+    for name in ("transformers", "trl"):
+        try:
+            facts[name] = __import__(name).__version__
+        except Exception as err:  # noqa: BLE001  (a fact, not a requirement)
+            facts[name] = f"unavailable: {type(err).__name__}"
+    return facts
+
+
+def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
+    """Run a benchmark child; its result is the last line of its stdout that parses as a JSON object.
+
+    A child that fails, times out or prints no result gives ``{"error": why}`` (its last stderr line)."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env or offline_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    result = last_json(proc.stdout)
+    if result is None:
+        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        why = tail[-1][:300] if tail else "no output"
+        return {"error": f"exit {proc.returncode}: {why}"}
+    result.setdefault("child_seconds", round(time.perf_counter() - start, 1))
+    return result
+
+
+def last_json(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+def emit(result: dict) -> None:
+    """A child's result: one JSON line on stdout (the parent reads the last one)."""
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def set_address_limit(gib: float) -> None:
+    """Cap this process's address space, so that a shape too large fails with an allocation error
+    instead of waking the OOM killer."""
+    limit = int(gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

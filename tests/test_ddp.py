@@ -1,0 +1,58 @@
+"""Data parallel through Lightning's DDP: two CPU processes (gloo) train one student on different rollouts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, TINY_RUN
+
+
+def read_rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_ranks_keep_one_student_while_sampling_their_own_rollouts(tmp_path, toy_cache):
+    probe, run = tmp_path / "probe", tmp_path / "run"
+    probe.mkdir()
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "ddp_probe.py"),
+        *TINY_RUN,
+        f"cache_dir={toy_cache}",
+        "steps=3",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.threads=1",
+        f"hydra.run.dir={run}",
+    ]
+    env = {**os.environ, "DEAR_PROBE_DIR": str(probe), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rank0, rank1 = read_rows(probe / "rank0.jsonl"), read_rows(probe / "rank1.jsonl")
+    assert [r["step"] for r in rank0] == [r["step"] for r in rank1] == [1, 2, 3]
+    assert {r["world"] for r in rank0 + rank1} == {2}
+    for a, b in zip(rank0, rank1):
+        assert a["weights"] == b["weights"]  # gradients averaged: one student after every step
+        assert a["prompts"] != b["prompts"] and a["rollout"] != b["rollout"]  # each rank its own share
+    assert len({r["weights"] for r in rank0}) == 3  # and it learns: the weights change every step
+    # rank 0 alone evaluates and writes: one metrics.json with the whole curve, one exported student
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and [h["step"] for h in metrics["curve"]] == [0, 1, 2, 3]
+    assert (run / "student" / "config.json").is_file()
+
+
+def test_fsdp_with_chunked_logits_is_refused_in_one_line():
+    import pytest
+
+    from dear.config import train_config
+    from dear.schema import ConfigError
+
+    from conftest import TINY_MODELS, compose
+
+    with pytest.raises(ConfigError, match=r"trainer=fsdp shards the LM head's weight .* use step.logits=full"):
+        train_config(compose(TINY_MODELS + ["trainer=fsdp", "step.logits=chunked"]))
+    assert train_config(compose(TINY_MODELS + ["trainer=fsdp"])).trainer.strategy == "fsdp"
