@@ -181,6 +181,17 @@ def with_setup(prog: str, argv: list[str]) -> tuple[list[str], str | None]:
     )
 
 
+def one_process_per_job(settings, sweep: bool):
+    """A sweep's jobs each run in one process: Lightning starts DDP/FSDP ranks by running the command again,
+    which inside a sweep would start the whole sweep again."""
+    if sweep and settings.trainer.strategy != "auto":
+        raise DearError(
+            f"trainer.strategy={settings.trainer.strategy} starts one process per device by running the command "
+            f"again, which a -m sweep cannot do; run each point as its own dear-train"
+        )
+    return settings
+
+
 def preflight(prog: str, config_name: str, argv: list[str], check) -> None:
     """Compose and check the config of every run ``argv`` asks for, before Hydra creates anything.
 
@@ -260,7 +271,8 @@ def train() -> None:
 
     check_group_overrides("dear-train", sys.argv[1:])
     sys.argv[1:], note = with_setup("dear-train", sys.argv[1:])
-    preflight("dear-train", "train", sys.argv[1:], train_config)
+    sweep = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    preflight("dear-train", "train", sys.argv[1:], lambda cfg: one_process_per_job(train_config(cfg), sweep))
     if note:
         print(note, file=sys.stderr)
     _train_app()

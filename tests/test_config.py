@@ -64,7 +64,10 @@ BAD_RUNS = [
     (["trainer.precision=fp8"], ["trainer.precision must be one of"]),
     (["logger.name=tensorboard"], ["logger.name must be one of wandb, csv, none"]),
     (["+foo=1"], ["foo is not a setting of the config; valid keys:", "method", "rollout"]),
-    (["rollout.nn=2"], ["rollout.nn is not a setting of rollout; valid keys: cache, compile, max_new_tokens, n, temperature"]),
+    (
+        ["rollout.nn=2"],
+        ["rollout.nn is not a setting of rollout; valid keys: cache, compile, max_new_tokens, n, temperature"],
+    ),
     (["-m", "seed=0,1", "method=opd,dear", "method.lam=2"], ["method.lam is not a knob of method=opd"]),
     (["-m", "method.decision_ratio=0.1,0.3,1.5"], ["method.decision_ratio must be a number in [0, 1], got 1.5"]),
     (["data=math500", "benchmark=math500-full"], ["data=math500 trains on the problems benchmark=math500-full"]),

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT, TINY_RUN
 
@@ -56,3 +57,21 @@ def test_fsdp_with_chunked_logits_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"trainer=fsdp shards the LM head's weight .* use step.logits=full"):
         train_config(compose(TINY_MODELS + ["trainer=fsdp", "step.logits=chunked"]))
     assert train_config(compose(TINY_MODELS + ["trainer=fsdp"])).trainer.strategy == "fsdp"
+
+
+def test_a_sweep_of_data_parallel_runs_is_refused_before_anything_is_written(tmp_path):
+    env = {**os.environ, "DEAR_OUTPUTS": str(tmp_path / "outputs")}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dear-train"), "-m", "trainer=ddp", "seed=0,1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "dear-train: error: trainer.strategy=ddp starts one process per device by running the command again, "
+        "which a -m sweep cannot do; run each point as its own dear-train"
+    ]
+    assert not (tmp_path / "outputs").exists()
