@@ -35,7 +35,7 @@ from dear.picture import selection_page
 from dear.schedule import lr_factor
 from dear.schema import TrainConfig
 from dear.sources import training_rollout
-from dear.step import distill_step
+from dear.step import DataParallel, distill_step
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class DistillModule(L.LightningModule):
             teacher_rollout=seen,
             step=self.cfg.step,
             backward=self.manual_backward,
+            ranks=self._ranks(),
         )
         self.log_dict(stats, on_step=True, prog_bar=False, batch_size=len(prompts))
         if "train/reverse_kl" in stats:  # absent when it is not finite (a step the guards will skip)
@@ -150,6 +151,12 @@ class DistillModule(L.LightningModule):
         optimizer.step()  # on_before_optimizer_step: the guards, then clipping
         self.lr_schedulers().step()
         return loss
+
+    def _ranks(self) -> DataParallel | None:
+        """Data parallelism for the step: the number of ranks and a sum over them (None with one process)."""
+        if self.trainer.world_size == 1:
+            return None
+        return DataParallel(self.trainer.world_size, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
 
     # --- non-finite guards ----------------------------------------------------------------
     def _check_teacher_logits(self, _teacher, _inputs, output):

@@ -166,6 +166,14 @@ def _backward(tensor: Tensor) -> None:
     tensor.backward()
 
 
+@dataclass(frozen=True)
+class DataParallel:
+    """The ranks of a data-parallel run, as the step needs them: how many, and a sum over all of them."""
+
+    size: int
+    sum: Callable[[Tensor], Tensor]
+
+
 def distill_step(
     student,
     teacher,
@@ -178,6 +186,7 @@ def distill_step(
     teacher_rollout: Rollout | None = None,
     step: StepConfig | None = None,
     backward: Callable[[Tensor], None] = _backward,
+    ranks: DataParallel | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """One step's forward and backward: select the tokens that count, and accumulate the weighted loss's
     gradient in the student's ``.grad``. Returns the loss (detached) and the step stats.
@@ -190,11 +199,16 @@ def distill_step(
     at the end, so the gradient is the one-shot step's. With one micro-batch, the loss itself is
     backpropagated. Stats are floats named as they are logged (``train/...``): the selection diagnostics
     of `objective.selection_stats` over the whole step, the loss and the mean response length.
+
+    ``ranks``: under data parallelism (gradients averaged over ranks after each backward) the
+    denominator is summed over the ranks too, so every rank applies the same factor and the gradient
+    is the one a single process would take over all ranks' rollouts. The returned loss stays this rank's.
     """
     size = rollout.input_ids.shape[0]
     per = min((step.micro_batch_size if step else None) or size, size)
     logits = step.logits if step else "full"
     whole = per == size
+    world = ranks.size if ranks is not None else 1
     numerator, denominator, signals, selections = 0.0, 0.0, [], []
     for start in range(0, size, per):
         sl = slice(start, start + per)
@@ -223,7 +237,12 @@ def distill_step(
             vocab_size=vocab_size,
             reduction="mean" if whole else "sum",
         )
-        backward(value)
+        if whole and world > 1:  # this rank's mean, then rescaled so the averaged gradient is the global one
+            global_den = float(ranks.sum(loss_stats["denominator"].clone()))
+            local_den = float(loss_stats["denominator"])
+            backward(value * (world * local_den / global_den) if global_den > 0 else value * 0.0)
+        else:
+            backward(value)
         del fwd
         numerator = numerator + value.detach()
         denominator = denominator + loss_stats["denominator"]
@@ -232,11 +251,13 @@ def distill_step(
     if whole:
         total = numerator
     else:  # Σ numerators' gradients / the step's denominator (0 when nothing was selected)
-        factor = 1.0 / float(denominator) if float(denominator) > 0 else 0.0
+        local = float(denominator)
+        shared = float(ranks.sum(denominator.clone())) if world > 1 else local
+        factor = world / shared if shared > 0 else 0.0
         for p in student.parameters():
             if p.grad is not None:
                 p.grad.mul_(factor)
-        total = numerator * factor
+        total = numerator / local if local > 0 else numerator * 0.0
     mask = rollout.target_mask
     selection_stats = objective.selection_stats(_cat(selections), _cat(signals), mask)
     stats = {f"train/{k}": v for k, v in selection_stats.items() if not math.isnan(v)}

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, TINY_RUN
 
 
@@ -15,7 +17,8 @@ def read_rows(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_ranks_keep_one_student_while_sampling_their_own_rollouts(tmp_path, toy_cache):
+@pytest.mark.parametrize("micro_batch_size", ["null", "4"])  # 6 rollouts a rank: one pass, or 4 + 2
+def test_two_ranks_keep_one_student_while_sampling_their_own_rollouts(tmp_path, toy_cache, micro_batch_size):
     probe, run = tmp_path / "probe", tmp_path / "run"
     probe.mkdir()
     cmd = [
@@ -28,6 +31,7 @@ def test_two_ranks_keep_one_student_while_sampling_their_own_rollouts(tmp_path, 
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.threads=1",
+        f"step.micro_batch_size={micro_batch_size}",
         f"hydra.run.dir={run}",
     ]
     env = {**os.environ, "DEAR_PROBE_DIR": str(probe), "PYTHONPATH": str(ROOT)}
@@ -47,8 +51,6 @@ def test_two_ranks_keep_one_student_while_sampling_their_own_rollouts(tmp_path, 
 
 
 def test_fsdp_with_chunked_logits_is_refused_in_one_line():
-    import pytest
-
     from dear.config import train_config
     from dear.schema import ConfigError
 
