@@ -1,17 +1,20 @@
 """Time one training step per method on the embedded default, side by side on the same batch.
 
-    python bench/bench_step.py [--repeats 20] [--methods opd dear ...] [overrides ...]
+    python bench/bench_step.py [--repeats 20] [--methods opd dear ...] [--threads N] [--json PATH] [overrides ...]
 
 One rollout batch is sampled once (same prompts, same samples for every method); then each
-method's step (student forward with hidden states, teacher forward, signals, selection, loss,
-backward) is timed in interleaved rounds, so drift on a shared machine hits all methods alike.
-The rollout itself (identical for every method) is timed separately. Reported: median ms per
-step and the ratio to the first method.
+method's step (`dear.step.distill_step`: student forward with hidden states, teacher forward, signals,
+selection, loss, backward) is timed in interleaved rounds, the order reversed every other round, so
+drift on a shared machine hits all methods alike. The rollout itself (identical for every method) is
+timed separately. Reported: median ms per step (wall and CPU time of this process) and the ratio to the
+first method, both as the ratio of medians and as the median of the per-round ratios.
+``--budget-s`` stops the rounds early (after at least 5) once that many seconds of rounds have passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -19,28 +22,26 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from common import compose, emit  # noqa: E402
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--methods", nargs="+", default=["opd", "dear", "entropy", "tip", "random"])
-    args, overrides = parser.parse_known_args()
+MIN_ROUNDS = 5
 
+
+def measure(methods: list[str], repeats: int, overrides: list[str], threads: int, budget_s: float | None) -> dict:
     from dear.config import train_config
     from dear.data.prompts import prompt_loader
     from dear.models import check_compatible, load_model
     from dear.rollout import generate
     from dear.step import distill_step
 
-    from conftest import compose  # the same composition dear-train uses
-
     s = train_config(compose(overrides))
     torch.manual_seed(0)
-    torch.set_num_threads(s.trainer.threads or 2)
-    student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
-    teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
+    torch.set_num_threads(threads)
+    student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True, progress=False)
+    teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher", progress=False)
     vocab = check_compatible(student, teacher)
     prompts = next(
         iter(prompt_loader(s.data, s.toy_task, student.tokenizer, chat_template=False, batch_size=s.batch_size, seed=0))
@@ -56,41 +57,87 @@ def main() -> None:
     )
     rollout_ms = 1000 * (time.perf_counter() - t0)
     mask = rollout.target_mask
-    methods = {m: train_config(compose(overrides + [f"method={m}"])) for m in args.methods}
+    settings = {m: train_config(compose(overrides + [f"method={m}"])) for m in methods}
 
-    def step(method: str) -> float:
-        """The training step dear-train runs (dear.step.distill_step), forward and backward, timed."""
-        settings = methods[method]
-        start = time.perf_counter()
-        loss, _ = distill_step(
+    def step(method: str) -> tuple[float, float]:
+        """The training step dear-train runs (dear.step.distill_step), forward and backward: (wall ms, CPU ms)."""
+        cfg = settings[method]
+        cpu, start = time.process_time(), time.perf_counter()
+        distill_step(
             student.model,
             teacher.model,
             rollout,
-            settings.method,
-            settings.loss,
+            cfg.method,
+            cfg.loss,
             vocab_size=vocab,
             generator=torch.Generator().manual_seed(0),
-            step=settings.step,
+            step=cfg.step,
         )  # runs backward too
         student.model.zero_grad(set_to_none=True)
-        return 1000 * (time.perf_counter() - start)
+        return 1000 * (time.perf_counter() - start), 1000 * (time.process_time() - cpu)
 
-    times: dict[str, list[float]] = {m: [] for m in args.methods}
-    for m in args.methods:  # warm-up
+    wall: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
+    for m in methods:  # warm-up
         step(m)
-    for _ in range(args.repeats):
-        for m in args.methods:
-            times[m].append(step(m))
-    base = statistics.median(times[args.methods[0]])
+    begin = time.perf_counter()
+    for k in range(repeats):
+        for m in methods if k % 2 == 0 else methods[::-1]:
+            w, c = step(m)
+            wall[m].append(w)
+            cpu[m].append(c)
+        if budget_s is not None and k + 1 >= MIN_ROUNDS and time.perf_counter() - begin > budget_s:
+            break
+    base = methods[0]
+    out = {
+        "batch": {
+            "sequences": int(rollout.input_ids.shape[0]),
+            "tokens": int(rollout.input_ids.shape[1]),
+            "response_tokens": int(mask.sum()),
+        },
+        "rollout_ms": rollout_ms,
+        "threads": torch.get_num_threads(),
+        "rounds": len(wall[base]),
+        "methods": {},
+    }
+    for m in methods:
+        out["methods"][m] = {
+            "median_ms": statistics.median(wall[m]),
+            "median_cpu_ms": statistics.median(cpu[m]),
+            "ratio": statistics.median(wall[m]) / statistics.median(wall[base]),
+            "paired_ratio": statistics.median(a / b for a, b in zip(wall[m], wall[base])),
+            "cpu_ratio": statistics.median(cpu[m]) / statistics.median(cpu[base]),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--methods", nargs="+", default=["opd", "dear", "entropy", "tip", "random"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: trainer.threads or 2)")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop the rounds after this many seconds")
+    parser.add_argument("--json", default=None, help="write the result here ('-': a JSON line on stdout)")
+    args, overrides = parser.parse_known_args()
+    if args.threads is None:
+        from dear.config import train_config
+
+        args.threads = train_config(compose(overrides)).trainer.threads or 2
+    r = measure(args.methods, args.repeats, overrides, args.threads, args.budget_s)
+    if args.json == "-":
+        emit(r)
+    elif args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    if args.json == "-":
+        return
+    b = r["batch"]
     print(
-        f"batch: {rollout.input_ids.shape[0]} sequences x {rollout.input_ids.shape[1]} tokens, "
-        f"{int(mask.sum())} response tokens; rollout (shared) {rollout_ms:.0f} ms; torch threads "
-        f"{torch.get_num_threads()}; {args.repeats} interleaved rounds"
+        f"batch: {b['sequences']} sequences x {b['tokens']} tokens, {b['response_tokens']} response tokens; rollout "
+        f"(shared) {r['rollout_ms']:.0f} ms; torch threads {r['threads']}; {r['rounds']} interleaved rounds"
     )
-    print(f"{'method':<16}{'median ms/step':>16}{'ratio':>8}   (step without the rollout)")
-    for m in args.methods:
-        med = statistics.median(times[m])
-        print(f"{m:<16}{med:>16.1f}{med / base:>8.2f}")
+    print(f"{'method':<16}{'median ms/step':>16}{'CPU ms':>10}{'ratio':>8}{'paired':>8}   (step without the rollout)")
+    for m, v in r["methods"].items():
+        print(f"{m:<16}{v['median_ms']:>16.1f}{v['median_cpu_ms']:>10.1f}{v['ratio']:>8.2f}{v['paired_ratio']:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ two differently configured ones cannot live in one process), each with its own c
 toy student and teacher, all on the same prompts:
 
 - ``ours``: what ``dear-train method=opd`` does in a step, in plain torch: sample ``rollout.n``
-  responses per prompt (`dear.rollout.generate`), `dear.step.distill_step` (student and teacher
+  responses per prompt (`dear.sources.training_rollout`), `dear.step.distill_step` (student and teacher
   forward, signals, loss, backward), the finiteness check, gradient clipping, AdamW step, schedule
   step. Lightning's own per-step overhead is not included.
 - ``trl-defaults``: ``GKDTrainer`` with `GKDConfig`'s defaults except what has to match: the batch
@@ -15,7 +15,10 @@ toy student and teacher, all on the same prompts:
   row), ``max_new_tokens``, the sampling temperature (ours, 1.0), ``lmbda=1`` (always the student's
   samples), ``beta=1`` (reverse KL), no evaluation, no saving, no reporting, no progress bar, CPU.
   Its defaults include bf16 mixed precision and gradient checkpointing, which also turns the KV cache
-  off in its generation.
+  off in its generation. Its dataset rows are the prompt plus a worked solution (`dear.sources`), in
+  the collator's ``input_ids``/``completion_mask`` form (the toy tokenizer has no chat template): GKD
+  replaces the completion with its own sample, but the Trainer counts the loss's tokens in the
+  dataset's completions, and a prompt-only row makes that count 0 and the loss infinite.
 - ``trl-tuned``: the same with our settings: fp32, no gradient checkpointing (so generation keeps its
   KV cache).
 
@@ -43,9 +46,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import emit  # noqa: E402
+from common import compose, emit  # noqa: E402
 
 ROLES = ("ours", "trl-defaults", "trl-tuned")
+MIN_REPEATS = 3  # timed rounds before --budget-s may stop them
 BATON_TIMEOUT = 900.0  # seconds a participant waits for its turn before it gives up
 
 
@@ -64,8 +68,6 @@ class Baton:
 
 
 def _load_pair(overrides: list[str]):
-    from conftest import compose
-
     from dear.config import train_config
     from dear.models import check_compatible, load_model
 
@@ -75,11 +77,11 @@ def _load_pair(overrides: list[str]):
     return s, student, teacher, check_compatible(student, teacher)
 
 
-def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps: int) -> dict:
+def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps, budget_s: float | None) -> dict:
     import torch
 
-    from dear.rollout import generate
     from dear.schedule import lr_factor
+    from dear.sources import training_rollout
     from dear.step import distill_step
 
     s, student, teacher, vocab = _load_pair(args.overrides)
@@ -89,16 +91,24 @@ def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps: int) -> di
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o.warmup_steps, s.steps, o.schedule))
     times, tokens = [], []
     barrier.wait(timeout=BATON_TIMEOUT)
-    for _ in range(steps):
+    first_timed = None
+    k = 0
+    while k < steps.value:
         baton.take()
+        k += 1
+        if k == args.warmup + 1:
+            first_timed = time.perf_counter()
         start = time.perf_counter()
-        rollout = generate(
+        rollout = training_rollout(  # what DistillModule.training_step samples with
+            s.method.source,
             model,
+            teacher.model,
             student.tokenizer,
             prompts,
-            n=s.rollout.n,
-            temperature=s.rollout.temperature,
-            max_new_tokens=s.rollout.max_new_tokens,
+            s.rollout,
+            task=s.toy_task,
+            seed=s.seed,
+            offset=0,
         )
         opt.zero_grad()
         loss, _ = distill_step(
@@ -113,11 +123,16 @@ def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps: int) -> di
         sched.step()
         times.append(time.perf_counter() - start)
         tokens.append(int(rollout.target_mask.sum()))
+        # Ours moves first in every round, so when it stops after step k the others have k - 1 behind them.
+        timed = k - args.warmup
+        if budget_s is not None and first_timed is not None and timed >= MIN_REPEATS:
+            if time.perf_counter() - first_timed > budget_s:
+                steps.value = k
         baton.pass_on()
     return {"seconds": times, "response_tokens": tokens, "rows": int(rollout.input_ids.shape[0])}
 
 
-def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps: int) -> dict:
+def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -162,6 +177,8 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps: 
 
         def on_step_end(self, _args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
+            if state.global_step >= steps.value:  # ours stopped the rounds early (--budget-s)
+                control.should_training_stop = True
 
         def on_train_end(self, _args, state, control, **kwargs):
             if self.holding:
@@ -176,7 +193,7 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps: 
 
     must_match = dict(
         per_device_train_batch_size=len(rows),
-        max_steps=steps,
+        max_steps=steps.value,
         max_new_tokens=s.rollout.max_new_tokens,
         temperature=s.rollout.temperature,
         lmbda=1.0,
@@ -212,16 +229,15 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps: 
     return {"seconds": times, "response_tokens": tokens, "rows": len(rows), "settings": settings}
 
 
-def participant(args, role: str, index: int, prompts, sems, barrier, queue) -> None:
+def participant(args, role: str, index: int, prompts, sems, barrier, steps, queue) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     baton = Baton(sems, index)
-    steps = args.warmup + args.repeats
     try:
         if role == "ours":
-            result = _run_ours(args, prompts, baton, barrier, steps)
+            result = _run_ours(args, prompts, baton, barrier, steps, args.budget_s)
         else:
             result = _run_trl(args, role, prompts, baton, barrier, steps)
         queue.put({"role": role, **result})
@@ -232,8 +248,6 @@ def participant(args, role: str, index: int, prompts, sems, barrier, queue) -> N
 
 
 def _prompts(overrides: list[str]) -> tuple[list[str], dict]:
-    from conftest import compose
-
     from dear.config import train_config
     from dear.data.prompts import prompt_loader
 
@@ -249,8 +263,9 @@ def measure(args) -> dict:
     sems = [ctx.Semaphore(1 if i == 0 else 0) for i in range(len(ROLES))]
     barrier = ctx.Barrier(len(ROLES))
     queue = ctx.Queue()
+    steps = ctx.Value("i", args.warmup + args.repeats)  # lowered by ours when --budget-s runs out
     procs = [
-        ctx.Process(target=participant, args=(args, role, i, prompts, sems, barrier, queue), daemon=True)
+        ctx.Process(target=participant, args=(args, role, i, prompts, sems, barrier, steps, queue), daemon=True)
         for i, role in enumerate(ROLES)
     ]
     for p in procs:
@@ -276,7 +291,7 @@ def measure(args) -> dict:
             p.terminate()
     if error is None and len(results) < len(ROLES):
         error = f"timed out after {args.timeout:.0f} s"
-    out = {"shape": shape, "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats}
+    out = {"shape": shape, "threads": args.threads, "warmup": args.warmup}
     if error is not None:
         out["error"] = error
         return out
@@ -291,6 +306,7 @@ def measure(args) -> dict:
             "rows": r["rows"],
             **({"settings": r["settings"]} if "settings" in r else {}),
         }
+    out["rounds"] = min(len(out[role]["seconds"]) for role in ROLES)
     ours = out["ours"]["median_s"]
     out["speedup_vs_trl_defaults"] = out["trl-defaults"]["median_s"] / ours
     out["speedup_vs_trl_tuned"] = out["trl-tuned"]["median_s"] / ours
@@ -302,6 +318,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per participant (default: 1 or 2)")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop the rounds (after 3) past this many s")
     parser.add_argument("--timeout", type=float, default=480.0, help="seconds for the whole comparison")
     parser.add_argument("--json", default=None, help="write the result here ('-': a JSON line on stdout)")
     args, args.overrides = parser.parse_known_args()
@@ -320,7 +337,8 @@ def main() -> None:
         return
     print(
         f"{result['shape']['prompts']} prompts x {result['shape']['samples_per_prompt']} samples, up to "
-        f"{result['shape']['max_new_tokens']} new tokens; {args.threads} threads; {args.repeats} interleaved rounds",
+        f"{result['shape']['max_new_tokens']} new tokens; {args.threads} threads; "
+        f"{result['rounds']} interleaved rounds",
         file=sys.stderr,
     )
     for role in ROLES:

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,18 @@ def offline_env(**extra: str) -> dict[str, str]:
     """The environment a benchmark child runs in: offline, the repository and tests/ importable."""
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, **OFFLINE, "PYTHONPATH": path, **extra}
+
+
+def compose(overrides: list[str]):
+    """The config ``dear-train`` would run with these overrides (tests/conftest.py's `compose`), leaving torch's
+    thread count as it was (importing conftest sets it to 2, the test suite's setting)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    from conftest import compose as hydra_compose
+
+    torch.set_num_threads(threads)
+    return hydra_compose(overrides)
 
 
 def _read_kib(field: str, path: str = "/proc/self/status") -> int | None:
@@ -136,13 +149,12 @@ def pick_threads(requested: int | None, preferred: int = 2) -> tuple[int, str]:
 
 
 def machine_facts(threads: int, threads_reason: str) -> dict:
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
     facts = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host_cores": os.cpu_count(),
         "cpu_model": cpu_model(),
-        "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": threads,
         "threads_reason": threads_reason,
@@ -150,11 +162,11 @@ def machine_facts(threads: int, threads_reason: str) -> dict:
         "mem_available_gib_at_start": round(available_gib(), 1),
         "load_average_at_start": load_average(),
     }
-    for name in ("transformers", "trl"):
+    for name in ("torch", "transformers", "trl"):
         try:
-            facts[name] = __import__(name).__version__
-        except Exception as err:  # noqa: BLE001  (a fact, not a requirement)
-            facts[name] = f"unavailable: {type(err).__name__}"
+            facts[name] = version(name)
+        except PackageNotFoundError:
+            facts[name] = "not installed"
     return facts
 
 
@@ -163,13 +175,27 @@ def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
 
     A child that fails, times out or prints no result gives ``{"error": why}`` (its last stderr line)."""
     start = time.perf_counter()
+    # Its own process group, so that a timeout ends the child and whatever it started, and nothing else.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or offline_env(),
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env or offline_env(), timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return {"error": f"timed out after {timeout:.0f} s"}
-    result = last_json(proc.stdout)
+    except BaseException:  # Ctrl-C reaches only our own group: take the child's down with us
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    result = last_json(stdout)
     if result is None:
-        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        tail = [line for line in stderr.strip().splitlines() if line.strip()]
         why = tail[-1][:300] if tail else "no output"
         return {"error": f"exit {proc.returncode}: {why}"}
     result.setdefault("child_seconds", round(time.perf_counter() - start, 1))
@@ -188,8 +214,11 @@ def last_json(text: str) -> dict | None:
 
 
 def emit(result: dict) -> None:
-    """A child's result: one JSON line on stdout (the parent reads the last one)."""
-    sys.stdout.write(json.dumps(result) + "\n")
+    """A child's result: one JSON line on stdout (the parent reads the last one), with the CPU seconds this
+    process and the children it waited for used."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage)
+    sys.stdout.write(json.dumps({**result, "cpu_seconds": round(cpu, 1)}) + "\n")
     sys.stdout.flush()
 
 

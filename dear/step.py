@@ -39,8 +39,14 @@ class Forward:
     hidden: Tensor | None  # [B, L-1, H] detached student hidden states at the asked layer, or None
 
 
-def _inputs(rollout: Rollout) -> dict[str, Tensor]:
-    return dict(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=rollout.position_ids)
+def _inputs(rollout: Rollout) -> dict:
+    """The forward's inputs; no KV cache (a scoring pass would keep every layer's keys and values alive)."""
+    return dict(
+        input_ids=rollout.input_ids,
+        attention_mask=rollout.attention_mask,
+        position_ids=rollout.position_ids,
+        use_cache=False,
+    )
 
 
 def lm_head(model) -> Tensor:
