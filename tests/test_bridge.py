@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from types import SimpleNamespace
 
@@ -13,8 +14,10 @@ from dear.bridge import TeacherPrompts, align_to_student, teacher_view, template
 from dear.data.toy import build_tokenizer
 from dear.models import TokenizerMismatch, check_compatible
 from dear.rollout import generate
-from dear.step import forward_pair, rollout_reverse_kl
+from dear.schema import LossConfig, StepConfig
+from dear.step import distill_step, forward_pair, rollout_reverse_kl
 
+from conftest import method_config
 from tiny import tiny_qwen2
 
 PROMPTS = ["1+2+3?", "4+5?", "6+7+8+9+1?"]
@@ -130,3 +133,23 @@ def test_only_the_template_may_differ(tmp_path, caplog):
     )
     with pytest.raises(TokenizerMismatch, match="map to different tokens"):
         check_compatible(student, loaded("t", swapped, True))
+
+
+def test_the_step_reads_the_teachers_view_in_micro_batches_and_chunks(pair, tok, rollout):
+    """With step.logits=chunked the teacher's final hidden states are moved to the student's columns, and
+    each micro-batch takes its own rows of the teacher's view."""
+    student, teacher = pair
+    seen = teacher_view(rollout, [t for t in TEACHER_PROMPTS for _ in range(2)], tok)
+    mask = rollout.target_mask
+    full = forward_pair(student, teacher, rollout, teacher_rollout=seen, grad=False)
+    head = forward_pair(student, teacher, rollout, teacher_rollout=seen, grad=False, logits="chunked").teacher_logits
+    torch.testing.assert_close((head.hidden @ head.weight.T)[mask], full.teacher_logits[mask], atol=1e-4, rtol=1e-4)
+    want, _ = objective.distill_loss(full.student_logits, full.teacher_logits, mask.float(), mask=mask)
+    opd, loss = method_config("opd"), LossConfig(kind="reverse_kl", normalize="selected", temperature=1.0, beta=0.5)
+    micro = StepConfig(micro_batch_size=4, logits="chunked", gradient_checkpointing=False)  # 4 + 2 rollouts
+    got, _ = distill_step(
+        copy.deepcopy(student), teacher, rollout, opd, loss, vocab_size=None, teacher_rollout=seen, step=micro
+    )
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    plain, _ = distill_step(copy.deepcopy(student), teacher, rollout, opd, loss, vocab_size=None, step=micro)
+    assert float(plain) != pytest.approx(float(want), rel=1e-3)  # the view matters

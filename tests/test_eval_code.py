@@ -456,3 +456,41 @@ def test_harness_threads_are_not_leaked() -> None:
     run_program("pass")
     time.sleep(0.05)
     assert threading.active_count() == before
+
+
+def test_io_grading_sends_each_case_and_sizes_its_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_io hands the sandbox an "io" job of the cases' input and output only, with 6 s plus 1 s a
+    case (at most 60 s) unless told; the real runs are in test_benchmarks and test_sandbox_holes."""
+    runs = []
+    monkeypatch.setattr(code, "_current_mode", lambda: "the mode")
+    monkeypatch.setattr(code, "_run", lambda *args, **kwargs: runs.append((args, kwargs)) or "graded")
+    case = {"input": "1 2\n", "output": "3\n", "note": "not sent"}
+    sent = {"input": "1 2\n", "output": "3\n"}
+    assert code.check_io("src", [case] * 3) == "graded"
+    assert code.check_io("src", [case] * 70, "twoSum", memory_mb=300) == "graded"
+    assert code.check_io("src", [case], timeout_s=2.5) == "graded"
+    assert runs[0] == (("src", 9.0, 1024, 64_000, "the mode"), {"job": {"kind": "io", "cases": [sent] * 3, "func": ""}})
+    assert runs[1] == (
+        ("src", 60.0, 300, 64_000, "the mode"),
+        {"job": {"kind": "io", "cases": [sent] * 70, "func": "twoSum"}},
+    )
+    assert runs[2][0][1] == 2.5
+    with pytest.raises(ValueError, match="check_io needs at least one test case"):
+        code.check_io("src", [])
+    with pytest.raises(ValueError, match="memory_mb must be at least 64"):
+        code.check_io("src", [case], memory_mb=32)
+    with pytest.raises(ValueError, match="timeout_s must be positive, got 0"):
+        code.check_io("src", [case], timeout_s=0)
+    assert len(runs) == 3
+
+
+@needs_full_isolation
+def test_without_a_pidfd_the_harness_polls_for_the_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old kernels or Pythons have no pidfd: the harness then polls for the bootstrap's exit."""
+    monkeypatch.setattr(code, "_pidfd", lambda pid: None)
+    ok = run_program("print('ok')")
+    assert ok.passed and ok.stdout == "ok\n"
+    assert check_solution("", "def f():\n    return 1\n", "def check(f):\n    assert f() == 1\n", "f").passed
+    start = time.monotonic()
+    assert run_program("import time\ntime.sleep(60)", timeout_s=1).status == "timeout"
+    assert time.monotonic() - start < SLACK_S

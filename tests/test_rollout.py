@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dear import rollout as rollout_module
 from dear.data.toy import build_tokenizer
-from dear.rollout import generate
+from dear.rollout import encode_prompts, from_texts, generate
 
 from tiny import tiny_qwen2
 
@@ -209,3 +210,66 @@ def test_the_cache_setting_reaches_generate(tok):
     assert model.seen["cache_implementation"] == "static" and model.seen["disable_compile"] is True
     generate(model, tok, PROMPTS, n=1, cache="static", compile=True)
     assert model.seen["disable_compile"] is False
+
+
+def test_given_responses_are_laid_out_as_generate_lays_out_samples(tok):
+    """from_texts (sft's references, offline KD's teacher samples) gives generate's layout: the scripted
+    rollout again, from its texts (a response is cut to max_new_tokens, its end-of-text kept)."""
+    _, sampled = scripted_rollout(tok)
+    eos = tok.eos_token
+    given = from_texts(tok, PROMPTS * 2, ["12" + eos, "345678", eos, "8" + eos], max_new_tokens=5, device="cpu")
+    for name in ("input_ids", "attention_mask", "position_ids", "response_mask"):
+        want = getattr(sampled, name)
+        got = getattr(given, name)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    assert given.prompt_width == sampled.prompt_width == 6 and given.texts == ["12", "34567", "", "8"]
+    # nothing to learn from: one padding column, out of both masks
+    empty = from_texts(tok, ["1+2?"], [""], max_new_tokens=5, device="cpu")
+    assert empty.input_ids.tolist() == [[*ids(tok, "1+2?"), tok.pad_token_id]] and empty.texts == [""]
+    assert empty.attention_mask.tolist() == [[1, 1, 1, 1, 0]] and not empty.response_mask.any()
+
+
+def test_given_responses_are_encoded_as_written_even_by_a_tokenizer_that_adds_special_tokens(tmp_path):
+    from tokenizers.processors import TemplateProcessing
+
+    tok = build_tokenizer(tmp_path)
+    tok._tokenizer.post_processor = TemplateProcessing(single="</s> $A", special_tokens=[("</s>", tok.eos_token_id)])
+    r = from_texts(tok, ["1+2?"], ["3" + tok.eos_token], max_new_tokens=4, device="cpu")
+    assert r.input_ids.tolist() == [[*ids(tok, "1+2?3"), tok.eos_token_id]]
+    assert r.response_mask.tolist() == [[False] * 4 + [True, True]] and r.prompt_width == 4
+
+
+def test_generation_defaults(tok):
+    """One sample a prompt, sampled at temperature 1, up to 64 tokens, a dynamic cache, never compiled unasked."""
+    model = Scripted(torch.tensor([[tok.eos_token_id]] * 2))
+    r = generate(model, tok, PROMPTS)
+    assert model.seen["max_new_tokens"] == 64 and model.seen["do_sample"] is True and model.seen["temperature"] == 1.0
+    assert "cache_implementation" not in model.seen
+    assert r.response_mask.dtype == torch.bool and r.attention_mask.dtype == torch.long
+    generate(model, tok, PROMPTS, cache="static")
+    assert model.seen["cache_implementation"] == "static" and model.seen["disable_compile"] is True
+
+
+def test_auto_is_a_static_cache_on_a_gpu(tok, monkeypatch):
+    """A model that says it lives on a GPU (there is none here): auto asks for the static cache, and the
+    prompts are encoded for the model's device."""
+    devices, encode = [], rollout_module.encode_prompts
+    monkeypatch.setattr(
+        rollout_module, "encode_prompts", lambda t, prompts, device: devices.append(device) or encode(t, prompts, "cpu")
+    )
+    model = Scripted(torch.full((2, 3), tok.eos_token_id))
+    monkeypatch.setattr(model, "parameters", lambda: iter([SimpleNamespace(device=torch.device("cuda"))]))
+    generate(model, tok, PROMPTS, cache="auto")
+    assert devices == [torch.device("cuda")]
+    assert model.seen["cache_implementation"] == "static" and model.seen["disable_compile"] is True
+
+
+def test_rollouts_and_prompts_move_to_the_device_asked_for(tok):
+    """Every tensor goes to the device (the meta device here: no GPU needed to see that they moved)."""
+    _, r = scripted_rollout(tok)
+    moved = r.to(torch.device("meta"))
+    for name in ("input_ids", "attention_mask", "position_ids", "response_mask"):
+        assert getattr(moved, name).device.type == "meta", name
+    enc = encode_prompts(tok, PROMPTS, torch.device("meta"))
+    assert enc.keys() == {"input_ids", "attention_mask"}
+    assert all(v.device.type == "meta" for v in enc.values())

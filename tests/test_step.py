@@ -12,10 +12,19 @@ from dear import objective
 from dear.config import train_config
 from dear.data.toy import build_tokenizer
 from dear.rollout import generate
-from dear.step import distill_step, forward_pair
+from dear.schema import LossConfig
+from dear.step import (
+    Forward,
+    distill_step,
+    forward_pair,
+    lm_head,
+    rollout_reverse_kl,
+    select_step,
+    step_signals,
+)
 
-from conftest import TINY_MODELS, compose
-from tiny import tiny_qwen2
+from conftest import TINY_MODELS, compose, method_config
+from tiny import PaddedHead, tiny_qwen2
 
 PROMPTS = ["1+2+3?", "4+5?", "6+7+8+9+1?"]  # different lengths: rows are left-padded
 
@@ -115,3 +124,132 @@ def test_the_step_loss_is_zero_against_a_copy_and_the_kl_against_a_perturbed_tea
     assert expected > 1e-3 and grads and any(bool(g.abs().sum() > 0) for g in grads)  # the step ran backward
     assert float(differ.detach()) == pytest.approx(expected, rel=1e-4)
     assert stats["train/reverse_kl"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_held_out_kl_is_over_the_shared_vocabulary_at_the_given_temperature(student, rollout):
+    """Both heads padded past the tokenizer (by different amounts): the padding rows never count, and
+    the temperature reaches the KL."""
+    vocab, mask = len(student.tokenizer), rollout.target_mask
+    teacher = tiny_qwen2(student.tokenizer, seed=1)
+    fwd = forward_pair(student.model, teacher, rollout, grad=False)
+
+    def kl_sum(temperature):
+        return float(
+            objective.token_signals(
+                fwd.student_logits, fwd.teacher_logits, mask, temperature=temperature
+            ).reverse_kl.sum()
+        )
+
+    padded_student, padded_teacher = PaddedHead(student.model, 2, 5.0), PaddedHead(teacher, 5, -5.0)
+    kl, n = rollout_reverse_kl(padded_student, padded_teacher, rollout, vocab, temperature=2.0)
+    assert n == int(mask.sum())
+    assert kl == pytest.approx(kl_sum(2.0), rel=1e-5)
+    assert kl_sum(2.0) != pytest.approx(kl_sum(1.0), rel=1e-3)  # the temperature matters here
+    unsliced, _ = rollout_reverse_kl(padded_student, padded_teacher, rollout, None, temperature=2.0)
+    assert unsliced != pytest.approx(kl, rel=1e-3)  # the padding rows would matter
+
+
+def test_chunked_logits_need_a_bias_free_linear_head():
+    def model(head):
+        return SimpleNamespace(get_output_embeddings=lambda: head)
+
+    linear = torch.nn.Linear(4, 7, bias=False)
+    assert lm_head(model(linear)) is linear.weight
+    bare = SimpleNamespace(weight=torch.zeros(7, 4))  # a head with no bias attribute at all
+    assert lm_head(model(bare)) is bare.weight
+    with pytest.raises(ValueError, match=r"bias-free linear LM head; SimpleNamespace has Linear; use step.logits=full"):
+        lm_head(model(torch.nn.Linear(4, 7)))
+    with pytest.raises(ValueError, match=r"SimpleNamespace has NoneType"):
+        lm_head(model(None))
+
+
+def test_step_signals_read_the_method_the_loss_and_only_the_shared_vocabulary(student, rollout):
+    """D_t as the method asks (logratio needs the sampled tokens; jsd reads β), τ as the loss says;
+    heads padded past the tokenizer are cut to the vocabulary."""
+    vocab, mask = len(student.tokenizer), rollout.target_mask
+    fwd = forward_pair(student.model, tiny_qwen2(student.tokenizer, seed=1), rollout, grad=False)
+    pad = lambda x, extra, value: torch.cat([x, torch.full((*x.shape[:-1], extra), value)], dim=-1)  # noqa: E731
+    padded = Forward(pad(fwd.student_logits, 2, 5.0), pad(fwd.teacher_logits, 5, -5.0), None)
+    for divergence, beta in (("logratio", 0.5), ("jsd", 0.2)):
+        loss = LossConfig(kind="reverse_kl", normalize="selected", temperature=2.0, beta=beta)
+        got = step_signals(padded, rollout, method_config("dear", divergence=divergence), loss, vocab)
+        want = objective.token_signals(
+            fwd.student_logits,
+            fwd.teacher_logits,
+            mask,
+            sampled_ids=rollout.input_ids[:, 1:],
+            divergence=divergence,
+            temperature=2.0,
+            beta=beta,
+        )
+        for name in ("entropy", "divergence", "reverse_kl", "student_argmax", "teacher_argmax"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), msg=f"{divergence}: {name}")
+        # the check can fail: D_t is not the KL, and β = 0.5 gives another jsd
+        assert not torch.allclose(want.divergence, want.reverse_kl)
+    half = objective.token_signals(fwd.student_logits, fwd.teacher_logits, mask, divergence="jsd", temperature=2.0)
+    assert not torch.allclose(half.divergence, want.divergence)
+
+
+def test_the_plain_path_is_the_default(student, rollout):
+    """Without a step config the models' own logits are read (the LM head runs); grad=False is no grad."""
+    model, teacher = copy.deepcopy(student.model), tiny_qwen2(student.tokenizer, seed=1)
+    calls = []
+    for m in (model, teacher):
+        m.lm_head.register_forward_hook(lambda *args: calls.append(1))
+    opd, loss = method_config("opd"), LossConfig(kind="reverse_kl", normalize="selected", temperature=1.0, beta=0.5)
+    distill_step(model, teacher, rollout, opd, loss, vocab_size=None)
+    assert len(calls) == 2
+    fwd, _, _ = select_step(model, teacher, rollout, opd, loss, vocab_size=None)
+    assert isinstance(fwd.student_logits, torch.Tensor) and fwd.student_logits.requires_grad and len(calls) == 4
+    assert not forward_pair(model, teacher, rollout, grad=False).student_logits.requires_grad
+    assert not select_step(model, teacher, rollout, opd, loss, vocab_size=None, grad=False)[
+        0
+    ].student_logits.requires_grad
+
+
+def test_each_row_reads_as_itself_alone_to_a_model_with_absolute_positions(student, rollout):
+    """RoPE (Qwen2) cannot see a shift of every position of a row; learned absolute positions (GPT-2) can:
+    with the rollout's position ids, a left-padded row's logits are those of the row run alone, unpadded."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=len(student.tokenizer), n_positions=64, n_embd=16, n_layer=2, n_head=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config).eval()
+    fwd = forward_pair(model, model, rollout, grad=False)
+    padded = (rollout.attention_mask[:, 0] == 0).nonzero().flatten().tolist()
+    assert padded  # the check can fail: some rows are left-padded
+    for row in padded:
+        first = int(rollout.attention_mask[row].argmax())
+        cols = rollout.target_mask[row].nonzero().flatten()
+        with torch.no_grad():
+            alone = model(input_ids=rollout.input_ids[row, first:][None]).logits[0]
+        torch.testing.assert_close(fwd.student_logits[row, cols], alone[cols - first], atol=1e-4, rtol=1e-4)
+
+
+class Recorder(torch.nn.Module):
+    """Stands in for a model: records what a forward is handed, returns logits of zeros."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.seen = vocab, []
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, **kw):
+        self.seen.append(kw)
+        batch, length = kw["input_ids"].shape
+        hidden = (torch.zeros(batch, length, 2),) if kw["output_hidden_states"] else None
+        return SimpleNamespace(logits=torch.zeros(batch, length, self.vocab) + self.weight, hidden_states=hidden)
+
+
+def test_the_forward_gets_the_rollouts_layout_and_keeps_no_cache(rollout):
+    """Input ids, attention mask and position ids as the rollout lays them out (the mask is not left to a
+    model's guess from the position ids), no KV cache, and no hidden states asked of the teacher."""
+    student, teacher = Recorder(9), Recorder(9)
+    forward_pair(student, teacher, rollout, hidden_layer=-1)
+    (s,), (t,) = student.seen, teacher.seen
+    for kw in (s, t):
+        assert kw.keys() == {"input_ids", "attention_mask", "position_ids", "use_cache", "output_hidden_states"}
+        assert kw["input_ids"] is rollout.input_ids and kw["attention_mask"] is rollout.attention_mask
+        assert kw["position_ids"] is rollout.position_ids and kw["use_cache"] is False
+    assert s["output_hidden_states"] is True and not t["output_hidden_states"]

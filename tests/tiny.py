@@ -26,3 +26,18 @@ def tiny_qwen2(tokenizer, seed: int = 0, hidden_size: int = 16):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return Qwen2ForCausalLM(config).eval()
+
+
+class PaddedHead(torch.nn.Module):
+    """``model`` with ``extra`` padding rows in its head (as Qwen2.5's are padded past the tokenizer), the
+    logit ``value`` there: a step must read only the shared vocabulary."""
+
+    def __init__(self, model, extra: int, value: float):
+        super().__init__()
+        self.inner, self.extra, self.value = model, extra, value
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        pad = torch.full((*out.logits.shape[:-1], self.extra), self.value, dtype=out.logits.dtype)
+        out.logits = torch.cat([out.logits, pad], dim=-1)
+        return out
