@@ -963,3 +963,132 @@ def test_other_user_errors():
         token_signals(zs, zt, make_mask(), divergence="l2")
     with pytest.raises(ValueError, match="needs sampled_ids"):
         token_divergence(zs, zt, "logratio")
+
+
+# ---------------------------------------------------------------------------------------------
+# The public functions' defaults and argument errors, and the head in mixed precision
+# ---------------------------------------------------------------------------------------------
+
+
+def test_public_functions_default_to_the_documented_values():
+    """A call that leaves the knobs out is the call with the documented defaults (and the knobs matter)."""
+    from dear.objective import (
+        evidence_pool,
+        evidence_similarity,
+        score_evidence,
+        select_decisions,
+        select_evidence,
+        select_random,
+        select_tip,
+    )
+
+    H, D, hidden, mask = make_selection_inputs(0, ties=False)
+    same = torch.equal
+    decision = select_decisions(H, mask)
+    assert same(decision, select_decisions(H, mask, ratio=0.2, mode="topk", scope="sequence"))
+    assert not same(decision, select_decisions(H, mask, ratio=0.5))
+    sim = evidence_similarity(hidden, decision, mask)
+    assert same(sim, evidence_similarity(hidden, decision, mask, agg="max", direction="both", similarity="cosine"))
+    assert not same(sim, evidence_similarity(hidden, decision, mask, agg="mean"))
+    pool = evidence_pool(mask, decision)
+    assert same(pool, mask & ~decision)
+    score = score_evidence(sim, D, pool, mask)
+    assert same(score, score_evidence(sim, D, pool, mask, boost="normalized", lam=1.0))
+    assert not same(score, score_evidence(sim, D, pool, mask, lam=2.0))
+    evidence = select_evidence(score, pool)
+    assert same(evidence, select_evidence(score, pool, ratio=0.2, scope="sequence"))
+    assert not same(evidence, select_evidence(score, pool, ratio=0.5))
+    chosen, s = select_tip(H, D, mask)
+    assert same(chosen, select_tip(H, D, mask, ratio=0.5, scope="sequence")[0])
+    assert not same(chosen, select_tip(H, D, mask, ratio=0.9)[0])
+    assert not s[~mask].any() and s[mask].any()  # the soft-OR score is 0 where masked
+    picked = select_random(mask, generator=torch.Generator().manual_seed(0))
+    n = mask.sum(-1)
+    k_dec = torch.ceil(0.2 * n - 1e-9)
+    assert picked.sum(-1).tolist() == torch.minimum(k_dec + torch.ceil(0.2 * (n - k_dec) - 1e-9), n).tolist()
+    kwargs = dict(decision_ratio=0.2, evidence_ratio=0.2, scope="sequence", evidence_pool="remaining")
+    assert same(picked, select_random(mask, generator=torch.Generator().manual_seed(0), **kwargs))
+    zs, zt = make_logits(0)
+    assert same(token_divergence(zs, zt), token_divergence(zs, zt, "reverse_kl", 1.0, 0.5))
+    assert not same(token_divergence(zs, zt), token_divergence(zs, zt, temperature=2.0))
+    assert same(token_divergence(zs, zt, "jsd"), token_divergence(zs, zt, "jsd", beta=0.5))
+    w = make_mask().float()
+    loss, _ = distill_loss(zs, zt, w)
+    explicit = dict(kind="reverse_kl", normalize="selected", temperature=1.0, beta=0.5, reduction="mean")
+    assert float(loss) == float(distill_loss(zs, zt, w, **explicit)[0])
+
+
+def test_argument_errors_name_the_argument():
+    from dear.objective import evidence_pool, score_evidence, select_random
+
+    zs, zt = make_logits(0)
+    mask = make_mask()
+    for hidden, weight, shapes in [
+        ((2, 3, 4), (5, 3), r"\(2, 3, 4\) and \(5, 3\)"),  # H differs
+        ((3, 4), (5, 4), r"\(3, 4\) and \(5, 4\)"),  # hidden is not [B, T, H]
+        ((2, 3, 4), (5, 4, 1), r"\(2, 3, 4\) and \(5, 4, 1\)"),  # weight is not [V, H]
+    ]:
+        with pytest.raises(ValueError, match=r"HeadLogits needs hidden \[B, T, H\] and weight \[V, H\], got " + shapes):
+            HeadLogits(torch.zeros(hidden), torch.zeros(weight))
+    with pytest.raises(ValueError, match=r"kind must be one of reverse_kl, forward_kl, jsd, logratio; got 'l2'"):
+        token_divergence(zs, zt, "l2")
+    with pytest.raises(ValueError, match=r"must share leading dims, got \(3, 6, 9\) and \(3, 5, 12\)"):
+        token_divergence(zs, zt[:, :5])
+    with pytest.raises(ValueError, match="chunk_size must be a positive number of positions or None, got 0"):
+        token_divergence(zs, zt, chunk_size=0)
+    with pytest.raises(ValueError, match="boost must be one of normalized, multiplicative, additive, none; got 'exp'"):
+        score_evidence(torch.zeros(3, 6), torch.zeros(3, 6), mask, mask, boost="exp")
+    for call in (lambda: evidence_pool(mask, mask, "some"), lambda: select_random(mask, evidence_pool="some")):
+        with pytest.raises(ValueError, match="evidence_pool must be one of remaining, all; got 'some'"):
+            call()
+
+
+def test_token_divergence_reads_the_shared_vocabulary():
+    zs, zt = make_logits(0)
+    vocab = zs.shape[-1]
+    # a student head wider than the teacher's: the teacher's size is the shared vocabulary
+    wide = torch.cat([zs, torch.full((3, 6, 5), 30.0)], dim=-1)
+    torch.testing.assert_close(token_divergence(wide, zt[..., :vocab]), token_divergence(zs, zt[..., :vocab]))
+    # an explicit vocabulary size cuts both heads
+    torch.testing.assert_close(token_divergence(zs, zt, vocab_size=6), token_divergence(zs[..., :6], zt[..., :6]))
+
+
+def test_head_logits_in_mixed_precision_match_the_materialised_logits():
+    """Final hidden states in float64 and a float32 head: each chunk's rows are computed in the head's
+    dtype, and the gradients come back in each tensor's own dtype."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 4, generator=g, requires_grad=True)
+    teacher = torch.randn(3, 6, 12, generator=g)
+    weights = make_mask().float()
+    got, _ = distill_loss(HeadLogits(hidden, weight), teacher, weights, chunk_size=4)
+    got.backward()
+    grad_h, grad_w = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    want, _ = distill_loss(hidden.to(weight.dtype) @ weight.T, teacher, weights, chunk_size=4)
+    want.backward()
+    assert grad_h.dtype == torch.float64 and grad_w.dtype == torch.float32
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    torch.testing.assert_close(grad_h, hidden.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad_w, weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_evidence_score_forms_on_hand_computed_values():
+    """multiplicative: sim·(1 + λ·D/mean D), the mean over the sequence's response tokens; additive and
+    normalized: min-max over the candidates, a constant relevance mapping to 0 (additive) or 1 (normalized)."""
+    from dear.objective import evidence_similarity, score_evidence
+
+    inf = math.inf
+    mask = torch.tensor([[True, True, True, False], [False, False, False, True]])  # a one-token sequence
+    D = torch.tensor([[0.2, 0.4, 0.6, 9.0], [9.0, 9.0, 9.0, 0.5]])  # means 0.4 and 0.5
+    sim = torch.tensor([[0.5, 0.5, 0.5, 7.0], [7.0, 7.0, 7.0, 0.25]])  # a constant relevance
+    for boost, want in [
+        ("multiplicative", [[1.0, 1.5, 2.0, -inf], [-inf, -inf, -inf, 0.75]]),
+        ("additive", [[0.0, 1.0, 2.0, -inf], [-inf, -inf, -inf, 0.0]]),
+        ("normalized", [[1.0, 2.0, 3.0, -inf], [-inf, -inf, -inf, 1.0]]),
+    ]:
+        got = score_evidence(sim, D, mask, mask, boost=boost, lam=2.0)
+        torch.testing.assert_close(got, torch.tensor(want), msg=boost)
+    # an empty batch has no decisions to compare with
+    empty = torch.zeros(0, 4, dtype=torch.bool)
+    assert evidence_similarity(torch.zeros(0, 4, 2), empty, empty).shape == (0, 4)

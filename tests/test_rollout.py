@@ -273,3 +273,11 @@ def test_rollouts_and_prompts_move_to_the_device_asked_for(tok):
     enc = encode_prompts(tok, PROMPTS, torch.device("meta"))
     assert enc.keys() == {"input_ids", "attention_mask"}
     assert all(v.device.type == "meta" for v in enc.values())
+
+
+def test_a_micro_batch_is_its_rows_at_the_batchs_full_width(tok):
+    _, r = scripted_rollout(tok)
+    part = r.rows(slice(1, 3))
+    for name in ("input_ids", "attention_mask", "position_ids", "response_mask"):
+        assert torch.equal(getattr(part, name), getattr(r, name)[1:3]), name
+    assert part.prompt_width == r.prompt_width and part.texts == r.texts[1:3] == ["34567", ""]
