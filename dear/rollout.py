@@ -83,6 +83,8 @@ def generate(
     device = next(model.parameters()).device
     if cache == "auto":
         cache = "static" if device.type == "cuda" else "dynamic"
+    if cache not in ("dynamic", "static"):
+        raise ValueError(f"cache must be one of auto, dynamic, static; got {cache!r}")
     fast = {"cache_implementation": "static", "disable_compile": not compile} if cache == "static" else {}
     enc = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], device)
     was_training = model.training
@@ -132,7 +134,7 @@ def from_texts(tokenizer, prompts: list[str], responses: list[str], *, max_new_t
     input_ids = torch.cat([enc["input_ids"], response], dim=1)
     attention_mask = torch.cat([enc["attention_mask"], keep.long()], dim=1)
     response_mask = torch.cat([torch.zeros_like(enc["input_ids"], dtype=torch.bool), keep], dim=1)
-    texts = tokenizer.batch_decode(response, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)  # the token lists: no copy back from the device
     return Rollout(
         input_ids, attention_mask, position_ids(attention_mask), response_mask, enc["input_ids"].shape[1], texts
     )

@@ -273,6 +273,17 @@ def test_rollouts_and_prompts_move_to_the_device_asked_for(tok):
     enc = encode_prompts(tok, PROMPTS, torch.device("meta"))
     assert enc.keys() == {"input_ids", "attention_mask"}
     assert all(v.device.type == "meta" for v in enc.values())
+    forced = from_texts(tok, PROMPTS[:2], ["12", "3"], max_new_tokens=4, device=torch.device("meta"))
+    for name in ("input_ids", "attention_mask", "position_ids", "response_mask"):
+        assert getattr(forced, name).device.type == "meta", name
+    assert forced.texts == ["12", "3"]
+
+
+def test_an_unknown_cache_is_refused_in_one_line(tok):
+    model = Scripted(torch.full((2, 3), tok.eos_token_id))
+    for cache in ("Static", "paged"):
+        with pytest.raises(ValueError, match=f"cache must be one of auto, dynamic, static; got '{cache}'"):
+            generate(model, tok, PROMPTS, cache=cache)
 
 
 def test_a_micro_batch_is_its_rows_at_the_batchs_full_width(tok):
