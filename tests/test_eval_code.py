@@ -440,6 +440,17 @@ def test_weak_falls_back_to_rlimits_when_every_probe_fails(fresh_choice) -> None
         assert code.isolation() == "rlimits"
 
 
+def test_a_failed_probe_is_summed_up_by_its_note_else_its_last_error_line_else_its_status() -> None:
+    def result(stderr: str = "", note: str = "") -> ExecResult:
+        return ExecResult("failed", 1, "", stderr, 0.0, note)
+
+    assert code._reason(result("Traceback\n  x\nOSError: no\n\n", note="unshare: EPERM")) == "unshare: EPERM"
+    assert code._reason(result("Traceback\n  x\nOSError: no\n\n")) == "OSError: no"
+    assert code._reason(result("  \n")) == "failed"
+    assert code._reason(result("E" * 400)) == "E" * 300
+    assert code._reason(result(note="n" * 301)) == "n" * 300
+
+
 def test_under_ci_missing_isolation_fails_instead_of_skipping(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox_support, "full_isolation_missing", lambda: "no user namespaces")
     monkeypatch.setenv("CI", "true")
@@ -475,7 +486,7 @@ def test_io_grading_sends_each_case_and_sizes_its_time_limit(monkeypatch: pytest
         {"job": {"kind": "io", "cases": [sent] * 70, "func": "twoSum"}},
     )
     assert runs[2][0][1] == 2.5
-    with pytest.raises(ValueError, match="check_io needs at least one test case"):
+    with pytest.raises(ValueError, match="^check_io needs at least one test case$"):
         code.check_io("src", [])
     with pytest.raises(ValueError, match="memory_mb must be at least 64"):
         code.check_io("src", [case], memory_mb=32)
