@@ -45,7 +45,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dear.schema import Boost, Divergence, EvidencePool, LossKind, MethodConfig, Normalization
+from dear.schema import (
+    Aggregation,
+    Boost,
+    DecisionMode,
+    Direction,
+    Divergence,
+    EvidencePool,
+    LossKind,
+    MethodConfig,
+    Normalization,
+    Scope,
+    Similarity,
+)
 
 __all__ = [
     "HeadLogits",
@@ -75,6 +87,11 @@ LOSS_KINDS: tuple[str, ...] = typing.get_args(LossKind)  # loss ℓ_t
 NORMALIZATIONS: tuple[str, ...] = typing.get_args(Normalization)
 BOOSTS: tuple[str, ...] = typing.get_args(Boost)  # evidence score forms (§2 step 2)
 EVIDENCE_POOLS: tuple[str, ...] = typing.get_args(EvidencePool)  # what the evidence count is a share of
+DECISION_MODES: tuple[str, ...] = typing.get_args(DecisionMode)
+SCOPES: tuple[str, ...] = typing.get_args(Scope)
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
+DIRECTIONS: tuple[str, ...] = typing.get_args(Direction)
+SIMILARITIES: tuple[str, ...] = typing.get_args(Similarity)
 
 # Elements per chunk buffer: 2**24 floats = 64 MiB, 110 positions at V = 151936 (see module doc).
 _CHUNK_ELEMENTS = 2**24
@@ -637,6 +654,7 @@ def _topk_mask(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
 
 def _topk_by_scope(score: Tensor, eligible: Tensor, mask: Tensor, ratio: float, scope: str) -> Tensor:
     """Top ``⌈ratio·T_i⌉`` per sequence (scope "sequence") or ``⌈ratio·Σ_i T_i⌉`` over the batch."""
+    _check_choice("scope", scope, SCOPES)
     if scope == "batch":
         k = _ceil_count(ratio, mask.sum().reshape(1))
         return _topk_mask(score.reshape(1, -1), eligible.reshape(1, -1), k).reshape(score.shape)
@@ -681,7 +699,10 @@ def select_decisions(
     ``mode="threshold"``: every response position with ``H_t ≥ h_min``. ``scope="batch"``: the top
     ``⌈ρ_d·Σ T_i⌉`` over the whole batch. entropy, mask ``[B, T]`` -> ``[B, T]`` bool.
     """
+    _check_choice("mode", mode, DECISION_MODES)
     if mode == "threshold":
+        if h_min is None:
+            raise ValueError("mode='threshold' needs h_min, the entropy a decision must reach")
         return mask & (entropy >= h_min)
     return _topk_by_scope(entropy, mask, mask, ratio, scope)
 
@@ -705,6 +726,9 @@ def evidence_similarity(
     Memory is ``O(B·T·K)`` with K the most decisions in a sequence (a cosine matrix against the
     gathered decision states only).
     """
+    _check_choice("agg", agg, AGGREGATIONS)
+    _check_choice("direction", direction, DIRECTIONS)
+    _check_choice("similarity", similarity, SIMILARITIES)
     bsz, length = mask.shape
     n_dec = decision.sum(-1)  # [B]
     k_max = int(n_dec.max()) if decision.numel() else 0
@@ -825,6 +849,7 @@ def select_random(
     mask ``[B, T]`` -> ``[B, T]`` bool.
     """
     _check_choice("evidence_pool", evidence_pool, EVIDENCE_POOLS)
+    _check_choice("scope", scope, SCOPES)
     keys = torch.rand(mask.shape, generator=generator, device=mask.device)
 
     def count(n: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ handling ``-inf`` logits by working on each distribution's support only.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from fractions import Fraction
 
@@ -1041,6 +1042,39 @@ def test_argument_errors_name_the_argument():
     for call in (lambda: evidence_pool(mask, mask, "some"), lambda: select_random(mask, evidence_pool="some")):
         with pytest.raises(ValueError, match="evidence_pool must be one of remaining, all; got 'some'"):
             call()
+
+
+def test_every_named_choice_is_checked_whatever_the_inputs():
+    """A misspelt knob in a direct call is refused in one line; it never falls through to another branch."""
+    from dear.objective import evidence_similarity, select_decisions, select_evidence, select_random, select_tip
+
+    H, D, hidden, mask = make_selection_inputs(0, ties=False)
+    decision = select_decisions(H, mask)
+    nothing = torch.zeros_like(mask)  # no decisions at all: the early return still checks its arguments
+    calls = {
+        "scope must be one of sequence, batch; got 'Batch'": [
+            lambda: select_decisions(H, mask, scope="Batch"),
+            lambda: select_evidence(D, mask, scope="Batch"),
+            lambda: select_tip(H, D, mask, scope="Batch"),
+            lambda: select_random(mask, scope="Batch"),
+        ],
+        "mode must be one of topk, threshold; got 'top-k'": [lambda: select_decisions(H, mask, mode="top-k")],
+        "mode='threshold' needs h_min": [lambda: select_decisions(H, mask, mode="threshold")],
+        "agg must be one of max, mean; got 'sum'": [
+            lambda: evidence_similarity(hidden, decision, mask, agg="sum"),
+            lambda: evidence_similarity(hidden, nothing, mask, agg="sum"),
+        ],
+        "direction must be one of both, before, after; got 'left'": [
+            lambda: evidence_similarity(hidden, decision, mask, direction="left")
+        ],
+        "similarity must be one of cosine, none; got 'dot'": [
+            lambda: evidence_similarity(hidden, decision, mask, similarity="dot")
+        ],
+    }
+    for message, group in calls.items():
+        for call in group:
+            with pytest.raises(ValueError, match="^" + re.escape(message)):
+                call()
 
 
 def test_token_divergence_reads_the_shared_vocabulary():
