@@ -451,6 +451,40 @@ def test_a_failed_probe_is_summed_up_by_its_note_else_its_last_error_line_else_i
     assert code._reason(result(note="n" * 301)) == "n" * 300
 
 
+def test_a_signal_is_named_when_python_knows_it_else_numbered() -> None:
+    import signal
+
+    assert code._signal_name(signal.SIGKILL) == "SIGKILL"
+    assert code._signal_name(signal.SIGXCPU) == "SIGXCPU"
+    assert code._signal_name(signal.SIGRTMIN + 3) == str(int(signal.SIGRTMIN) + 3)  # real-time: no name
+
+
+def test_has_exited_sees_an_exit_without_reaping_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The polling fallback (no pidfd) must notice an exit yet leave the process unreaped, and take a
+    child that someone else already reaped as gone."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert code._has_exited(proc) is False
+        proc.stdin.close()
+        deadline = time.monotonic() + 30
+        while not code._has_exited(proc):
+            assert time.monotonic() < deadline, "the child never looked exited"
+            time.sleep(0.01)
+        assert os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None  # still there
+    finally:
+        proc.kill()
+        proc.wait()
+
+    def reaped(*args):
+        raise ChildProcessError
+
+    monkeypatch.setattr(code.os, "waitid", reaped)
+    assert code._has_exited(proc) is True
+
+
 def test_under_ci_missing_isolation_fails_instead_of_skipping(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox_support, "full_isolation_missing", lambda: "no user namespaces")
     monkeypatch.setenv("CI", "true")
