@@ -944,7 +944,9 @@ def test_bad_knobs_raise_one_line_value_errors(overrides, message):
 
 def test_other_user_errors():
     H, D, hidden, mask = make_selection_inputs(0)
-    with pytest.raises(ValueError, match="hidden must be given"):
+    with pytest.raises(
+        ValueError, match=r"^hidden must be given \(\[B, T, H\] student hidden states\) for similarity='cosine'$"
+    ):
         select("dear", entropy=H, divergence=D, hidden=None, mask=mask)
     zs, zt = make_logits(0)
     w = make_mask().float()
@@ -1126,3 +1128,41 @@ def test_evidence_score_forms_on_hand_computed_values():
     # an empty batch has no decisions to compare with
     empty = torch.zeros(0, 4, dtype=torch.bool)
     assert evidence_similarity(torch.zeros(0, 4, 2), empty, empty).shape == (0, 4)
+
+
+def test_before_and_after_exclude_the_decision_itself():
+    """allowed(t, d) is t < d ("before") or t > d ("after"): a decision with no other decision on that
+    side has no relevance (-inf), even though it is perfectly similar to itself."""
+    from dear.objective import evidence_similarity
+
+    inf = math.inf
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    decision = torch.tensor([[False, True, False, True]])
+    hidden = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
+    before = evidence_similarity(hidden, decision, mask, direction="before")
+    after = evidence_similarity(hidden, decision, mask, direction="after")
+    torch.testing.assert_close(before, torch.tensor([[1.0, 0.0, 1.0, -inf]]))  # t=3 has no later decision
+    torch.testing.assert_close(after, torch.tensor([[-inf, -inf, 0.0, 0.0]]))  # t=1 has no earlier one
+
+
+def test_similarity_is_computed_in_float32_for_half_hidden_states():
+    from dear.objective import evidence_similarity, select_decisions
+
+    H, _, hidden, mask = make_selection_inputs(0, ties=False)
+    half = hidden.nan_to_num(0.0).to(torch.bfloat16)
+    decision = select_decisions(H, mask)
+    got = evidence_similarity(half, decision, mask)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, evidence_similarity(half.float(), decision, mask))
+
+
+def test_multiplicative_boost_ignores_a_signed_divergence_whose_mean_is_not_positive():
+    """A log-ratio D_t can be negative; where the sequence's mean D is 0 (or below) the boost is off:
+    the score is the similarity itself."""
+    from dear.objective import score_evidence
+
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    D = torch.tensor([[-0.5, 0.0, 0.5], [-1.0, 0.2, 0.2]])  # means 0 and -0.2
+    sim = torch.tensor([[0.5, 0.25, 0.75], [0.1, 0.2, 0.3]])
+    got = score_evidence(sim, D, mask, mask, boost="multiplicative", lam=1.0)
+    torch.testing.assert_close(got, sim)
