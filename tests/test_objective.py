@@ -1154,6 +1154,7 @@ def test_similarity_is_computed_in_float32_for_half_hidden_states():
     got = evidence_similarity(half, decision, mask)
     assert got.dtype == torch.float32
     assert torch.equal(got, evidence_similarity(half.float(), decision, mask))
+    assert (got[~mask] == -math.inf).all()  # padding and prompt never compete
 
 
 def test_multiplicative_boost_ignores_a_signed_divergence_whose_mean_is_not_positive():
