@@ -273,6 +273,9 @@ def test_rollouts_and_prompts_move_to_the_device_asked_for(tok):
     enc = encode_prompts(tok, PROMPTS, torch.device("meta"))
     assert enc.keys() == {"input_ids", "attention_mask"}
     assert all(v.device.type == "meta" for v in enc.values())
+
+
+def test_given_responses_land_on_the_device_asked_for(tok):
     forced = from_texts(tok, PROMPTS[:2], ["12", "3"], max_new_tokens=4, device=torch.device("meta"))
     for name in ("input_ids", "attention_mask", "position_ids", "response_mask"):
         assert getattr(forced, name).device.type == "meta", name
