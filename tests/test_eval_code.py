@@ -412,8 +412,41 @@ def test_root_gets_full_isolation_with_a_remapped_uid(fresh_choice) -> None:
 
 def test_rlimits_policy_forces_the_fallback_with_a_warning(fresh_choice) -> None:
     fresh_choice.setenv("DEAR_SANDBOX", "rlimits")
-    with pytest.warns(RuntimeWarning, match="rlimits only"):
+    with pytest.warns(RuntimeWarning, match="^DEAR_SANDBOX=rlimits: sandboxed code runs with rlimits only"):
         assert code.isolation() == "rlimits"
+
+
+def test_off_linux_strict_refuses_and_weak_falls_back_to_rlimits(fresh_choice) -> None:
+    fresh_choice.setattr(code.sys, "platform", "darwin")
+    with pytest.raises(DearError, match="darwin has no Linux namespaces"):
+        code.isolation()
+    fresh_choice.setenv("DEAR_SANDBOX", "weak")
+    with pytest.warns(RuntimeWarning, match="darwin has no Linux namespaces"):
+        assert code.isolation() == "rlimits"
+
+
+def test_strict_refusal_says_how_to_grade_anyway(fresh_choice) -> None:
+    fresh_choice.setattr(code, "_probe", lambda mode: ExecResult("error", None, "", "", 0.0, "no namespaces"))
+    with pytest.raises(DearError) as info:
+        code.isolation()
+    assert str(info.value).endswith(
+        "set DEAR_SANDBOX=weak to grade it with weaker isolation (record dear.eval.code.isolation() with the results)"
+    )
+
+
+@needs_full_isolation
+def test_the_probe_runs_an_empty_program_then_a_graded_check(fresh_choice) -> None:
+    """Both probe runs pass in the sandbox this machine has; a failed first run is the answer, unrepeated."""
+    mode = code._current_mode()
+    assert code._probe(mode).passed
+    calls = []
+
+    def first_fails(source, *args, **kwargs):
+        calls.append(kwargs.get("job"))
+        return ExecResult("failed", 1, "", "boom", 0.0, "")
+
+    fresh_choice.setattr(code, "_run", first_fails)
+    assert code._probe(mode).stderr == "boom" and calls == [None]
 
 
 def test_an_unknown_policy_is_one_clear_line(fresh_choice) -> None:

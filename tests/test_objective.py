@@ -1167,3 +1167,23 @@ def test_multiplicative_boost_ignores_a_signed_divergence_whose_mean_is_not_posi
     sim = torch.tensor([[0.5, 0.25, 0.75], [0.1, 0.2, 0.3]])
     got = score_evidence(sim, D, mask, mask, boost="multiplicative", lam=1.0)
     torch.testing.assert_close(got, sim)
+
+
+def test_tip_keeps_its_soft_or_score_and_a_zero_evidence_ratio_keeps_no_evidence():
+    from dear.objective import select_tip
+
+    H, D, hidden, mask = make_selection_inputs(0, ties=False)
+    tip = select("tip", entropy=H, divergence=D, hidden=hidden, mask=mask)
+    chosen, s = select_tip(H, D, mask, ratio=method_config("tip").tip_ratio)
+    assert torch.equal(tip.weights, chosen.float()) and torch.equal(tip.score, s)
+    none = select("dear", entropy=H, divergence=D, hidden=hidden, mask=mask, evidence_ratio=0.0)
+    assert not none.evidence.any() and torch.equal(none.weights > 0, none.decision)
+
+
+def test_distill_loss_checks_the_weights_shape_and_reports_their_sum():
+    zs, zt = make_logits(0)
+    w = make_mask().float() * 0.5
+    with pytest.raises(ValueError, match=r"expected logits \[B, T, V\] x2 and weights \[B, T\], got"):
+        distill_loss(zs, zt, w[:, :5])
+    _, stats = distill_loss(zs, zt, w)
+    assert float(stats["weight_sum"]) == float(w.sum())
