@@ -1187,3 +1187,24 @@ def test_distill_loss_checks_the_weights_shape_and_reports_their_sum():
         distill_loss(zs, zt, w[:, :5])
     _, stats = distill_loss(zs, zt, w)
     assert float(stats["weight_sum"]) == float(w.sum())
+
+
+def test_the_head_gradient_accumulates_in_float32_for_a_half_head_and_in_float64_for_a_double_one():
+    """Chunk by chunk, ∂W adds up one product a position (chunk_size=1 here, 384 of them): a bfloat16
+    accumulator would drift by several bf16 steps; float32 stays within the rounding of the bf16 inputs.
+    A float64 head keeps float64 throughout."""
+    g = torch.Generator().manual_seed(0)
+    B, T, H_dim, V = 4, 96, 8, 11
+    teacher = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    weights = torch.ones(B, T)
+    for dtype, bound in ((torch.bfloat16, 0.008), (torch.float64, 1e-12)):
+        hidden = torch.randn(B, T, H_dim, generator=g).to(dtype).requires_grad_()
+        weight = torch.randn(V, H_dim, generator=g).to(dtype).requires_grad_()
+        loss, _ = distill_loss(HeadLogits(hidden, weight), teacher.to(dtype), weights, chunk_size=1)
+        loss.backward()
+        h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+        want, _ = distill_loss(h64 @ w64.T, teacher, weights)
+        want.backward()
+        assert weight.grad.dtype == dtype
+        rel = float((weight.grad.double() - w64.grad).norm() / w64.grad.norm())
+        assert rel < bound, (dtype, rel)
