@@ -55,7 +55,7 @@ reproduce-table: setup
 MUTANTS ?=
 mutate: setup
 	$(BIN)/python -m pip install -q --disable-pip-version-check "mutmut==3.8.1"
-	$(OFFLINE) DEAR_TEST_THREADS=1 $(BIN)/mutmut run --max-children $${JOBS:-2} $(MUTANTS) || true
+	$(OFFLINE) DEAR_TEST_THREADS=1 CI=true $(BIN)/mutmut run --max-children $${JOBS:-2} $(MUTANTS) || true
 	@echo "--- surviving mutants (inspect one with: $(BIN)/mutmut show NAME; judged ones: tests/MUTANTS.md) ---"
 	$(BIN)/mutmut results | grep -v "not checked" || true
 	$(BIN)/python tests/mutation_report.py

@@ -103,6 +103,37 @@ def test_all_canonical_solutions_pass(problems: list[dict[str, str]]) -> None:
 
 
 @needs_full_isolation
+def test_the_checker_sees_the_prompts_helpers() -> None:
+    """HumanEval tests may use what the prompt defines: the checker runs the trusted prompt first (only the
+    candidate's functions cross by proxy, so a constant must come from the prompt)."""
+    prompt = 'LIMIT = 3\n\n\ndef f(x):\n    """x plus LIMIT."""\n'
+    test = "def check(candidate):\n    assert candidate(LIMIT) == 6\n"
+    assert check_solution(prompt, "    return x + LIMIT\n", test, "f").passed
+
+
+@needs_full_isolation
+def test_the_sandbox_sets_its_resource_limits() -> None:
+    program = (
+        "import resource\n"
+        "print([resource.getrlimit(getattr(resource, n))[0] for n in ('RLIMIT_AS', 'RLIMIT_NOFILE', 'RLIMIT_CORE')])"
+    )
+    result = run_program(program, memory_mb=300)
+    assert result.passed, result.stderr
+    assert ast.literal_eval(result.stdout) == [300 * 1024 * 1024, 1024, 0]
+
+
+@needs_full_isolation
+def test_the_sandbox_keeps_the_hosts_top_level_links() -> None:
+    """/lib, /lib64, /bin ... as symlinks into /usr (merged-/usr hosts): the loader's paths must resolve inside."""
+    names = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+    host = {n: os.readlink(n) for n in names if os.path.islink(n)}
+    program = f"import os\nprint({{n: os.readlink(n) for n in {names!r} if os.path.islink(n)}})"
+    result = run_program(program)
+    assert result.passed, result.stderr
+    assert ast.literal_eval(result.stdout) == host
+
+
+@needs_full_isolation
 def test_wrong_solutions_fail(problems: list[dict[str, str]]) -> None:
     wrong_bodies = ["    return None\n", "    raise NotImplementedError\n"]
 
