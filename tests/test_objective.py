@@ -1208,3 +1208,28 @@ def test_the_head_gradient_accumulates_in_float32_for_a_half_head_and_in_float64
         assert weight.grad.dtype == dtype
         rel = float((weight.grad.double() - w64.grad).norm() / w64.grad.norm())
         assert rel < bound, (dtype, rel)
+
+
+def test_ids_outside_the_vocabulary_are_harmless_where_they_are_not_used():
+    """Padding may carry any id (the student's vocabulary can be larger than the shared one): where a
+    position does not count, its id is clamped before any gather."""
+    zs, zt = make_logits(0)
+    mask = make_mask()
+    vocab = zs.shape[-1]
+    ids = torch.randint(2, vocab, mask.shape, generator=torch.Generator().manual_seed(0))  # token 1 is -inf
+    padded = ids.masked_fill(~mask, vocab + 3)
+    for divergence in ("logratio",):
+        got = token_signals(zs, zt, mask, divergence=divergence, sampled_ids=padded)
+        want = token_signals(zs, zt, mask, divergence=divergence, sampled_ids=ids)
+        torch.testing.assert_close(got.divergence[mask], want.divergence[mask])
+    w = mask.float()
+    loss, _ = distill_loss(zs, zt, w, kind="pg", sampled_ids=padded)
+    assert float(loss) == float(distill_loss(zs, zt, w, kind="pg", sampled_ids=ids)[0])
+
+
+def test_a_shared_vocabulary_of_one_token_is_allowed():
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(3, 6, 9, generator=g), torch.randn(3, 6, 12, generator=g)
+    assert torch.equal(token_divergence(zs, zt, vocab_size=1), torch.zeros(3, 6))  # one token: p = q = 1
+    with pytest.raises(ValueError, match=r"vocab_size must be in \[1, 9\]"):
+        token_divergence(zs, zt, vocab_size=0)
