@@ -112,6 +112,30 @@ def test_the_checker_sees_the_prompts_helpers() -> None:
 
 
 @needs_full_isolation
+def test_the_cgroup_bounds_the_program_plus_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cgroup gets the program's memory plus the supervisor's, in bytes, and the process cap plus the
+    supervisor's tasks; a cgroup that cannot be made is an "error" result saying so, with nothing run."""
+    seen = []
+    create = cgroup.create
+
+    def spy(memory_bytes, pids):
+        seen.append((memory_bytes, pids))
+        return create(memory_bytes, pids)
+
+    monkeypatch.setattr(code.cgroup, "create", spy)
+    assert run_program("x = 1", memory_mb=200).passed
+    assert seen == [((200 + code.SUPERVISOR_MB) * 1024 * 1024, code.MAX_PROCESSES + code.SUPERVISOR_TASKS)]
+
+    def refuse(memory_bytes, pids):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(code.cgroup, "create", refuse)
+    result = run_program("print('ran')")
+    assert (result.status, result.returncode, result.stdout, result.stderr) == ("error", None, "", "")
+    assert result.note == "no cgroup: no space left on device"
+
+
+@needs_full_isolation
 def test_the_sandbox_sets_its_resource_limits() -> None:
     program = (
         "import resource\n"
