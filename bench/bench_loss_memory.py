@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PeakRSS, available_gib, emit, run_child, set_address_limit  # noqa: E402
+from common import PeakRSS, available_gib, emit, report, run_child, set_address_limit  # noqa: E402
 
 IMPLS = ("ours", "trl")
 
@@ -168,12 +168,8 @@ def main() -> None:
         child(args)
         return
     r = measure(args)
-    if args.json == "-":
-        emit(r)
-        return
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=1))
-    print(json.dumps(r, indent=1))
+    if not report(r, args.json):
+        print(json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":

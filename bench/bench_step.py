@@ -14,7 +14,6 @@ first method, both as the ratio of medians and as the median of the per-round ra
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import compose, emit  # noqa: E402
+from common import compose, report  # noqa: E402
 
 MIN_ROUNDS = 5
 
@@ -124,11 +123,7 @@ def main() -> None:
 
         args.threads = train_config(compose(overrides)).trainer.threads or 2
     r = measure(args.methods, args.repeats, overrides, args.threads, args.budget_s)
-    if args.json == "-":
-        emit(r)
-    elif args.json:
-        Path(args.json).write_text(json.dumps(r, indent=1))
-    if args.json == "-":
+    if report(r, args.json):
         return
     b = r["batch"]
     print(

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import PeakRSS, compose, emit, offline_env, run_child  # noqa: E402
+from common import PeakRSS, compose, emit, offline_env, report, run_child  # noqa: E402
 
 QWEN_VOCAB = 151936
 
@@ -209,12 +209,8 @@ def main() -> None:
         args.rollouts, args.micro_batch, args.vocab, args.prompt, args.response = [2, 4], 2, 4096, 16, 32
         args.one_process = True
     r = measure(args)
-    if args.json == "-":
-        emit(r)
-        return
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=1))
-    print(json.dumps(r, indent=1))
+    if not report(r, args.json):
+        print(json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":

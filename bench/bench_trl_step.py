@@ -33,7 +33,6 @@ and TRL's over ours, with the mean response tokens per step on each side (the sa
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -46,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import compose, emit  # noqa: E402
+from common import compose, report  # noqa: E402
 
 ROLES = ("ours", "trl-defaults", "trl-tuned")
 MIN_REPEATS = 3  # timed rounds before --budget-s may stop them
@@ -328,10 +327,7 @@ def main() -> None:
         args.threads = pick_threads(None)[0]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = measure(args)
-    if args.json == "-":
-        emit(result)
-    elif args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    report(result, args.json)  # the summary below goes to stderr either way
     if "error" in result:
         print(f"unavailable: {result['error']}", file=sys.stderr)
         return

@@ -222,6 +222,17 @@ def emit(result: dict) -> None:
     sys.stdout.flush()
 
 
+def report(result: dict, json_arg: str | None) -> bool:
+    """Hand a script's result over as ``--json`` asks: ``-`` one JSON line on stdout (returns True: print
+    nothing else), a path the file (indented), None nothing. Returns whether the caller should stay quiet."""
+    if json_arg == "-":
+        emit(result)
+        return True
+    if json_arg:
+        Path(json_arg).write_text(json.dumps(result, indent=1))
+    return False
+
+
 def set_address_limit(gib: float) -> None:
     """Cap this process's address space, so that a shape too large fails with an allocation error
     instead of waking the OOM killer."""

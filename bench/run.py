@@ -24,7 +24,6 @@ Extra arguments are Hydra overrides of the toy runs (figures 1 and 4), e.g. ``ca
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import textwrap
@@ -36,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import ROOT, compose, load_average, machine_facts, pick_threads, run_child  # noqa: E402
+
+from dear.files import write_json_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIGURES = {  # name: (comparison, goal)
@@ -360,8 +361,7 @@ def main() -> None:
         "overrides": toy,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out, result)  # a killed run leaves the previous figures whole
     print(table(result))
     print(f"wrote {out}")
 
