@@ -34,7 +34,6 @@ Writes ``outputs/bench/gpu.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -196,6 +195,8 @@ def main() -> None:  # noqa: C901  (one straight script of parts)
     import torch
 
     from dear.config import train_config
+    from dear.files import write_json_atomic
+    from dear.models import set_gradient_checkpointing
     from dear.rollout import generate
     from dear.step import distill_step
 
@@ -294,9 +295,7 @@ def main() -> None:  # noqa: C901  (one straight script of parts)
     part("rollout_static_compiled", lambda: {**timed_rollout("static", warm=True), "compiled": compile_ok})
 
     def checkpointing(on: bool) -> None:
-        verb = "enable" if on else "disable"  # as dear/train.py turns it on
-        fn = getattr(student, f"activation_checkpointing_{verb}", None)
-        (fn or getattr(student, f"gradient_checkpointing_{verb}"))()
+        set_gradient_checkpointing(student, on)  # as dear/train.py turns it on
 
     def full_step() -> dict:
         opt = torch.optim.AdamW(student.parameters(), lr=s.optim.lr, weight_decay=s.optim.weight_decay)
@@ -361,38 +360,48 @@ def main() -> None:  # noqa: C901  (one straight script of parts)
     length = prompt_tokens + new_tokens
     ids = torch.randint(2, vocab - 1, (micro, length), generator=g).to(device)
 
+    def median_seconds(run) -> float:
+        """Median wall time of ``run()`` over three calls after one warm-up."""
+        times = []
+        for k in range(4):
+            with Timer(device) as t:
+                run()
+            if k:
+                times.append(t.seconds)
+        return statistics.median(times)
+
+    def throughput(seconds: float, flops_per_token: int) -> dict:
+        tokens = micro * length
+        return {
+            "tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_s": tokens / seconds,
+            "mfu": mfu(flops_per_token * tokens, seconds),
+        }
+
     def student_train(with_checkpointing: bool) -> dict:
+        def forward_backward():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = student(input_ids=ids, labels=ids).loss
+            loss.backward()
+            student.zero_grad(set_to_none=True)
+
         checkpointing(with_checkpointing)
         student.train()
-        times = []
         try:
-            for k in range(4):  # one warm-up, three timed
-                with Timer(device) as t:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                        loss = student(input_ids=ids, labels=ids).loss
-                    loss.backward()
-                student.zero_grad(set_to_none=True)
-                if k:
-                    times.append(t.seconds)
+            return throughput(median_seconds(forward_backward), 6 * n_s)
         finally:
             checkpointing(False)
-        sec = statistics.median(times)
-        tokens = micro * length
-        return {"tokens": tokens, "seconds": sec, "tokens_per_s": tokens / sec, "mfu": mfu(6 * n_s * tokens, sec)}
 
     part("student_train_checkpointed", lambda: student_train(True))
     part("student_train", lambda: student_train(False))
 
     def teacher_forward() -> dict:
-        times = []
-        for k in range(4):
-            with Timer(device) as t, torch.inference_mode():
+        def forward():
+            with torch.inference_mode():
                 teacher(input_ids=ids)
-            if k:
-                times.append(t.seconds)
-        sec = statistics.median(times)
-        tokens = micro * length
-        return {"tokens": tokens, "seconds": sec, "tokens_per_s": tokens / sec, "mfu": mfu(2 * n_t * tokens, sec)}
+
+        return throughput(median_seconds(forward), 2 * n_t)
 
     part("teacher_forward", teacher_forward)
 
@@ -424,8 +433,7 @@ def main() -> None:  # noqa: C901  (one straight script of parts)
     }
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out or ROOT / "outputs" / "bench" / ("gpu-smoke.json" if smoke else "gpu.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_json_atomic(out, result)
 
     note = " (CPU smoke: tiny shapes, the numbers mean nothing)" if smoke else ""
     print(f"{facts['device']}, torch {facts['torch']}; {result['elapsed_s']:.0f} s{note}")

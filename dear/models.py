@@ -110,6 +110,14 @@ def load_model(
     return LoadedModel(preset.name, model, tokenizer, preset.chat_template, where)
 
 
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """Recompute the model's activations in backward (less memory, one more forward), or stop doing so."""
+    verb = "enable" if on else "disable"
+    # The newer name where the model has it, the older otherwise.
+    switch = getattr(model, f"activation_checkpointing_{verb}", None)
+    (switch or getattr(model, f"gradient_checkpointing_{verb}"))()
+
+
 def shared_vocab_size(tokenizer) -> int:
     """V* = len(tokenizer): the rows both heads may be compared on (heads are often padded past it)."""
     return len(tokenizer)

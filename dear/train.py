@@ -16,7 +16,7 @@ from dear.config import train_config
 from dear.data.prompts import prompt_loader, training_problems
 from dear.errors import DearError
 from dear.files import write_dir_atomic, writing
-from dear.models import check_compatible, load_model
+from dear.models import check_compatible, load_model, set_gradient_checkpointing
 from dear.module import DistillModule, accuracy_auc, run_means
 from dear.preemption import Preemption, resume_command
 from dear.runs import (
@@ -58,8 +58,8 @@ def train(cfg, run_dir: Path) -> dict | None:
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
     teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
     vocab_size = check_compatible(student, teacher)
-    if s.step.gradient_checkpointing:  # activations recomputed in backward: less memory, one more forward
-        getattr(student.model, "activation_checkpointing_enable", student.model.gradient_checkpointing_enable)()
+    if s.step.gradient_checkpointing:
+        set_gradient_checkpointing(student.model, True)
 
     log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
     data = prompt_loader(

@@ -18,6 +18,7 @@ import torch
 from dear import objective
 from dear.config import train_config
 from dear.data.toy import build_tokenizer
+from dear.models import set_gradient_checkpointing
 from dear.rollout import Rollout, generate
 from dear.schema import ConfigError, StepConfig
 from dear.step import DataParallel, distill_step, select_step
@@ -117,12 +118,14 @@ def test_gradient_checkpointing_keeps_the_gradient(pair):
     plain = run_step(pair, settings, StepConfig(micro_batch_size=None, logits="full", gradient_checkpointing=False))
     student = pair.student
     try:
-        student.gradient_checkpointing_enable()
+        set_gradient_checkpointing(student, True)  # as dear-train turns it on
+        assert student.is_gradient_checkpointing
         checkpointed = run_step(
             pair, settings, StepConfig(micro_batch_size=5, logits="chunked", gradient_checkpointing=True)
         )
     finally:
-        student.gradient_checkpointing_disable()
+        set_gradient_checkpointing(student, False)
+    assert not student.is_gradient_checkpointing
     assert_same_step(plain, checkpointed)
 
 
