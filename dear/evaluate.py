@@ -21,8 +21,8 @@ def evaluate(cfg, run_dir: Path) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.benchmark``; write problems.jsonl and summary.json; return the summary."""
     s = eval_config(cfg)  # every setting checked before anything is loaded
     torch.manual_seed(s.seed)
-    if s.threads:
-        torch.set_num_threads(s.threads)
+    if s.trainer.threads:
+        torch.set_num_threads(s.trainer.threads)
     try:
         problems = eval_problems(s)  # before the model: a set that cannot be had fails at once
     except ValueError as e:  # a bad benchmark option

@@ -623,7 +623,14 @@ class EvalConfig(Schema):
     benchmark: BenchmarkConfig
     toy_task: ToyTaskConfig
     eval: EvalAppSettings
-    threads: PositiveInt | None = None
+    trainer: TrainerConfig  # the device and precision, by dear-train's rules (dear/precision.py); one process
+
+    def check(self) -> None:
+        if self.trainer.strategy != "auto" or self.trainer.devices not in (1, "auto"):
+            raise ConfigError(
+                f"dear-eval runs on one device; got trainer.strategy={self.trainer.strategy} "
+                f"trainer.devices={self.trainer.devices} (use trainer=auto, trainer=gpu or trainer=cpu)"
+            )
 
 
 def load_config(cfg: Any, cls: type = TrainConfig) -> Any:

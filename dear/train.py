@@ -18,6 +18,7 @@ from dear.errors import DearError
 from dear.files import write_dir_atomic, writing
 from dear.models import check_compatible, load_model, set_gradient_checkpointing
 from dear.module import DistillModule, accuracy_auc, run_means
+from dear.precision import resolve_precision
 from dear.preemption import Preemption, resume_command
 from dear.runs import (
     build_evaluator,
@@ -29,13 +30,6 @@ from dear.runs import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def precision(setting: str) -> str:
-    """``auto``: bf16 mixed precision on a GPU, full fp32 on the CPU (bf16 is slow on most CPUs)."""
-    if setting != "auto":
-        return setting
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
 class RunStopped(DearError):
@@ -86,7 +80,7 @@ def train(cfg, run_dir: Path) -> dict | None:
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
         strategy=s.trainer.strategy,
-        precision=precision(s.trainer.precision),
+        precision=resolve_precision(s.trainer.precision),
         max_steps=s.steps,
         logger=build_loggers(s, run_dir),
         default_root_dir=str(run_dir),
