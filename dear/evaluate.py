@@ -12,6 +12,7 @@ import torch
 from dear.config import eval_config
 from dear.errors import DearError
 from dear.models import load_model
+from dear.precision import compute_context, resolve_device, resolve_precision
 from dear.runs import build_evaluator, eval_problems, run_record, sandbox_record, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,13 @@ def evaluate(cfg, run_dir: Path) -> dict:
         raise DearError(str(e)) from None
     log.info("Loading %s", s.model.name)
     loaded = load_model(s.model, s.cache_dir, s.toy_task, trainable=False)
+    device, precision = resolve_device(s.trainer.accelerator), resolve_precision(s.trainer.precision)
+    loaded.model.to(device)  # in the preset's dtype; *-mixed precisions compute under autocast, as dear-train does
     evaluator = build_evaluator(s, loaded, problems, progress=True)
-    log.info("Evaluating on %d problems of %s", len(evaluator.problems), s.benchmark.name)
+    log.info("Evaluating on %d problems of %s (%s, %s)", len(evaluator.problems), s.benchmark.name, device, precision)
     t0 = time.perf_counter()
-    result = evaluator.evaluate(loaded.model)
+    with compute_context(precision, device):
+        result = evaluator.evaluate(loaded.model)
     wall = time.perf_counter() - t0
     with open(run_dir / "problems.jsonl", "w") as f:
         for record in result.records:
@@ -46,6 +50,8 @@ def evaluate(cfg, run_dir: Path) -> dict:
             "n_problems": len(result.records),
             "metrics": result.summary,
             "weights": loaded.source_dir,
+            "device": str(device),
+            "precision": precision,
             "sandbox": sandbox_record(problems),
         },
     )

@@ -35,6 +35,7 @@ class LoadedModel:
     tokenizer: Any
     chat_template: bool
     source_dir: str
+    dtype: torch.dtype = torch.float32  # the preset's dtype: how a frozen model runs and a trained one is exported
 
 
 class ModelUnavailable(DearError):
@@ -93,7 +94,9 @@ def load_model(
 
     preset = as_preset(preset, group)
     where, kwargs = resolve_weights(preset, cache_dir, toy_task, progress=progress, group=group)
-    dtype = DTYPES[preset.dtype]
+    # A model that trains holds float32 weights whatever the preset's dtype (dear/precision.py): a bfloat16
+    # weight rounds an AdamW step of ~1e-6 away. Mixed precision computes in bf16 around them.
+    dtype = torch.float32 if trainable else DTYPES[preset.dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
@@ -107,7 +110,21 @@ def load_model(
     tokenizer.padding_side = "left"  # prompts are left-padded so every rollout starts at one column
     model.train(trainable)
     model.requires_grad_(trainable)
-    return LoadedModel(preset.name, model, tokenizer, preset.chat_template, where)
+    return LoadedModel(preset.name, model, tokenizer, preset.chat_template, where, DTYPES[preset.dtype])
+
+
+def export_model(loaded: LoadedModel, folder: Path) -> None:
+    """Save a (trained) model and its tokenizer with ``save_pretrained``, its weights cast to the preset's
+    dtype (a bfloat16 preset is exported in bfloat16); the model in memory keeps its own weights."""
+    import copy
+
+    model = loaded.model
+    state = {k: v.detach().to(loaded.dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.save_pretrained(folder, state_dict=state)
+    config = copy.deepcopy(model.config)  # save_pretrained writes the in-memory dtype; the files hold this one
+    config.dtype = loaded.dtype
+    config.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
 
 
 def set_gradient_checkpointing(model, on: bool) -> None:

@@ -32,6 +32,7 @@ from dear.data.prompts import PromptStream
 from dear.eval.runner import Evaluator
 from dear.files import write_text_atomic
 from dear.picture import selection_page
+from dear.precision import compute_context
 from dear.schedule import lr_factor
 from dear.schema import TrainConfig
 from dear.sources import training_rollout
@@ -217,13 +218,18 @@ class DistillModule(L.LightningModule):
         # stream nor differs between a continuous run and one resumed from a checkpoint.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.cfg.seed * 1_000_003 + step)
-            result = self.evaluator.evaluate(self.student, teacher=self.teacher)
+            with self._compute():
+                result = self.evaluator.evaluate(self.student, teacher=self.teacher)
         row = {"step": step, **result.summary}
         self.history.append(row)
         log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in result.summary.items()))
         if self.logger is not None:
             self.logger.log_metrics({f"eval/{k}": v for k, v in result.summary.items()}, step=step)
         return row
+
+    def _compute(self):
+        """Outside a training step (evaluation, pictures) compute as a step does: autocast under ``*-mixed``."""
+        return compute_context(self.trainer.precision if self._trainer else "32-true", self.device)
 
     def on_fit_start(self):
         self.teacher.to(self.device)
@@ -259,19 +265,21 @@ class DistillModule(L.LightningModule):
         from pathlib import Path
 
         step, r = int(self.global_step), self.cfg.rollout
-        page = selection_page(
-            self.student,
-            self.teacher,
-            self.tokenizer,
-            prompts,
-            self.cfg.method,
-            self.cfg.loss,
-            vocab_size=self.vocab_size,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            seed=self.cfg.seed,
-            title=f"{self.cfg.method.name}: what it selects at step {step}",
-        )
+        with self._compute():
+            page = selection_page(
+                self.student,
+                self.teacher,
+                self.tokenizer,
+                prompts,
+                self.cfg.method,
+                self.cfg.loss,
+                vocab_size=self.vocab_size,
+                max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                seed=self.cfg.seed,
+                title=f"{self.cfg.method.name}: what it selects at step {step}",
+                step=self.cfg.step,
+            )
         path = Path(self.trainer.default_root_dir) / "selection" / f"step_{step}.html"
         write_text_atomic(path, page)
         self.pictures.append(str(path))

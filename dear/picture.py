@@ -16,8 +16,8 @@ import torch
 
 from dear import objective
 from dear.rollout import generate
-from dear.schema import LossConfig, MethodConfig
-from dear.step import select_step
+from dear.schema import LossConfig, MethodConfig, StepConfig
+from dear.step import score_step
 
 COLOURS = {"decision": "#f4a261", "evidence": "#2a9d8f", "selected": "#8ecae6", "other": "#f1f1f1"}
 
@@ -85,24 +85,25 @@ def selection_page(
     temperature: float,
     seed: int,
     title: str,
+    step: StepConfig | None = None,
 ) -> str:
     """Sample one response per prompt (seeded, outside the run's random streams), select as a training
-    step would, and render the page."""
+    step would (in its micro-batches and logits mode, ``step``), and render the page."""
     device = next(student.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         rollout = generate(student, tokenizer, prompts, n=1, temperature=temperature, max_new_tokens=max_new_tokens).to(
             device
         )
-    _, signals, selection = select_step(
+    signals, selection = score_step(
         student,
         teacher,
         rollout,
         method,
         loss,
         vocab_size=vocab_size,
+        step=step,
         generator=torch.Generator().manual_seed(seed),
-        grad=False,
     )
     mask = rollout.target_mask
     rows = []

@@ -92,6 +92,7 @@ def build_evaluator(
         temperature=b.temperature,
         kl_prompts=kl_prompts,
         vocab_size=vocab_size,
+        step=settings.step if isinstance(settings, TrainConfig) else None,
         progress=progress,
         **_teacher_format(loaded, teacher),
     )

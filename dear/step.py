@@ -272,6 +272,61 @@ def distill_step(
     return total, stats
 
 
+def score_step(
+    student,
+    teacher,
+    rollout: Rollout,
+    method: MethodConfig | None,
+    loss: LossConfig,
+    *,
+    vocab_size: int | None,
+    step: StepConfig | None = None,
+    generator: torch.Generator | None = None,
+    teacher_rollout: Rollout | None = None,
+) -> tuple[objective.Signals, objective.Selection | None]:
+    """A step's signals and, with a ``method``, its selection, without any gradient: what evaluation (the
+    held-out KL) and the selection pages read. It runs as a training step does, ``step.micro_batch_size``
+    rollouts at a time with ``step.logits`` (chunked: the LM head never makes ``[B, L, V]`` logits), so no
+    phase of a run needs more memory for its logits than a training step. ``method=None``: signals only
+    (the divergence is reverse KL)."""
+    size = rollout.input_ids.shape[0]
+    per = min((step.micro_batch_size if step else None) or size, size)
+    logits = step.logits if step else "full"
+    signals, selections = [], []
+    with torch.no_grad():  # a block, not a decorator, so mutation testing reaches the body
+        for start in range(0, size, per):
+            sl = slice(start, start + per)
+            part = rollout.rows(sl)
+            seen = teacher_rollout.rows(sl) if teacher_rollout is not None else None
+            if method is None:
+                fwd = forward_pair(student, teacher, part, grad=False, teacher_rollout=seen, logits=logits)
+                signals.append(
+                    objective.token_signals(
+                        fwd.student_logits,
+                        fwd.teacher_logits,
+                        part.target_mask,
+                        temperature=loss.temperature,
+                        vocab_size=vocab_size,
+                    )
+                )
+            else:
+                _, sig, selection = select_step(
+                    student,
+                    teacher,
+                    part,
+                    method,
+                    loss,
+                    vocab_size=vocab_size,
+                    generator=generator,
+                    teacher_rollout=seen,
+                    grad=False,
+                    logits=logits,
+                )
+                signals.append(sig)
+                selections.append(selection)
+    return _cat(signals), (_cat(selections) if selections else None)
+
+
 def rollout_reverse_kl(
     student,
     teacher,
@@ -279,11 +334,12 @@ def rollout_reverse_kl(
     vocab_size: int | None,
     temperature: float = 1.0,
     teacher_rollout: Rollout | None = None,
+    step: StepConfig | None = None,
 ) -> tuple[float, int]:
-    """``(Σ KL(p‖q), number of response tokens)`` over a batch of rollouts: the held-out KL's terms."""
-    with torch.no_grad():  # a block, not a decorator, so mutation testing reaches the body
-        fwd = forward_pair(student, teacher, rollout, grad=False, teacher_rollout=teacher_rollout)
-        signals = objective.token_signals(
-            fwd.student_logits, fwd.teacher_logits, rollout.target_mask, temperature=temperature, vocab_size=vocab_size
-        )
+    """``(Σ KL(p‖q), number of response tokens)`` over a batch of rollouts: the held-out KL's terms, computed
+    in the training step's micro-batches and logits mode (`score_step`)."""
+    loss = LossConfig(kind="reverse_kl", normalize="all", temperature=temperature, beta=0.5)
+    signals, _ = score_step(
+        student, teacher, rollout, None, loss, vocab_size=vocab_size, step=step, teacher_rollout=teacher_rollout
+    )
     return float(signals.reverse_kl.sum()), int(rollout.target_mask.sum())

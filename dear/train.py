@@ -16,7 +16,7 @@ from dear.config import train_config
 from dear.data.prompts import prompt_loader, training_problems
 from dear.errors import DearError
 from dear.files import write_dir_atomic, writing
-from dear.models import check_compatible, load_model, set_gradient_checkpointing
+from dear.models import check_compatible, export_model, load_model, set_gradient_checkpointing
 from dear.module import DistillModule, accuracy_auc, run_means
 from dear.precision import resolve_precision
 from dear.preemption import Preemption, resume_command
@@ -105,11 +105,8 @@ def train(cfg, run_dir: Path) -> dict | None:
     if not trainer.is_global_zero:  # data parallel: rank 0 evaluates and writes the student and metrics.json
         return None
 
-    def export(folder: Path) -> None:
-        student.model.save_pretrained(folder)
-        student.tokenizer.save_pretrained(folder)
-
-    write_dir_atomic(run_dir / "student", export)  # a run killed mid-export leaves the previous student/
+    # In the preset's dtype (training held float32 weights); a run killed mid-export leaves the previous student/
+    write_dir_atomic(run_dir / "student", lambda folder: export_model(student, folder))
     first, last = module.history[0], module.history[-1]
     metrics = run_record(
         s,

@@ -23,6 +23,7 @@ from dear.bridge import teacher_view
 from dear.data.benchmarks import Problem, format_prompt
 from dear.eval.grading import grade
 from dear.rollout import generate
+from dear.schema import StepConfig
 from dear.step import rollout_reverse_kl
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Evaluator:
     teacher_format: Callable[[Problem], str] | None = None  # the teacher's own prompt format (dear/bridge.py)
     teacher_tokenizer: object | None = None
     vocab_size: int | None = None
+    step: StepConfig | None = None  # how the held-out KL scores rollouts: the training step's micro-batches and logits
     progress: bool = False
     grade_workers: int = 4
     # Math answers are graded in worker processes, where math-verify's signal timeouts bound
@@ -150,7 +152,9 @@ class Evaluator:
             if self.teacher_format is not None:  # the teacher reads each prompt in its own format
                 batch = self.problems[start : start + len(r.texts)]
                 seen = teacher_view(r, [self.teacher_format(p) for p in batch], self.teacher_tokenizer)
-            kl_sum, tokens = rollout_reverse_kl(model, teacher, r, self.vocab_size, teacher_rollout=seen)
+            kl_sum, tokens = rollout_reverse_kl(
+                model, teacher, r, self.vocab_size, teacher_rollout=seen, step=self.step
+            )
             total += kl_sum
             count += tokens
         return total / max(1, count)
