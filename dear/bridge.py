@@ -28,8 +28,10 @@ from dear.rollout import Rollout, encode_prompts, position_ids
 def templates_differ(student: Any, teacher: Any) -> bool:
     """Whether the two `LoadedModel`s format a prompt differently (chat template on/off, or its text)."""
 
-    def fmt(m: Any) -> tuple[bool, str | None]:
-        return m.chat_template, getattr(m.tokenizer, "chat_template", None) if m.chat_template else None
+    def fmt(m: Any) -> tuple[bool, str | None, dict]:
+        if not m.chat_template:
+            return False, None, {}
+        return True, getattr(m.tokenizer, "chat_template", None), dict(getattr(m, "template_kwargs", None) or {})
 
     return fmt(student) != fmt(teacher)
 
@@ -71,9 +73,11 @@ def align_to_student(teacher_logits: Tensor, student: Rollout, teacher: Rollout)
     return out
 
 
-def prompt_formatter(format_prompt: Callable[..., str], tokenizer, chat_template: bool) -> Callable[[Any], str]:
-    """``problem -> the teacher's prompt text``: ``format_prompt`` bound to the teacher's tokenizer."""
-    return lambda problem: format_prompt(problem, tokenizer, chat_template=chat_template)
+def prompt_formatter(format_prompt: Callable[..., str], model: Any) -> Callable[[Any], str]:
+    """``problem -> the model's prompt text``: ``format_prompt`` bound to a `LoadedModel`'s tokenizer and template."""
+    return lambda problem: format_prompt(
+        problem, model.tokenizer, chat_template=model.chat_template, template_kwargs=model.template_kwargs
+    )
 
 
 @dataclass
@@ -88,15 +92,8 @@ class TeacherPrompts:
         """The map for ``problems`` formatted by the student's and the teacher's `LoadedModel`."""
         from dear.data.benchmarks import format_prompt
 
-        return cls(
-            {
-                format_prompt(p, student.tokenizer, chat_template=student.chat_template): format_prompt(
-                    p, teacher.tokenizer, chat_template=teacher.chat_template
-                )
-                for p in problems
-            },
-            teacher.tokenizer,
-        )
+        student_text, teacher_text = prompt_formatter(format_prompt, student), prompt_formatter(format_prompt, teacher)
+        return cls({student_text(p): teacher_text(p) for p in problems}, teacher.tokenizer)
 
     def view(self, rollout: Rollout, prompts: list[str], n: int) -> Rollout:
         """`teacher_view` of a rollout sampled ``n`` times per prompt (rows grouped by prompt)."""

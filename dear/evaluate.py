@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from dear.config import eval_config
+from dear.data.benchmarks import subset_note
 from dear.errors import DearError
-from dear.models import load_model
+from dear.models import check_room, load_model
 from dear.precision import compute_context, resolve_device, resolve_precision
 from dear.runs import build_evaluator, eval_problems, run_record, sandbox_record, write_json_atomic
 
@@ -28,8 +29,11 @@ def evaluate(cfg, run_dir: Path) -> dict:
         problems = eval_problems(s)  # before the model: a set that cannot be had fails at once
     except ValueError as e:  # a bad benchmark option
         raise DearError(str(e)) from None
+    if subset_note(s.benchmark.name):
+        log.warning("benchmark %s is an offline subset: %s", s.benchmark.name, subset_note(s.benchmark.name))
     log.info("Loading %s", s.model.name)
     loaded = load_model(s.model, s.cache_dir, s.toy_task, trainable=False)
+    check_room(loaded, problems, s.benchmark.max_new_tokens, s.model.context_length, "benchmark.max_new_tokens")
     device, precision = resolve_device(s.trainer.accelerator), resolve_precision(s.trainer.precision)
     loaded.model.to(device)  # in the preset's dtype; *-mixed precisions compute under autocast, as dear-train does
     evaluator = build_evaluator(s, loaded, problems, progress=True)
@@ -47,6 +51,7 @@ def evaluate(cfg, run_dir: Path) -> dict:
         wall_time_s=wall,
         extra={
             "benchmark": s.benchmark.name,
+            "subset": subset_note(s.benchmark.name),
             "n_problems": len(result.records),
             "metrics": result.summary,
             "weights": loaded.source_dir,

@@ -36,6 +36,7 @@ class LoadedModel:
     chat_template: bool
     source_dir: str
     dtype: torch.dtype = torch.float32  # the preset's dtype: how a frozen model runs and a trained one is exported
+    template_kwargs: dict | None = None  # the chat template's arguments (e.g. enable_thinking), from the preset
 
 
 class ModelUnavailable(DearError):
@@ -110,7 +111,9 @@ def load_model(
     tokenizer.padding_side = "left"  # prompts are left-padded so every rollout starts at one column
     model.train(trainable)
     model.requires_grad_(trainable)
-    return LoadedModel(preset.name, model, tokenizer, preset.chat_template, where, DTYPES[preset.dtype])
+    return LoadedModel(
+        preset.name, model, tokenizer, preset.chat_template, where, DTYPES[preset.dtype], preset.chat_template_kwargs
+    )
 
 
 def export_model(loaded: LoadedModel, folder: Path) -> None:
@@ -125,6 +128,28 @@ def export_model(loaded: LoadedModel, folder: Path) -> None:
     config.dtype = loaded.dtype
     config.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
+
+
+class NoRoom(DearError):
+    """A prompt plus the tokens to generate after it do not fit the model's context."""
+
+
+def check_room(loaded: LoadedModel, problems: list, new_tokens: int, context_length: int, what: str) -> None:
+    """Refuse, in one line, ``problems`` whose longest prompt (in ``loaded``'s own format) plus ``new_tokens``
+    exceeds ``context_length``: a generation past it would silently degrade or fail hours into a run."""
+    from dear.bridge import prompt_formatter
+    from dear.data.benchmarks import format_prompt
+
+    if not problems:
+        return
+    text = prompt_formatter(format_prompt, loaded)
+    ids = loaded.tokenizer([text(p) for p in problems], add_special_tokens=False).input_ids
+    longest = max(len(x) for x in ids)
+    if longest + new_tokens > context_length:
+        raise NoRoom(
+            f"{loaded.name}: the longest {what} prompt is {longest} tokens, and {longest} + {new_tokens} new tokens "
+            f"exceed its context of {context_length}; generate fewer tokens or use shorter prompts"
+        )
 
 
 def set_gradient_checkpointing(model, on: bool) -> None:

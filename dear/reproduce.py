@@ -31,8 +31,10 @@ PAIRED = (("accuracy_after", "accuracy"), ("accuracy_auc", "AUC"))
 
 def run_values(metrics: dict) -> dict:
     """The numbers a table reads from one run's metrics.json."""
-    bench = next(iter(metrics["benchmarks"].values()))
+    name, bench = next(iter(metrics["benchmarks"].items()))
     return {
+        "benchmark": name,
+        "subset": bench.get("subset"),
         "accuracy_after": bench["accuracy_after"],
         "accuracy_auc": metrics.get("accuracy_auc"),
         "kl_after": (metrics.get("heldout_reverse_kl") or {}).get("after"),
@@ -105,6 +107,8 @@ def markdown(grid: Grid, collated: dict[str, list[Row]]) -> str:
         base = sorted({r.baseline for r in rows if r.baseline})
         out += [f"## {table.name} ({len(table.seeds)} seeds{'; baseline ' + ', '.join(base) if base else ''})", ""]
         head = ["row", "seeds", *(t for _, t in METRICS), *(f"Δ {t}" for _, t in PAIRED), "beats"]
+        subsets = sorted({f"{v['benchmark']}: {v['subset']}" for r in rows for v in r.by_seed.values() if v["subset"]})
+        out += [f"Benchmark is an offline subset: {s}." for s in subsets] + ([""] if subsets else [])
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             cells = [

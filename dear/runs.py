@@ -86,6 +86,7 @@ def build_evaluator(
         problems=problems,
         tokenizer=loaded.tokenizer,
         chat_template=loaded.chat_template,
+        template_kwargs=loaded.template_kwargs,
         max_new_tokens=b.max_new_tokens,
         batch_size=settings.eval.batch_size,
         samples=b.samples,
@@ -106,7 +107,7 @@ def _teacher_format(student, teacher) -> dict:
     if teacher is None or not templates_differ(student, teacher):
         return {}
     return {
-        "teacher_format": prompt_formatter(format_prompt, teacher.tokenizer, teacher.chat_template),
+        "teacher_format": prompt_formatter(format_prompt, teacher),
         "teacher_tokenizer": teacher.tokenizer,
     }
 

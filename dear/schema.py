@@ -297,6 +297,10 @@ class ModelPreset(Schema):
     dtype: Literal["float32", "bfloat16", "float16"]
     chat_template: bool  # format prompts with the tokenizer's chat template
     context_length: PositiveInt
+    # The longest response its reasoning needs: rollouts and the real benchmarks read it (${model.max_new_tokens}).
+    max_new_tokens: PositiveInt
+    # Keyword arguments of the chat template, e.g. {enable_thinking: false} for Qwen3 (student, teacher and bridge).
+    chat_template_kwargs: dict | None = None
     path: str | None = None  # a local folder made by save_pretrained; wins over everything else
     hub_id: str | None = None
     revision: str | None = None
@@ -305,6 +309,13 @@ class ModelPreset(Schema):
 
     def check(self) -> None:
         group = getattr(self, "_path", "model.").rstrip(".")
+        if self.chat_template_kwargs and not self.chat_template:
+            raise ConfigError(f"{group}.chat_template_kwargs needs {group}.chat_template=true (they are its arguments)")
+        if self.max_new_tokens >= self.context_length:
+            raise ConfigError(
+                f"{group}.max_new_tokens={self.max_new_tokens} leaves no room for a prompt in "
+                f"{group}.context_length={self.context_length}"
+            )
         if self.source == "toy" and self.toy is None and not self.path:
             raise ConfigError(f"{group}.toy (the toy recipe) is required when {group}.source is toy")
         if self.source == "smollm2-tuned" and self.tune is None and not self.path:

