@@ -155,12 +155,19 @@ def choose_setup(overrides: list[str]) -> str | None:
     keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
     if {"setup", "experiment"} & keys:
         return None
-    kinds = {"toy" if _compose(point, "train").model.source == "toy" else "real" for point in sweep_points(overrides)}
+    kinds = {"toy" if _student(point).source == "toy" else "real" for point in sweep_points(overrides)}
     if len(kinds) > 1:
         raise DearError(
             "this sweep mixes toy and real students; say which settings it runs with: setup=toy or setup=real-math"
         )
     return "real-math" if kinds == {"real"} else None
+
+
+def _student(point: list[str]) -> DictConfig:
+    """The student a sweep point names, composed from its ``model`` overrides alone: the others may be knobs of
+    groups the real setup brings (``data.limit``), which the default config does not have."""
+    own = [o for o in point if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == "model"]
+    return _compose(own, "train").model
 
 
 def with_setup(prog: str, argv: list[str]) -> tuple[list[str], str | None]:
@@ -192,11 +199,29 @@ def one_process_per_job(settings, sweep: bool):
     return settings
 
 
+LAUNCHER = re.compile(r"^[+~]{0,2}hydra/launcher=(?P<name>[^=,]+)$")
+
+
+def launcher_choice(argv: list[str]) -> str | None:
+    """The ``hydra/launcher=<name>`` that ``argv`` asks for, if any."""
+    names = [m["name"] for m in map(LAUNCHER.match, argv) if m]
+    return names[-1] if names else None
+
+
+def runs_here(argv: list[str]) -> bool:
+    """Whether the runs start on this machine; a cluster launcher (slurm) runs them on its nodes, where
+    `dear.config.train_config` checks the machine (GPU, sandbox, hub) before any model loads."""
+    from dear.preflight import LOCAL_LAUNCHERS
+
+    return (launcher_choice(argv) or "basic") in LOCAL_LAUNCHERS
+
+
 def preflight(prog: str, config_name: str, argv: list[str], check) -> None:
     """Compose and check the config of every run ``argv`` asks for, before Hydra creates anything.
 
-    A bad value, an unknown key or a missing path ends the program here in one line, exit status 2,
-    with nothing written.
+    A bad value, an unknown key, a missing path, a launcher that is not installed, an unwritable
+    outputs folder or a machine that lacks what the run needs (``check``) ends the program here in
+    one line, exit status 2, with nothing written.
     """
     overrides = user_overrides(argv)
     if overrides is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -204,6 +229,15 @@ def preflight(prog: str, config_name: str, argv: list[str], check) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from dear.preflight import check_launcher, check_outputs
+
+    try:
+        launcher = launcher_choice(argv)
+        if launcher:
+            check_launcher(launcher, config_name)  # Hydra's own message prints its search path
+        check_outputs()  # before Hydra makes the run directory there
+    except DearError as e:
+        fail(prog, str(e))
     try:
         points = sweep_points(overrides)
     except HydraException as e:
@@ -272,7 +306,10 @@ def train() -> None:
     check_group_overrides("dear-train", sys.argv[1:])
     sys.argv[1:], note = with_setup("dear-train", sys.argv[1:])
     sweep = any(a in ("-m", "--multirun") for a in sys.argv[1:])
-    preflight("dear-train", "train", sys.argv[1:], lambda cfg: one_process_per_job(train_config(cfg), sweep))
+    here = runs_here(sys.argv[1:])
+    preflight(
+        "dear-train", "train", sys.argv[1:], lambda cfg: one_process_per_job(train_config(cfg, machine=here), sweep)
+    )
     if note:
         print(note, file=sys.stderr)
     _train_app()
@@ -282,7 +319,8 @@ def evaluate() -> None:
     from dear.config import eval_config
 
     check_group_overrides("dear-eval", sys.argv[1:])
-    preflight("dear-eval", "eval", sys.argv[1:], eval_config)
+    here = runs_here(sys.argv[1:])
+    preflight("dear-eval", "eval", sys.argv[1:], lambda cfg: eval_config(cfg, machine=here))
     _eval_app()
 
 

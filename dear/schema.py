@@ -617,6 +617,20 @@ class TrainConfig(Schema):
             )
         if self.ckpt_path and not Path(self.ckpt_path).expanduser().is_file():
             raise ConfigError(f"ckpt_path={self.ckpt_path} does not exist; give a run's checkpoints/last.ckpt")
+        if (self.model.source == "toy") != (self.teacher.source == "toy"):
+            raise ConfigError(_toy_pair_error(self.model, self.teacher))
+        lengths = [("rollout.max_new_tokens", self.rollout.max_new_tokens, ("model", "teacher"))]
+        # the benchmark's responses: the student writes them, the teacher reads them for the held-out KL
+        lengths.append(
+            (
+                "benchmark.max_new_tokens",
+                self.benchmark.max_new_tokens,
+                ("model", "teacher")[: 1 + bool(self.eval.kl_prompts)],
+            )
+        )
+        for key, tokens, groups in lengths:
+            for group in groups:
+                _check_fits(key, tokens, group, getattr(self, group))
 
 
 @dataclass(frozen=True)
@@ -642,6 +656,47 @@ class EvalConfig(Schema):
                 f"dear-eval runs on one device; got trainer.strategy={self.trainer.strategy} "
                 f"trainer.devices={self.trainer.devices} (use trainer=auto, trainer=gpu or trainer=cpu)"
             )
+        _check_fits("benchmark.max_new_tokens", self.benchmark.max_new_tokens, "model", self.model)
+
+
+def _check_fits(key: str, tokens: int, group: str, preset: ModelPreset) -> None:
+    """Refuse a response length that alone overflows a model's context (the prompt is checked once tokenised)."""
+    if tokens > preset.context_length:
+        raise ConfigError(
+            f"{key}={tokens} is more than {group}.context_length={preset.context_length} ({preset.name} reads at "
+            f"most {preset.context_length} tokens, prompt included); set {key} below {preset.context_length}"
+        )
+
+
+def _toy_pair_error(model: ModelPreset, teacher: ModelPreset) -> str:
+    """A toy model paired with a real one: name a real partner (from conf/experiment/ where one pairs it)."""
+    real, toy, group, other = (
+        (model, teacher, "model", "teacher") if teacher.source == "toy" else (teacher, model, "teacher", "model")
+    )
+    pairs, role = _named_pairs(group, real.name), "teacher" if other == "teacher" else "student"
+    if pairs:
+        named = ", ".join(f"experiment={experiment}" for experiment, _ in pairs)
+        fix = f"name a real {role}, e.g. {other}={pairs[0][1]}, or a pair from conf/experiment/: {named}"
+    else:
+        fix = f"name a real {role} that shares its tokenizer ({other}=<preset>, conf/{other}/)"
+    return (
+        f"{group}={real.name} is a real model but {other}={toy.name} is a toy one (source: toy), and the two share "
+        f"no tokenizer; {fix}"
+    )
+
+
+def _named_pairs(group: str, name: str) -> list[tuple[str, str]]:
+    """(experiment, the other side) for each experiment under conf/experiment/ whose ``group`` is ``name``."""
+    import yaml
+
+    other = "teacher" if group == "model" else "model"
+    found = []
+    for path in sorted((Path(__file__).parent / "conf" / "experiment").glob("*.yaml")):
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+        picks = {key.split("/")[-1]: value for d in defaults if isinstance(d, dict) for key, value in d.items()}
+        if picks.get(group) == name and other in picks:
+            found.append((path.stem, picks[other]))
+    return found
 
 
 def load_config(cfg: Any, cls: type = TrainConfig) -> Any:

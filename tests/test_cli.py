@@ -93,7 +93,11 @@ def test_unreachable_real_model_says_how_to_point_at_local_weights(tmp_path, toy
 
 def test_unreachable_teacher_names_the_teacher_group(tmp_path, toy_cache):
     env = {"HF_HOME": str(tmp_path / "empty-hf-home")}
-    proc = cli("dear-train", *TINY_MODELS[:3], "teacher=qwen-7b", f"cache_dir={toy_cache}", cwd=tmp_path, env=env)
+    student = tmp_path / "student"  # a real student on disk (a toy one is refused with a real teacher)
+    student.mkdir()
+    (student / "config.json").write_text("{}")
+    args = ["model=qwen-1.5b", f"model.path={student}", "teacher=qwen-7b", f"cache_dir={toy_cache}"]
+    proc = cli("dear-train", *args, cwd=tmp_path, env=env)
     assert_one_line_error(proc, "qwen-7b", "teacher.path=")
     assert no_metrics(tmp_path)
 

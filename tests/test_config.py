@@ -120,10 +120,19 @@ def test_dear_eval_checks_its_config_too(tmp_path):
 
 
 def test_every_shipped_config_passes_the_schema():
-    """Each preset of each group, and each experiment, composes into a config the schema accepts."""
+    """Each preset of each group, and each experiment, composes into a config the schema accepts.
+
+    A real model is paired with itself (a toy partner is refused), and a benchmark is read by a real pair (its
+    responses may outrun a toy's context); what the machine offers (a GPU, the hub) is not asked:
+    tests/test_preflight.py checks that."""
     for group in ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment"):
         for name in choices(group):
-            train_config(compose([f"{group}={name}"]))
+            overrides = [f"{group}={name}"]
+            if group in ("model", "teacher") and compose(overrides)[group].source != "toy":
+                overrides.append(f"{'teacher' if group == 'model' else 'model'}={name}")
+            if group == "benchmark":
+                overrides += ["model=qwen-1.5b", "teacher=qwen-7b"]
+            train_config(compose(overrides), machine=False)
 
 
 def test_any_knob_works_on_a_method_whose_selector_reads_it():
@@ -193,14 +202,17 @@ def test_hydra_flags_are_not_overrides():
 def test_the_headline_command_composes_a_real_run(tmp_path):
     """dear-train model=qwen-1.5b teacher=qwen-7b: real prompts, math500, the accelerator there is, a 1.5B's steps."""
     assert choose_setup(["model=qwen-1.5b", "teacher=qwen-7b"]) == "real-math"
-    s = train_config(compose(["model=qwen-1.5b", "teacher=qwen-7b", "setup=real-math"]))
+    # a knob only the real setup's groups have (data.limit: the toy stream has no limit) does not hide the student
+    assert choose_setup(["model=qwen-1.5b", "teacher=qwen-7b", "data.limit=16", "benchmark.limit=4"]) == "real-math"
+    s = train_config(compose(["model=qwen-1.5b", "teacher=qwen-7b", "setup=real-math"]), machine=False)
     assert (s.data.name, s.benchmark.name, s.trainer.accelerator, s.trainer.precision) == (
         "rg-gsm_symbolic",
         "math500",
         "auto",
         "auto",
     )
-    assert (s.optim.lr, s.rollout.max_new_tokens, s.batch_size, s.steps) == (1e-6, 1024, 32, 200)
+    # the student's own response length (conf/model/qwen-1.5b.yaml)
+    assert (s.optim.lr, s.rollout.max_new_tokens, s.batch_size, s.steps) == (1e-6, 2048, 32, 200)
     proc = dear("dear-train", "model=qwen-1.5b", "teacher=qwen-7b", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0 and "setup=real-math" in proc.stderr
     job = yaml.safe_load(proc.stdout)
@@ -222,7 +234,7 @@ def test_the_embedded_default_stays_the_toy_run():
 def test_a_named_setup_or_experiment_is_kept():
     assert choose_setup(["model=qwen-1.5b", "teacher=qwen-7b", "setup=toy"]) is None
     assert choose_setup(["experiment=qwen-1.5b-14b"]) is None
-    s = train_config(compose(["experiment=qwen-1.5b-14b"]))
+    s = train_config(compose(["experiment=qwen-1.5b-14b"]), machine=False)
     assert (s.model.name, s.teacher.name, s.benchmark.name, s.steps) == ("qwen-1.5b", "qwen-14b", "math500", 200)
     # an experiment's own values win over train.yaml's (they did not before train.yaml listed _self_ first)
     assert s.optim.lr == 1e-6
@@ -237,5 +249,5 @@ def test_a_named_setup_or_experiment_is_kept():
     ],
 )
 def test_the_papers_pairs_are_experiments(name, pair):
-    s = train_config(compose([f"experiment={name}"]))
+    s = train_config(compose([f"experiment={name}"]), machine=False)
     assert (s.model.name, s.teacher.name) == pair and s.data.name != s.benchmark.name
