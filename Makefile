@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # Offline by design: nothing in a default run or a test may reach a model or data hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: setup run lint test test-slow soak bench reproduce-table mutate clean
+.PHONY: setup run lint test test-slow soak bench plan-check reproduce-table mutate clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,11 @@ soak: setup
 # 2 CPU cores): writes outputs/bench/latest.json and prints the table. `make bench ARGS=--quick`: tiny shapes.
 bench: setup
 	$(OFFLINE) $(BIN)/python bench/run.py $(ARGS)
+
+# dear-plan's memory formulas (dear/plan.py) against the CPU allocator's own accounting, phase by phase, at
+# small shapes (~3 minutes on one thread). `make plan-check ARGS=--quick`: one small case, seconds.
+plan-check: setup
+	$(OFFLINE) $(BIN)/python bench/plan_check.py $(ARGS)
 
 reproduce-table: setup
 	$(OFFLINE) $(BIN)/dear-table --run conf/table/toy.yaml $(ARGS)
