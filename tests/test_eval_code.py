@@ -113,20 +113,21 @@ def test_the_checker_sees_the_prompts_helpers() -> None:
 
 @needs_full_isolation
 def test_the_cgroup_bounds_the_program_plus_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cgroup gets the program's memory plus the supervisor's, in bytes, and the process cap plus the
-    supervisor's tasks; a cgroup that cannot be made is an "error" result saying so, with nothing run."""
+    """The cgroup gets the program's memory plus the supervisor's, in bytes, the process cap plus the
+    supervisor's tasks, and the CPU cap; a cgroup that cannot be made is an "error" result saying so, with
+    nothing run."""
     seen = []
     create = cgroup.create
 
-    def spy(memory_bytes, pids):
-        seen.append((memory_bytes, pids))
-        return create(memory_bytes, pids)
+    def spy(memory_bytes, pids, cpus):
+        seen.append((memory_bytes, pids, cpus))
+        return create(memory_bytes, pids, cpus)
 
     monkeypatch.setattr(code.cgroup, "create", spy)
     assert run_program("x = 1", memory_mb=200).passed
-    assert seen == [((200 + code.SUPERVISOR_MB) * 1024 * 1024, code.MAX_PROCESSES + code.SUPERVISOR_TASKS)]
+    assert seen == [((200 + code.SUPERVISOR_MB) * 1024 * 1024, code.MAX_PROCESSES + code.SUPERVISOR_TASKS, 1)]
 
-    def refuse(memory_bytes, pids):
+    def refuse(memory_bytes, pids, cpus):
         raise OSError("no space left on device")
 
     monkeypatch.setattr(code.cgroup, "create", refuse)

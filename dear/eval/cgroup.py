@@ -1,11 +1,13 @@
-"""A memory and process budget for one sandbox: its own cgroup, v2 where the machine offers it, else v1.
+"""A memory, process and CPU budget for one sandbox: its own cgroup, v2 where the machine offers it, else v1.
 
-:func:`create` makes a cgroup below the caller's own with ``memory.max`` and ``pids.max`` (cgroup v2),
-or ``memory.limit_in_bytes`` (plus ``memory.memsw.limit_in_bytes`` where swap is accounted) and
-``pids.max`` in the v1 ``memory`` and ``pids`` hierarchies. The sandbox's bootstrap joins it before
-it forks anything, so every process, page, ``memfd``, tmpfs file and SysV shared-memory segment of the
-sandbox counts against one budget; past it the kernel's OOM killer stops the sandbox, not the caller.
-:meth:`Cgroup.remove` kills whatever is left in it and removes it.
+:func:`create` makes a cgroup below the caller's own with ``memory.max``, ``pids.max`` and ``cpu.max``
+(cgroup v2), or ``memory.limit_in_bytes`` (plus ``memory.memsw.limit_in_bytes`` where swap is accounted),
+``pids.max`` and ``cpu.cfs_quota_us`` in the v1 ``memory``, ``pids`` and ``cpu`` hierarchies. The
+sandbox's bootstrap joins it before it forks anything, so every process, page, ``memfd``, tmpfs file and
+SysV shared-memory segment of the sandbox counts against one budget; past it the kernel's OOM killer
+stops the sandbox, not the caller. The CPU quota keeps a sandbox to ``cpus`` cores however many threads
+or processes it starts; where the machine has no CPU controller to give, ``cpus`` is not enforced and
+:attr:`Cgroup.cpu_capped` says so. :meth:`Cgroup.remove` kills whatever is left in it and removes it.
 
 Creating cgroups needs write access to the caller's cgroup (root, or a delegated v2 subtree);
 :func:`unavailable` says why not when it is missing.
@@ -26,10 +28,16 @@ __all__ = ["Cgroup", "create", "unavailable"]
 
 @dataclass
 class Cgroup:
-    """The directories of one sandbox's cgroup (one for v2, one per v1 hierarchy)."""
+    """The directories of one sandbox's cgroup (one for v2, one per v1 hierarchy).
+
+    ``controllers`` names the v1 controller of each directory (``[""]`` for v2); ``cpu_capped`` says
+    whether the CPU quota holds.
+    """
 
     dirs: list[Path] = field(default_factory=list)
     version: int = 2
+    controllers: list[str] = field(default_factory=lambda: [""])
+    cpu_capped: bool = False
 
     def add(self, pid: int) -> None:
         """Move process ``pid`` into the cgroup (its future children are born there)."""
@@ -96,6 +104,9 @@ def _v2_parent() -> Path | None:
             enabled = set((parent / "cgroup.subtree_control").read_text().split())
             if not {"memory", "pids"} <= enabled:
                 (parent / "cgroup.subtree_control").write_text("+memory +pids")
+            if "cpu" in controllers and "cpu" not in enabled:
+                with contextlib.suppress(OSError):  # optional: the CPU quota is not a memory or process bound
+                    (parent / "cgroup.subtree_control").write_text("+cpu")
             return parent
         except OSError:
             continue
@@ -103,19 +114,28 @@ def _v2_parent() -> Path | None:
 
 
 def _v1_parents() -> dict[str, Path] | None:
+    """Our cgroup in the v1 memory and pids hierarchies (None unless both), and in the cpu one where mounted."""
     own = _own_paths()
     parents = {}
-    for controller in ("memory", "pids"):
+    for controller in ("memory", "pids", "cpu"):
         for point, fstype, options in _mounts():
             if fstype == "cgroup" and controller in options and controller in own:
                 parents[controller] = Path(point) / own[controller].lstrip("/")
                 break
-    return parents if len(parents) == 2 else None
+    return parents if {"memory", "pids"} <= set(parents) else None
 
 
-def create(memory_bytes: int, max_tasks: int) -> Cgroup:
-    """A new cgroup limited to ``memory_bytes`` and ``max_tasks`` processes and threads; ``OSError`` if none."""
+def _quota(cpus: float) -> tuple[int, int]:
+    """(quota, period) in microseconds for ``cpus`` cores over a 100 ms period."""
+    period = 100_000
+    return max(1000, round(cpus * period)), period
+
+
+def create(memory_bytes: int, max_tasks: int, cpus: float) -> Cgroup:
+    """A new cgroup limited to ``memory_bytes``, ``max_tasks`` processes and threads and, where the machine
+    has a CPU controller to give, ``cpus`` cores; ``OSError`` if none."""
     name = f"dear-sandbox-{uuid.uuid4().hex[:12]}"
+    quota, period = _quota(cpus)
     parent = _v2_parent()
     if parent is not None:
         group = Cgroup([parent / name], version=2)
@@ -128,11 +148,14 @@ def create(memory_bytes: int, max_tasks: int) -> Cgroup:
         except OSError:
             group.remove()
             raise
+        with contextlib.suppress(OSError):  # no cpu.max where the parent could not enable the controller
+            (group.dirs[0] / "cpu.max").write_text(f"{quota} {period}")
+            group.cpu_capped = True
         return group
     parents = _v1_parents()
     if parents is None:
         raise OSError("no cgroup v2 with the memory and pids controllers, nor v1 memory and pids hierarchies")
-    group = Cgroup([parents["memory"] / name, parents["pids"] / name], version=1)
+    group = Cgroup([parents["memory"] / name, parents["pids"] / name], version=1, controllers=["memory", "pids"])
     try:
         for d in group.dirs:
             d.mkdir()
@@ -144,13 +167,22 @@ def create(memory_bytes: int, max_tasks: int) -> Cgroup:
     except OSError:
         group.remove()
         raise
+    cpu = parents.get("cpu")
+    if cpu is not None and cpu not in (parents["memory"], parents["pids"]):
+        with contextlib.suppress(OSError):  # optional, as on v2
+            (cpu / name).mkdir()
+            group.dirs.append(cpu / name)
+            group.controllers.append("cpu")
+            (cpu / name / "cpu.cfs_period_us").write_text(str(period))
+            (cpu / name / "cpu.cfs_quota_us").write_text(str(quota))
+            group.cpu_capped = True
     return group
 
 
 def unavailable() -> str | None:
     """Why no sandbox cgroup can be made here, or None when one can."""
     try:
-        create(64 << 20, 8).remove()
+        create(64 << 20, 8, 1).remove()
     except OSError as err:
         return f"cannot create a cgroup ({err.strerror or err})"
     return None

@@ -18,43 +18,56 @@ holds nothing else (no tests) and then answers calls. The checker, started first
 undumpable before the candidate exists, receives the tests and a random token through a pipe only
 it holds, runs the tests with its own builtins (``python -I``, never ``-O``) and calls the
 candidate's functions through a pipe; answers come back as plain data (``sandbox/wire.py``), so an
-object whose ``__eq__`` is always true arrives as its value. A trusted prompt's helper functions
-(HumanEval's ``poly``, ``encode_cyclic``) are the checker's own. After the last check the checker
+object whose ``__eq__`` is always true arrives as its value. Only the entry point (and what the
+prompt defines but could not give the checker) crosses by proxy: a candidate's ``def abs``, ``range``,
+``set`` or ``zip`` never reaches the test, which keeps the real builtins. A trusted prompt's helper
+functions (HumanEval's ``poly``, ``encode_cyclic``) are the checker's own. After the last check the checker
 writes the token to the harness on a pipe of its own, and only a run that delivered the right
 token passes. Exiting early (``sys.exit(0)``, ``os._exit(0)``, ``atexit``), patching builtins,
 re-executing with ``-O``, reading the program file, killing the checker or replacing a comparison
 all end without the token. The price: arguments and results must be plain data (numbers, strings,
 bytes, lists, tuples, dicts, sets, ranges, iterators); a test that hands the candidate an object of
-its own class fails.
+its own class fails. Input/output cases are judged as LiveCodeBench judges them (lines, then numbers
+as exact decimals), with a tolerance of 1e-6 only where the expected number is a float.
 
 How isolation works
 -------------------
 Each run spawns ``sandbox/bootstrap.py`` (``python -I -S``, configuration on stdin) in a new session
 and process group. Full isolation, the default, is all of:
 
-* **cgroup** (:mod:`dear.eval.cgroup`): the sandbox's own cgroup (v2, or the v1 memory and pids
-  hierarchies) caps the memory of everything in it together, ``memfd`` files, tmpfs and SysV
-  shared memory included, at ``memory_mb`` plus 64 MiB for the supervisors, and its processes and
-  threads at :data:`MAX_PROCESSES` plus a few; ``RLIMIT_AS`` still caps each process at ``memory_mb``;
+* **cgroup** (:mod:`dear.eval.cgroup`): the sandbox's own cgroup (v2, or the v1 memory, pids and
+  cpu hierarchies) caps the memory of everything in it together, ``memfd`` files, tmpfs and SysV
+  shared memory included, at ``memory_mb`` plus 64 MiB for the supervisors, its processes and
+  threads at :data:`MAX_PROCESSES` plus a few, and its CPU use at :data:`CPU_CORES` (where the
+  machine has a CPU controller); ``RLIMIT_AS`` still caps each process at ``memory_mb``;
 * **namespaces** (``unshare(2)`` through ctypes, no setuid helper): user, mount, pid, network, IPC
   and UTS. The pid namespace confines signals and ends every process of the sandbox when the
   program ends; the network namespace has only a loopback that is down (abstract Unix sockets
   of the host are out of reach too); the IPC namespace gets low limits of its own
   (``kernel.shmmax``/``shmall``/``shmmni``, ``msgmax``/``msgmnb``/``msgmni``);
-* **its own root** (``pivot_root``): a read-only tmpfs holding only the Python installation
-  (``sys.prefix``/``sys.base_prefix``), ``/usr`` and the library folders, the sandbox's programs at
-  ``/run/dear/lib``, a size-capped writable working directory at ``/run/dear/work`` (``HOME`` and
-  ``TMPDIR``), a private ``/dev`` (``null``, ``zero``, ``full``, ``random``, ``urandom``, its own
-  ``devpts`` instance for ptys, a small ``/dev/shm``) and a fresh ``/proc``. The host's home
-  folders, the project checkout, its sockets and FIFOs and other sandboxes' files do not exist there;
+* **its own root** (``pivot_root``): a read-only tmpfs holding only the runtime tree of
+  :mod:`dear.eval.runtime` (``/usr`` and the library folders, the interpreter, its standard library
+  and, in ``site-packages``, only the packages a program may import: no benchmark data or answer
+  key, no test runner, no checkout), copies of the sandbox's programs at ``/run/dear/lib``, a
+  size-capped writable working directory at ``/run/dear/work`` (``HOME`` and ``TMPDIR``), a private
+  ``/dev`` (``null``, ``zero``, ``full``, ``random``, ``urandom``, its own ``devpts`` instance for
+  ptys, a small ``/dev/shm``) and a fresh ``/proc``, whose ``mountinfo`` shows no host path that is
+  not the same path inside. The host's home folders, the project checkout, its sockets and FIFOs and
+  other sandboxes' files do not exist there;
 * **no privileges**: every capability is dropped before exec (``CAP_DAC_READ_SEARCH`` included),
   ``no_new_privs`` is set, and when the caller is root the sandbox's root is an unused high uid so
   ``RLIMIT_NPROC`` applies;
 * **seccomp** (``sandbox/seccomp.py``): sockets of any family but ``AF_UNIX``, new namespaces,
-  ``ptrace``, mounts, ``io_uring``, BPF and the like are refused.
+  ``ptrace``, mounts, ``io_uring``, BPF and the like are refused, and so are what would reach the
+  host through the files it shares or spend the machine's budgets: file locks, ``inotify``,
+  ``fanotify`` and ``F_NOTIFY``, Linux AIO;
+* **small per-user budgets**: queued signals (:data:`MAX_PENDING_SIGNALS`), POSIX message queues
+  (:data:`MAX_MQUEUE_BYTES`) and locked memory (none), which a user namespace's use also adds to the
+  caller's own counts.
 
 Always applied: rlimits (CPU seconds, address space, file size, processes, no core dumps), a
-minimal environment (nothing inherited), a wall-clock timeout, capped stdout/stderr, and a kill of
+minimal environment (nothing inherited; ``MALLOC_ARENA_MAX=2``, so threads are not capped by glibc's
+per-thread arenas filling the address space), a wall-clock timeout, capped stdout/stderr, and a kill of
 the whole process tree at the end.
 
 Fail closed: when full isolation cannot be built (no user namespaces, no cgroup, an unknown
@@ -92,7 +105,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dear.errors import DearError
-from dear.eval import cgroup
+from dear.eval import cgroup, runtime
 
 __all__ = ["ExecResult", "check_io", "check_solution", "isolation", "run_program"]
 
@@ -106,6 +119,12 @@ WORKDIR_TMPFS_MB = 64
 # Memory and tasks of the sandbox's supervisors (bootstrap, init, checker), on top of the program's.
 SUPERVISOR_MB = 64
 SUPERVISOR_TASKS = 8
+# CPU cores the whole sandbox may keep busy at once (a cgroup quota), however many threads it starts.
+CPU_CORES = 1
+# Kernel budgets counted per user and charged to the caller too (a user namespace's counts add up to its
+# creator's): queued signals and POSIX message-queue bytes stay small, and no memory may be locked.
+MAX_PENDING_SIGNALS = 64
+MAX_MQUEUE_BYTES = 64 << 10
 # Limits of the sandbox's own IPC namespace: 16 segments, 16 MiB of SysV shared memory in all.
 IPC_LIMITS = {
     "shmmni": 16,
@@ -178,6 +197,9 @@ def _program_env(workdir: str) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONIOENCODING": "utf-8",
+        # glibc reserves 64 MiB of address space per malloc arena, up to 8 per core: at 1 GiB that left
+        # room for 14 threads. Two arenas serve a Python program as well.
+        "MALLOC_ARENA_MAX": "2",
     }
 
 
@@ -191,9 +213,13 @@ def _rlimits(timeout_s: float, memory_mb: int, mode: _Mode) -> dict[str, int]:
         "RLIMIT_NOFILE": 1024,
     }
     if mode.namespaced:
-        # Counted per (user namespace, uid), so it bounds just this sandbox. Outside a user
-        # namespace it would count all of the caller's processes, so the fallback skips it.
+        # Counted per (user namespace, uid), so they bound just this sandbox (and what it adds to the
+        # caller's own counts). Outside a user namespace they would count all of the caller's processes,
+        # signals and queues, so the fallback skips them.
         limits["RLIMIT_NPROC"] = MAX_PROCESSES
+        limits["RLIMIT_SIGPENDING"] = MAX_PENDING_SIGNALS
+        limits["RLIMIT_MSGQUEUE"] = MAX_MQUEUE_BYTES
+        limits["RLIMIT_MEMLOCK"] = 0
     return limits
 
 
@@ -203,33 +229,8 @@ def _unused_uid() -> int:
 
 
 def _binds() -> list[tuple[str, str, str]]:
-    """What the sandbox's root shows of the host, read-only: (kind, path, symlink target)."""
-    dirs: set[str] = set()
-    links: dict[str, str] = {}
-    for path in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]:
-        if os.path.islink(path):
-            links[path] = os.readlink(path)
-        elif os.path.isdir(path):
-            dirs.add(path)
-    for prefix in {
-        sys.prefix,
-        sys.base_prefix,
-        sys.exec_prefix,
-        sys.base_exec_prefix,
-        os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))),
-    }:
-        real = os.path.realpath(prefix)
-        dirs.add(real)
-        if real != prefix:
-            links[prefix] = real
-    kept = sorted(d for d in dirs if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in dirs))
-    inside = lambda p: any(p.startswith(d.rstrip("/") + "/") for d in kept)  # noqa: E731
-    files = [f for f in ["/etc/ld.so.cache"] if os.path.isfile(f)]
-    return (
-        [("dir", d, "") for d in kept]
-        + [("file", f, "") for f in files]
-        + [("symlink", p, t) for p, t in sorted(links.items()) if not inside(p) and p not in kept]
-    )
+    """What the sandbox's root shows of the host, read-only: the runtime tree of :mod:`dear.eval.runtime`."""
+    return list(runtime.tree())
 
 
 @dataclass
@@ -382,7 +383,7 @@ def _run(
     try:
         if mode in (_Mode.FULL_REMAP, _Mode.FULL_USERNS):
             try:
-                group = cgroup.create((memory_mb + SUPERVISOR_MB) << 20, MAX_PROCESSES + SUPERVISOR_TASKS)
+                group = cgroup.create((memory_mb + SUPERVISOR_MB) << 20, MAX_PROCESSES + SUPERVISOR_TASKS, CPU_CORES)
             except OSError as exc:
                 return ExecResult("error", None, "", "", time.monotonic() - start, f"no cgroup: {exc}")
         workdir = os.path.join(base, "work")
@@ -406,7 +407,7 @@ def _run(
             if mode in (_Mode.FULL_REMAP,) or (mode is _Mode.NAMESPACES and os.geteuid() == 0)
             else None,
             "cgroup": group.dirs[0].name if group else None,
-            "cgroup_controllers": (["memory", "pids"] if group.version == 1 else [""]) if group else [],
+            "cgroup_controllers": group.controllers if group else [],
             "root": os.path.join(base, "root"),
             "binds": _binds() if mode.namespaced else [],
             "drivers": str(_PROGRAMS),
@@ -636,9 +637,11 @@ def check_io(
     """Run ``source`` against input/output ``cases``; passed only if every case matched, checked by the checker.
 
     Without ``func_name`` the source is a whole program: each case's ``input`` is its stdin and
-    its stdout must equal ``output`` token by token (numbers within 1e-6). With ``func_name``,
-    ``Solution().<func_name>(*args)`` is called with the input's lines parsed as JSON and must
-    return ``output`` parsed as JSON. The time limit grows with the number of cases.
+    its stdout must match ``output`` line by line, each line identical or the same numbers as exact
+    decimals (LiveCodeBench's judge). With ``func_name``, ``Solution().<func_name>(*args)`` is called
+    with the input's lines parsed as JSON and must return ``output`` parsed as JSON (a tuple counts as
+    a list). Where the expected number is a float, 1e-6 (relative or absolute) is allowed; integers
+    compare exactly. The time limit grows with the number of cases.
     """
     if not cases:
         raise ValueError("check_io needs at least one test case")

@@ -6,6 +6,7 @@
 * ``wire.py``: the plain-data messages between checker and candidate;
 * ``seccomp.py``: the system-call filter of every program the sandbox runs.
 
-They import nothing outside the standard library and this folder, which the sandbox shows at
-``/sandbox``. See :mod:`dear.eval.code` for how they fit together.
+They import nothing outside the standard library and this folder. The bootstrap runs outside the
+sandbox; it copies the checker, the candidate and the wire into the sandbox's root at ``/run/dear/lib``.
+See :mod:`dear.eval.code` for how they fit together.
 """

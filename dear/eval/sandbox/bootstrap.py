@@ -40,6 +40,7 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 DEVICES = ("null", "zero", "full", "random", "urandom")
+DRIVER_FILES = ("checker.py", "candidate.py", "wire.py")  # what runs inside; bootstrap and seccomp run outside
 # Where things appear inside the sandbox's own root.
 WORK, DRIVERS = "/run/dear/work", "/run/dear/lib"
 
@@ -157,24 +158,38 @@ def bind_read_only(source, target):
 
 
 def build_root():
-    # A tmpfs holding only the Python installation, the system's programs and libraries, the
-    # sandbox's own programs, a private /dev and /proc, and the working directory; it becomes "/".
+    # A tmpfs holding only the runtime tree (the system's programs and libraries, the interpreter, its
+    # standard library, the packages a program may import: dear.eval.runtime), copies of the sandbox's own
+    # programs, a private /dev and /proc, and the working directory; it becomes "/".
     root = CFG["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do leaks to the host
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     inside = lambda path: root + path  # noqa: E731
+    empties = []
     for kind, path, target in CFG["binds"]:
         os.makedirs(os.path.dirname(inside(path)), exist_ok=True)
         if kind == "symlink":
             os.symlink(target, inside(path))
+        elif kind == "empty":
+            if os.path.isdir(inside(path)):  # the host's folder shows through a bound parent: cover it
+                mount("tmpfs", inside(path), "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+                empties.append(inside(path))
+            else:
+                os.makedirs(inside(path))
         elif kind == "dir":
             os.makedirs(inside(path), exist_ok=True)
             bind_read_only(path, inside(path))
         else:
-            open(inside(path), "w").close()
+            if not os.path.exists(inside(path)):
+                open(inside(path), "w").close()
             bind_read_only(path, inside(path))
+    for folder in empties:
+        mount(None, folder, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    # Copies, not a bind mount: /proc/self/mountinfo would show where the checkout lives.
     os.makedirs(inside(DRIVERS))
-    bind_read_only(CFG["drivers"], inside(DRIVERS))
+    for name in DRIVER_FILES:
+        with open(os.path.join(CFG["drivers"], name), "rb") as src, open(inside(DRIVERS) + "/" + name, "wb") as dst:
+            dst.write(src.read())
     os.makedirs(inside(WORK))
     mount("tmpfs", inside(WORK), "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=0755" % CFG["tmpfs_mb"])
     dev = inside("/dev")

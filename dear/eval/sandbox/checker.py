@@ -7,13 +7,26 @@ holds, and says it is ready; only then is the candidate started. The tests run h
 process's own builtins, against values that come back from the candidate as plain data
 (:mod:`wire`). The token is written after the last check and nowhere else, so a candidate that
 exits early, patches builtins, strips asserts or returns an always-equal object never produces it.
+
+Only the entry point and the names the trusted prompt defines cross from the candidate into the test's
+globals (the prompt's own helpers, where the prompt runs alone, are the checker's): a candidate that
+defines ``abs``, ``range``, ``set`` or ``zip`` changes nothing in the test, which keeps the real builtins.
+
+Input/output cases follow LiveCodeBench's judge (``lcb_runner/evaluation/testing_util.py``): standard
+output matches when its stripped lines are as many as the expected ones and each is identical or holds
+the same numbers token by token, compared as exact decimals; a returned value matches when it equals
+the expected JSON value (a tuple counts as a list). The one leniency is evalplus's: where the expected
+number is a float (``0.3333333``, not ``7``), 1e-6 (relative or absolute) is allowed. Integers compare
+exactly, so neither ``1e9`` nor ``1000000000`` passes for ``1000000007``.
 """
 
+import ast
 import builtins
 import ctypes
 import json
 import math
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -94,15 +107,36 @@ def proxy(channel: Channel, name: str):
     return call
 
 
+def defined_names(prompt: str) -> set:
+    """The top-level names the prompt binds: its functions, classes, constants and imports."""
+    try:
+        tree = ast.parse(prompt)
+    except (SyntaxError, ValueError):  # a prompt cut mid-statement: its complete def and class lines
+        return set(re.findall(r"^(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)", prompt, re.MULTILINE))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        else:
+            for target in ast.walk(node):
+                if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store):
+                    names.add(target.id)
+    return names
+
+
 def check_module(job: dict, channel: Channel) -> None:
-    """HumanEval/MBPP: the trusted prompt's helpers, the candidate's functions by proxy, then the test."""
+    """HumanEval/MBPP: the trusted prompt's helpers, the candidate's entry point (and what the prompt
+    defines but could not give) by proxy, then the test, with the checker's own builtins."""
     scope = {"__name__": "__check__"}
     try:
         exec(compile(job["prompt"], "<prompt>", "exec"), scope)
     except Exception:
         scope = {"__name__": "__check__"}  # a prompt that does not run alone brings no helpers
+    allowed = defined_names(job["prompt"]) - set(scope)
     for name in channel.first["ready"]:
-        if name == job["entry_point"] or name not in scope:
+        if name == job["entry_point"] or name in allowed:
             scope[name] = proxy(channel, name)
     exec(compile(job["test"], "<test>", "exec"), scope)
     entry = job["entry_point"]
@@ -111,29 +145,46 @@ def check_module(job: dict, channel: Channel) -> None:
     scope["check"](scope[entry])
 
 
+def close(got: float, want: float) -> bool:
+    """Within 1e-6 of a float reference, relatively or absolutely (evalplus's tolerance for float answers)."""
+    try:
+        return math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-6)
+    except (OverflowError, TypeError):
+        return False
+
+
 def same(got, want) -> bool:
-    if isinstance(want, float) or isinstance(got, float):
-        try:
-            return math.isclose(float(got), float(want), rel_tol=1e-6, abs_tol=1e-6)
-        except (TypeError, ValueError):
-            return False
-    if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
+    """A returned value against the expected JSON value: equal (a tuple counts as a list), a float reference
+    within :func:`close`."""
+    if isinstance(want, float):
+        return type(got) in (int, float) and close(got, want)
+    if isinstance(want, list) and isinstance(got, (list, tuple)):
         return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want))
     return got == want
 
 
-def same_text(got: str, want: str) -> bool:
-    got, want = got.split(), want.split()
-    if len(got) != len(want):
+INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def same_line(got: str, want: str) -> bool:
+    """One stripped output line: identical, or the same numbers (exact decimals; a float reference within
+    :func:`close`)."""
+    if got == want:
+        return True
+    from decimal import Decimal
+
+    try:
+        numbers = [(Decimal(g), Decimal(w), w) for g, w in zip(got.split(), want.split(), strict=True)]
+        return all(g == w or (not INTEGER.fullmatch(text) and close(float(g), float(w))) for g, w, text in numbers)
+    except (ArithmeticError, ValueError):  # not numbers (or a signalling NaN), or not as many
         return False
-    for g, w in zip(got, want):
-        if g != w:
-            try:
-                if not math.isclose(float(g), float(w), rel_tol=1e-6, abs_tol=1e-6):
-                    return False
-            except ValueError:
-                return False
-    return True
+
+
+def same_text(got: str, want: str) -> bool:
+    """Standard output against the expected output, line by line (LiveCodeBench's judge)."""
+    got_lines = [line.strip() for line in got.strip().split("\n")]
+    want_lines = [line.strip() for line in want.strip().split("\n")]
+    return len(got_lines) == len(want_lines) and all(same_line(g, w) for g, w in zip(got_lines, want_lines))
 
 
 def check_io(job: dict, channel: Channel) -> None:

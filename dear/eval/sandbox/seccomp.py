@@ -10,6 +10,12 @@ It refuses, with ``EPERM`` unless noted:
 * reaching other processes' memory (``ptrace``, ``process_vm_readv``/``writev``);
 * mounts, keyrings, BPF, perf events, ``userfaultfd``, ``io_uring`` (which can open sockets
   without ``socket(2)``), file handles (``open_by_handle_at``), kernel modules and ``kexec``;
+* budgets of the whole machine or of the caller's user: Linux AIO (``io_setup``: the system-wide
+  ``aio-nr``), ``inotify`` and ``fanotify`` instances (counted against the caller's user too);
+* what the sandbox's files share with the host's: the bound files are the host's own inodes, so file
+  locks (``flock``, and ``fcntl``'s ``F_*LK`` and ``F_OFD_*LK``: ``ENOLCK``) would block the host or
+  carry bits between two sandboxes, and ``inotify``, ``fanotify`` and ``fcntl(F_NOTIFY)`` would see the
+  host read its files; ``F_SETLEASE`` goes too;
 * any system call of another ABI (32-bit ``int 0x80`` or x32 on x86_64).
 
 Only x86_64 and aarch64 are known here; elsewhere :func:`install` raises ``OSError`` and the
@@ -24,28 +30,35 @@ import struct
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 RET_ALLOW, RET_ERRNO, RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
 LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
-OFFSET_NR, OFFSET_ARCH, OFFSET_ARG0 = 0, 4, 16  # struct seccomp_data; arg0's low 32 bits (little-endian)
+OFFSET_NR, OFFSET_ARCH, OFFSET_ARG0, OFFSET_ARG1 = 0, 4, 16, 24  # struct seccomp_data; args' low 32 bits
 AF_UNIX = 1
 CLONE_NEW_ANY = 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00020000 | 0x80
 
-# The system calls the filter names, and their numbers on each machine (the same order).
+F_LOCKS = (5, 6, 7, 36, 37, 38)  # F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW
+F_REFUSED = (1024, 1026)  # F_SETLEASE, F_NOTIFY
+
+# The system calls the filter names, and their numbers on each machine (the same order; None: not there).
 # fmt: off
 SYSCALLS = (
-    "socket", "clone", "clone3", "ptrace", "process_vm_readv", "process_vm_writev", "unshare", "setns", "mount",
-    "umount2", "pivot_root", "chroot", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "open_by_handle_at", "name_to_handle_at", "fsopen",
-    "fsconfig", "fsmount", "move_mount", "open_tree", "mount_setattr", "kexec_load", "kexec_file_load",
-    "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
+    "socket", "clone", "clone3", "fcntl", "flock", "ptrace", "process_vm_readv", "process_vm_writev", "unshare",
+    "setns", "mount", "umount2", "pivot_root", "chroot", "keyctl", "add_key", "request_key", "bpf",
+    "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "open_by_handle_at",
+    "name_to_handle_at", "fsopen", "fsconfig", "fsmount", "move_mount", "open_tree", "mount_setattr", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct",
+    "quotactl", "syslog", "io_setup", "io_destroy", "io_getevents", "io_submit", "io_cancel", "io_pgetevents",
+    "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark",
 )
 ARCHES = {
     # machine: (AUDIT_ARCH_*, first number of a foreign ABI or None, {name: number})
     "x86_64": (0xC000003E, 0x40000000, dict(zip(SYSCALLS, (
-        41, 56, 435, 101, 310, 311, 272, 308, 165, 166, 155, 161, 250, 248, 249, 321, 298, 323, 425, 426, 427, 304,
-        303, 430, 431, 432, 429, 428, 442, 246, 320, 175, 313, 176, 167, 168, 169, 163, 179, 103,
+        41, 56, 435, 72, 73, 101, 310, 311, 272, 308, 165, 166, 155, 161, 250, 248, 249, 321, 298, 323, 425, 426,
+        427, 304, 303, 430, 431, 432, 429, 428, 442, 246, 320, 175, 313, 176, 167, 168, 169, 163, 179, 103, 206, 207,
+        208, 209, 210, 333, 253, 294, 254, 300, 301,
     ), strict=True))),
     "aarch64": (0xC00000B7, None, dict(zip(SYSCALLS, (
-        198, 220, 435, 117, 270, 271, 97, 268, 40, 39, 41, 51, 219, 217, 218, 280, 241, 282, 425, 426, 427, 265, 264,
-        430, 431, 432, 429, 428, 442, 104, 294, 105, 273, 106, 224, 225, 142, 89, 60, 116,
+        198, 220, 435, 25, 32, 117, 270, 271, 97, 268, 40, 39, 41, 51, 219, 217, 218, 280, 241, 282, 425, 426, 427,
+        265, 264, 430, 431, 432, 429, 428, 442, 104, 294, 105, 273, 106, 224, 225, 142, 89, 60, 116, 0, 1, 4, 2, 3,
+        292, None, 26, 27, 262, 263,
     ), strict=True))),
 }
 # fmt: on
@@ -56,7 +69,8 @@ def program(machine: str) -> list:
     if machine not in ARCHES:
         raise OSError(errno.ENOSYS, "no seccomp filter for %s" % machine)
     audit_arch, foreign, numbers = ARCHES[machine]
-    denied = sorted(v for k, v in numbers.items() if k not in ("socket", "clone", "clone3"))
+    special = ("socket", "clone", "clone3", "fcntl", "flock")
+    denied = sorted(v for k, v in numbers.items() if k not in special and v is not None)
     # Instructions with symbolic jump targets: ("jeq", k, label_true, label_false); None = next.
     code = [("ld", OFFSET_ARCH), ("jeq", audit_arch, None, "kill"), ("ld", OFFSET_NR)]
     if foreign is not None:
@@ -66,6 +80,14 @@ def program(machine: str) -> list:
         ("jeq", numbers["socket"], "socket", None),
         ("jeq", numbers["clone"], "clone", None),
         ("jeq", numbers["clone3"], "enosys", None),
+        ("jeq", numbers["fcntl"], "fcntl", None),
+        ("jeq", numbers["flock"], "enolck", None),
+        ("ret", RET_ALLOW),
+        ("label", "fcntl"),
+        ("ld", OFFSET_ARG1),  # the command: the kernel reads it as an unsigned int
+    ]
+    code += [("jeq", cmd, "enolck", None) for cmd in F_LOCKS] + [("jeq", cmd, "eperm", None) for cmd in F_REFUSED]
+    code += [
         ("ret", RET_ALLOW),
         ("label", "socket"),
         ("ld", OFFSET_ARG0),
@@ -80,6 +102,8 @@ def program(machine: str) -> list:
         ("ret", RET_ERRNO | errno.EPERM),
         ("label", "enosys"),
         ("ret", RET_ERRNO | errno.ENOSYS),
+        ("label", "enolck"),
+        ("ret", RET_ERRNO | errno.ENOLCK),
         ("label", "kill"),
         ("ret", RET_KILL_PROCESS),
     ]
