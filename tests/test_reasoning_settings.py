@@ -110,7 +110,8 @@ def fake_run(benchmark: str) -> dict:
         "loss": {"normalize": "all"},
     }
     bench = {"accuracy_before": 0.1, "accuracy_after": 0.2, "gain": 0.1, "subset": subset_note(benchmark)}
-    return {"config": config, "benchmarks": {benchmark: bench}, "accuracy_auc": 0.15, "heldout_reverse_kl": {"after": 0.5}}
+    kl = {"after": 0.5}
+    return {"config": config, "benchmarks": {benchmark: bench}, "accuracy_auc": 0.15, "heldout_reverse_kl": kl}
 
 
 def test_tables_mark_an_offline_subset():
