@@ -380,9 +380,10 @@ def measure(case: Case, checkpointing: bool = True, explain: bool = False) -> di
     resident = sum(p.nbytes for p in student.parameters()) + sum(p.nbytes for p in teacher.parameters())
     resident += sum(v.nbytes for state in opt.state.values() for v in state.values() if torch.is_tensor(v))
     with AllocationTrace(explain) as trace:
-        with autocast():  # the previous step: its gradients stay until the next zero_grad
+        with autocast():  # the previous step; training_step frees its gradients right after the optimizer step
             distill_step(student, teacher, tiny, method, loss, vocab_size=vocab, step=step)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         with autocast():  # evaluate_now: benchmark generation, then the held-out KL's scoring
             with trace.phase("evaluation"):
                 generate(student, tok, eval_prompts, n=1, greedy=True, max_new_tokens=case.eval_new_tokens)

@@ -5,8 +5,8 @@
 The state, held through the whole run (dear/train.py, dear/module.py, dear/precision.py), ``N`` parameters:
 
 - the student's weights in float32 whatever its preset says, ``4·N_s``, their gradients ``4·N_s`` and AdamW's
-  two moments ``8·N_s``. Gradients live from a step's first backward until the *next* step's ``zero_grad``,
-  which comes after that step's rollout: they are alive in the rollout, the optimizer step and evaluation;
+  two moments ``8·N_s``. Gradients live from a step's first backward until right after its optimizer step
+  (`DistillModule.training_step` frees them there): they are not alive in the rollout, scoring or evaluation;
 - the frozen teacher in its preset's dtype, ``2·N_t`` in bfloat16;
 - under ``bf16-mixed`` (what ``trainer.precision=auto`` is on a GPU) the student computes under
   ``torch.autocast(bf16)``, whose cache keeps a bf16 copy of every matrix it has cast until the autocast
@@ -493,7 +493,7 @@ class _Plan:
         last.append(
             Term(f"decoding step's [{rows}, V] buffers", decode_step_bytes(rows, shape.vocab_size, greedy, temperature))
         )
-        base = self.state()
+        base = self.state(grads=False)  # the module frees the gradients right after each optimizer step
         return _widest(
             {"the prefill": base + cached(False) + prefill, "the last decoding step": base + cached(True) + last}
         )
@@ -503,7 +503,7 @@ class _Plan:
         name = f"rollout ({w.rollout_rows} x {w.prompt_tokens}+{w.new_tokens})"
         knob = "batch_size, rollout.n or rollout.max_new_tokens"
         if w.sampler == "reference":  # teacher-forced reference texts: nothing is sampled
-            return Phase("rollout", "rollout (reference texts)", tuple(self.state()), "no sampling", knob)
+            return Phase("rollout", "rollout (reference texts)", tuple(self.state(grads=False)), "no sampling", knob)
         moment, terms = self.generation(w.sampler, w.rollout_rows, w.new_tokens, w.rollout_cache, False, w.temperature)
         return Phase("rollout", name, terms, moment, knob)
 
@@ -659,7 +659,7 @@ class _Plan:
                     for m, t in self.scored(min(w.eval_batch, w.kl_prompts), w.eval_new_tokens, False).items()
                 }
             )
-        base = self.state() + self.autocast_cache(with_head=True)
+        base = self.state(grads=False) + self.autocast_cache(with_head=True)  # gradients freed after each step
         moment, terms = _widest({m: base + t for m, t in moments.items()})
         return Phase("scoring", "held-out KL / selection scoring", terms, moment, "step.micro_batch_size")
 

@@ -184,3 +184,20 @@ def test_dear_eval_moves_its_model_to_the_device_and_computes_under_the_precisio
     assert devices == [torch.device("cpu")]
     assert autocast and all(autocast)
     assert (summary["device"], summary["precision"]) == ("cpu", "bf16-mixed")
+
+
+def test_gradients_are_freed_before_the_next_rollout(tmp_path, toy_cache, monkeypatch):
+    """dear-plan counts the rollout and evaluation without the gradients (4 bytes a parameter): the module frees
+    them right after each optimizer step, not at the next step's start."""
+    import dear.module
+
+    seen = []
+    real = dear.module.training_rollout
+
+    def rollout(source, student, *args, **kwargs):
+        seen.append(sum(p.grad is not None for p in student.parameters()))
+        return real(source, student, *args, **kwargs)
+
+    monkeypatch.setattr(dear.module, "training_rollout", rollout)
+    run(tmp_path, toy_cache, "steps=3", name="grads")
+    assert seen == [0, 0, 0]
