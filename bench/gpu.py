@@ -1,74 +1,57 @@
-"""GPU figures at the real pair's shapes: rollout speed, student/teacher throughput and MFU, full-step peak memory.
+"""dear-train's own path on a GPU, phase by phase: measured peak memory against `dear.plan`, rollout speed, step MFU.
 
-    python bench/gpu.py [--peak-tflops T] [--out outputs/bench/gpu.json] [--budget-s 420]
-    python bench/gpu.py --cpu-smoke          # tiny shapes on the CPU: every code path, no meaningful number
+    python bench/gpu.py [--experiment qwen-1.5b-14b] [--steps 3] [--peak-tflops T] [--budget-s 480] [--out PATH]
+    python bench/gpu.py --cpu-smoke          # the same path at tiny shapes on the CPU: no meaningful number
 
-Models are random-weight Qwen2 models built from the Qwen2.5-1.5B-Instruct (student) and Qwen2.5-7B-Instruct
-(teacher) configurations (hidden size, layers, heads, intermediate size, vocabulary; no download), in bf16
-on the GPU. Settings come from the composed ``experiment=qwen-1.5b-7b`` config (conf/experiment/, with
-conf/setup/real-math.yaml): 32 prompts x 4 samples, up to 1024 new tokens, its ``step`` (micro-batches,
-chunked logits, gradient checkpointing), method and loss. Prompts are 256 random token ids.
+It calls `dear.train.train` itself, on the config ``dear-train experiment=<pair>`` composes, for ``--steps``
+steps with small evaluation (``benchmark.limit`` = one ``eval.batch_size``, ``eval.every=0``: before and after
+training only; ``eval.kl_prompts`` = one ``step.micro_batch_size``; ``logger=none``; ``data.limit`` small).
+Nothing is copied: the phases are measured by wrapping the project's own functions for the run's length:
 
-Measured, in this order (each part is skipped, with the reason, once ``--budget-s`` is spent):
+- ``rollout``: `dear.module.training_rollout` (the training step's sampling, static cache compiled on a GPU);
+- ``step``: `dear.module.distill_step` (forward, backward over the micro-batches);
+- ``optimizer``: the optimizer's ``step`` (a global step hook: Lightning's clipping closure and AdamW);
+- ``evaluation``: `dear.eval.runner.Evaluator._generate` (the benchmark's generation);
+- ``heldout_kl``: `dear.eval.runner.Evaluator.heldout_reverse_kl` (its sampling and `score_step`);
+- ``selection``: `dear.module.selection_page` (a selection page's sampling and scoring).
 
-1. Rollouts with `dear.rollout.generate` (Hugging Face ``generate``), 128 sequences x 1024 new tokens:
-   static KV cache + ``torch.compile`` (the first call, which compiles, is timed apart) and the dynamic
-   cache. New tokens/s = sampled response tokens / wall seconds. Goal: >= 20,000 new tokens/s.
-2. One full training step at the experiment's settings: AdamW's state is created first (a one-sequence
-   step), then ``torch.cuda.reset_peak_memory_stats``; rollout (static cache, compiled), then
-   `dear.step.distill_step` under bf16 autocast, clipping and the AdamW step. Reported: peak
-   ``torch.cuda.max_memory_allocated`` (and reserved) of the whole step, and the training-side MFU of the
-   distill_step: ``(6·N_student + 2·N_teacher) · tokens / (seconds · peak FLOP/s)``. Goals: peak <= 80 GiB
-   (one 80 GB GPU), MFU >= 40%.
-3. Student training alone (forward + backward of a plain LM loss, micro-batch 8 x 1280 tokens, with and
-   without gradient checkpointing) and teacher forward alone (``inference_mode``): tokens/s and MFU
-   (``6·N·tokens`` for training, ``2·N·tokens`` for the frozen teacher).
+Each call: synchronise, ``torch.cuda.reset_peak_memory_stats``, time, call, synchronise, then
+``torch.cuda.max_memory_allocated`` (weights, gradients, AdamW state and teacher included). On the CPU the
+peaks come from the allocator's events as bench/plan_check.py counts them (`AllocationTrace`, started when
+the fit starts, plus the bytes of both models' tensors then). Each phase's peak is set against
+`dear.plan.plan_phases` for the same composed config and shapes, at the widest prompt the phase saw.
 
-N counts the parameters that take part in matrix products: everything but the input embedding, the LM
-head counted once (tied or not). Attention's quadratic term is not counted (the usual ``6N`` convention),
-so MFU is a slight underestimate. Peak FLOP/s: dense bf16 tensor-core peak from a small table by device
-name (H100 SXM/H200 989 TFLOP/s, H100 PCIe 756, A100 312, L40S 362, L4 121, B200 2250) or ``--peak-tflops``.
-Writes ``outputs/bench/gpu.json`` and prints a table.
+Weights: the pair's own when present (``model.path``/``teacher.path`` or the hub cache, as `dear.plan.find_shape`
+finds them); otherwise random-weight models of the same shapes (dear/model_shapes.json), built with
+``AutoModelForCausalLM.from_config`` in bf16 and saved with a synthetic byte-level tokenizer of the model's
+vocabulary to a temporary folder. Random models almost never sample the end of text, so every response runs to
+``max_new_tokens``: the plan's worst case, and the output says so.
+
+Figures: rollout new tokens/s, the mean training-step time (metrics.json's ``mean_step_time_s``) and the
+training-side MFU of `distill_step`, ``(6·N_student + 2·N_teacher) · tokens / (seconds · peak FLOP/s)``. N counts
+the parameters in matrix products (everything but the input embedding; the LM head once, tied or not); attention's
+quadratic term is not counted. Peak FLOP/s: dense bf16 tensor-core peak by device name (table below) or
+``--peak-tflops``. ``--budget-s``: once a training step ends with less time left than the first evaluation took,
+training stops there (the run still evaluates and ends). Writes ``outputs/bench/gpu.json`` (``gpu-smoke.json``
+with ``--cpu-smoke``) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
+import tempfile
 import time
+import traceback
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import ROOT, PeakRSS, compose, machine_facts  # noqa: E402
+from common import ROOT, compose, machine_facts  # noqa: E402
 
-SHAPES = {  # the public configurations, without the weights
-    "qwen2.5-1.5b": dict(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "qwen2.5-7b": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
-}
-SMOKE_SHAPES = {
-    "qwen2.5-1.5b": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-    "qwen2.5-7b": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4),
-}
-SMOKE_VOCAB = 512
 # Dense bf16 tensor-core peak, TFLOP/s (no sparsity); the first name found in the device's name wins.
 PEAK_BF16_TFLOPS = [
     ("H100 PCIe", 756.0),
@@ -81,62 +64,315 @@ PEAK_BF16_TFLOPS = [
     ("L40S", 362.05),
     ("L4", 121.0),
 ]
-GOALS = {  # figure: (comparison, goal)
-    "rollout_new_tokens_per_s_static_compiled": (">=", 20000.0),
-    "training_side_mfu": (">=", 0.40),
-    "full_step_peak_gib": ("<=", 80.0),
+PHASES = ("rollout", "step", "optimizer", "evaluation", "heldout_kl", "selection")
+# The smoke run's tiny Qwen2 shapes: random weights, a small vocabulary.
+SMOKE_SHAPES = {
+    "model": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+    "teacher": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4),
 }
-PROMPT_TOKENS = 256
+SMOKE_VOCAB = 512
+SMOKE_RUN = [  # 2 prompts x 2 samples, one micro-batch of 4, 6 new tokens, 4 benchmark problems
+    "batch_size=2",
+    "rollout.n=2",
+    "step.micro_batch_size=4",
+    "model.max_new_tokens=6",
+    "eval.batch_size=4",
+    "trainer.threads=1",
+]
 GIB = 2**30
 
 
-class IdTokenizer:
-    """Just enough of a tokenizer for `dear.rollout.generate`: a prompt is its token ids written out."""
+# ---------------------------------------------------------------------------------------------
+# Weights: the pair's own, or random ones of the same shapes
+# ---------------------------------------------------------------------------------------------
 
-    def __init__(self, pad_token_id: int, eos_token_id: int):
-        self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
 
-    def __call__(self, texts, return_tensors="pt", padding=True, add_special_tokens=False):
+def weights_present(preset) -> bool:
+    """The preset's weights load without a download: a local ``path``, or a config.json in the hub cache."""
+    if preset.path:
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(preset.hub_id, "config.json", revision=preset.revision), str)
+
+
+def synthetic_tokenizer(vocab_size: int):
+    """A byte-level tokenizer of ``vocab_size`` tokens: pad, end of text, unknown, the 256 bytes, then generated
+    tokens ``t259 … t{V-1}``; no merges, so a prompt is one token per byte. (Word-level would be simpler, but
+    transformers loads a folder whose config says ``qwen2`` with its Qwen2 tokenizer class, which rebuilds a
+    byte-level BPE from the vocabulary: only tokens that are bytes survive that.)"""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    tokens = specials + sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens += [f"t{i}" for i in range(len(tokens), vocab_size)]
+    core = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side="left"
+    )
+
+
+def save_random_model(config: dict, vocab: int, folder: Path, seed: int) -> None:
+    """A random-weight causal LM of ``config``'s shapes in bf16 (built on the GPU when there is one: fast
+    initialisation), saved with the synthetic tokenizer to ``folder``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**{**config, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None})
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    synthetic_tokenizer(vocab).save_pretrained(folder)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def random_pair(overrides: list[str], smoke: bool, folder: Path) -> tuple[list[str], str]:
+    """Overrides that point both presets at random-weight models of their shapes, and how they were made."""
+    from dear.config import train_config
+    from dear.plan import PlanError, shape_table
+
+    s = train_config(compose(overrides), machine=False)
+    table = shape_table()
+    made = []
+    for group, preset in (("model", s.model), ("teacher", s.teacher)):
+        if smoke:
+            config = dict(
+                SMOKE_SHAPES[group],
+                model_type="qwen2",
+                num_key_value_heads=2,
+                vocab_size=SMOKE_VOCAB,
+                tie_word_embeddings=group == "model",
+                max_position_embeddings=4096,
+            )
+        elif preset.hub_id in table:  # the public config.json's shape fields
+            config = dict(table[preset.hub_id])
+        else:
+            raise PlanError(f"{group}={preset.name}: no shapes for {preset.hub_id} in dear/model_shapes.json")
+        made.append((group, config))
+    vocab = min(c["vocab_size"] for _, c in made)  # one tokenizer for both: V* = the smaller vocabulary
+    extra = []
+    for i, (group, config) in enumerate(made):
+        path = folder / group
+        save_random_model(config, vocab, path, seed=i)
+        extra += [f"{group}.path={path}", f"{group}.chat_template=false"]
+    how = (
+        f"random weights of the pair's shapes ({'tiny Qwen2 shapes, ' if smoke else ''}vocabulary {vocab}, "
+        "synthetic byte-level tokenizer): a random model almost never samples the end of text, so every "
+        "response runs to max_new_tokens, the worst case for memory"
+    )
+    return extra, how
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement: wrappers around the project's functions
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    seconds: float
+    peak_bytes: int | None = None
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+    tokens: int | None = None
+    window: str | None = None  # the CPU trace's window name
+
+
+@dataclass
+class Recorder:
+    """Per phase, one `Call` per call; on a GPU each call's own peak, on the CPU the trace's windows."""
+
+    cuda: bool
+    calls: dict[str, list[Call]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    trace: object = None  # bench/plan_check.AllocationTrace on the CPU, from the fit's start
+    resident: int = 0  # the CPU trace's starting bytes: both models' tensors
+    matmul: dict = field(default_factory=dict)  # N per model
+    started: float = field(default_factory=time.perf_counter)
+
+    def _sync(self) -> None:
         import torch
 
-        rows = [[int(x) for x in t.split()] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left-padded, as the project's tokenizers are set up
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        if self.cuda:
+            torch.cuda.synchronize()
 
-    def batch_decode(self, ids, skip_special_tokens=True):
-        return [""] * len(ids)
+    def measure(self, phase: str, fn, *args, **kwargs):
+        """Call ``fn``, timed, with its peak memory recorded under ``phase``; return what it returns."""
+        import torch
+
+        self._sync()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        window = f"{phase}#{len(self.calls[phase])}"
+        t0 = time.perf_counter()
+        if self.trace is not None:
+            with self.trace.phase(window):
+                out = fn(*args, **kwargs)
+        else:
+            out = fn(*args, **kwargs)
+        self._sync()
+        call = Call(time.perf_counter() - t0, window=window if self.trace is not None else None)
+        if self.cuda:
+            call.peak_bytes = torch.cuda.max_memory_allocated()
+        self.calls[phase].append(call)
+        return out
 
 
-def build(name: str, device, dtype, smoke: bool):
+def prompt_width(evaluator, prompts: list[str]) -> int:
+    return max(len(ids) for ids in evaluator.tokenizer(prompts, add_special_tokens=False).input_ids)
+
+
+def instrument(rec: Recorder, budget_s: float):
+    """Install the wrappers (a list of undo functions comes back): the project's functions, called as they are."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    shape = dict(SHAPES[name])
-    if smoke:
-        shape.update(SMOKE_SHAPES[name], vocab_size=SMOKE_VOCAB)
-    config = Qwen2Config(
-        **shape,
-        max_position_embeddings=32768 if not smoke else 512,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    torch.manual_seed(0 if name.endswith("1.5b") else 1)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2ForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model
+    import dear.module as module
+    from dear.eval.runner import Evaluator
+
+    undo = []
+
+    def patch(owner, name: str, wrapper) -> None:
+        original = getattr(owner, name)
+        setattr(owner, name, wrapper(original))
+        undo.append(lambda: setattr(owner, name, original))
+
+    def rollout(original):
+        def wrapped(source, student, teacher, tokenizer, prompts, settings, **kwargs):
+            r = rec.measure("rollout", original, source, student, teacher, tokenizer, prompts, settings, **kwargs)
+            call = rec.calls["rollout"][-1]
+            call.prompt_tokens, call.new_tokens = r.prompt_width, int(r.response_mask.sum())
+            call.tokens = r.input_ids.shape[0] * settings.max_new_tokens  # rows x rollout.max_new_tokens
+            return r
+
+        return wrapped
+
+    def step(original):
+        def wrapped(student, teacher, rollout, *args, **kwargs):
+            if not rec.matmul:
+                rec.matmul = {"student": matmul_params(student), "teacher": matmul_params(teacher)}
+            out = rec.measure("step", original, student, teacher, rollout, *args, **kwargs)
+            rec.calls["step"][-1].tokens = int(rollout.attention_mask.sum())
+            rec.calls["step"][-1].prompt_tokens = rollout.prompt_width
+            return out
+
+        return wrapped
+
+    def evaluation(original):
+        def wrapped(self, model):
+            out = rec.measure("evaluation", original, self, model)
+            rec.calls["evaluation"][-1].prompt_tokens = prompt_width(self, self.prompts[: self.batch_size])
+            return out
+
+        return wrapped
+
+    def heldout(original):
+        def wrapped(self, model, teacher, *args, **kwargs):
+            out = rec.measure("heldout_kl", original, self, model, teacher, *args, **kwargs)
+            width = prompt_width(self, self.prompts[: min(self.kl_prompts, self.batch_size)])
+            rec.calls["heldout_kl"][-1].prompt_tokens = width
+            return out
+
+        return wrapped
+
+    def selection(original):
+        def wrapped(student, teacher, tokenizer, prompts, *args, **kwargs):
+            out = rec.measure("selection", original, student, teacher, tokenizer, prompts, *args, **kwargs)
+            widths = tokenizer(prompts, add_special_tokens=False).input_ids
+            rec.calls["selection"][-1].prompt_tokens = max(len(ids) for ids in widths)
+            return out
+
+        return wrapped
+
+    def fit_start(original):
+        def wrapped(self):
+            original(self)
+            if not rec.cuda:  # the CPU's allocator events, from here: both models' tensors are already there
+                from plan_check import AllocationTrace
+
+                tensors = [*self.student.parameters(), *self.student.buffers()]
+                tensors += [*self.teacher.parameters(), *self.teacher.buffers()]
+                rec.resident = sum(t.nbytes for t in tensors)
+                rec.trace = AllocationTrace().__enter__()
+
+        return wrapped
+
+    def training_step(original):
+        first_eval = []
+
+        def wrapped(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            if not first_eval:  # what the end of the run will need again: the first evaluation and page
+                first_eval.append(
+                    sum(c.seconds for p in ("evaluation", "heldout_kl", "selection") for c in rec.calls[p])
+                )
+            # the end: the first evaluation and page again, plus the export and the checkpoint
+            if time.perf_counter() - rec.started + 1.2 * first_eval[0] + 30 > budget_s:
+                log(f"--budget-s {budget_s:.0f}: training stops after step {len(rec.calls['step'])}")
+                self.trainer.should_stop = True
+            return out
+
+        return wrapped
+
+    patch(module, "training_rollout", rollout)
+    patch(module, "distill_step", step)
+    patch(module, "selection_page", selection)
+    patch(Evaluator, "_generate", evaluation)
+    patch(Evaluator, "heldout_reverse_kl", heldout)
+    patch(module.DistillModule, "on_fit_start", fit_start)
+    patch(module.DistillModule, "training_step", training_step)
+
+    # The optimizer step (Lightning's closure, with clipping, runs inside it): a global pre/post hook pair.
+    pending = {}
+
+    def pre(optimizer, args, kwargs):
+        rec._sync()
+        if rec.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        window = f"optimizer#{len(rec.calls['optimizer'])}"
+        if rec.trace is not None:
+            pending["window"] = rec.trace.phase(window)
+            pending["window"].__enter__()
+        pending["t0"], pending["name"] = time.perf_counter(), window
+
+    def post(optimizer, args, kwargs):
+        rec._sync()
+        call = Call(time.perf_counter() - pending["t0"])
+        if "window" in pending:
+            pending.pop("window").__exit__(None, None, None)
+            call.window = pending["name"]
+        if rec.cuda:
+            call.peak_bytes = torch.cuda.max_memory_allocated()
+        rec.calls["optimizer"].append(call)
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    for handle in (register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)):
+        undo.append(handle.remove)
+    return undo
+
+
+def drop_weights_once_loaded(folder: Path):
+    """Delete a random model's weight files under ``folder`` once `dear.train.load_model` has read them (the
+    14B teacher's 30 GB would otherwise share the disk with the run's checkpoint); returns the undo."""
+    import dear.train
+
+    original = dear.train.load_model
+
+    def wrapped(preset, *args, **kwargs):
+        loaded = original(preset, *args, **kwargs)
+        if preset.path and Path(preset.path).is_relative_to(folder):
+            for f in Path(preset.path).glob("*.safetensors"):
+                f.unlink()
+        return loaded
+
+    dear.train.load_model = wrapped
+    return lambda: setattr(dear.train, "load_model", original)
 
 
 def matmul_params(model) -> int:
@@ -147,306 +383,266 @@ def matmul_params(model) -> int:
     return total - embed.numel() + (head.numel() if head is embed else 0)
 
 
-def peak_flops(device, asked_tflops: float | None) -> tuple[float | None, str]:
+# ---------------------------------------------------------------------------------------------
+# The plan's prediction for each measured phase
+# ---------------------------------------------------------------------------------------------
+
+
+def predictions(settings, shapes: tuple, prompt_tokens: dict[str, int], gpu: bool) -> dict[str, tuple[int, str]]:
+    """`dear.plan.plan_phases`'s peak for each measured phase (at the widest prompt it saw), and what it is;
+    ``shapes``: the student's and the teacher's `dear.plan.Shape`."""
+    from dear.plan import DTYPE_BYTES, PICTURE_PROMPTS, plan_phases, workload
+
+    student, teacher = shapes
+    t_bytes = DTYPE_BYTES[settings.teacher.dtype]
+
+    def phase(key: str, w) -> int:
+        return next(p for p in plan_phases(student, teacher, w, t_bytes) if p.key == key and p.counted).peak
+
+    out = {}
+    for name, width in prompt_tokens.items():
+        w = workload(settings, width, gpu=gpu)
+        kl_rows = min(w.eval_batch, w.kl_prompts)
+        if name == "heldout_kl":  # its sampling (kl rows, temperature 1) and its scoring at the benchmark's length
+            sampling = replace(w, eval_batch=kl_rows, eval_samples=1, eval_greedy=False)
+            scoring = replace(w, new_tokens=w.eval_new_tokens, hidden_states=False)
+            out[name] = (
+                max(phase("evaluation", sampling), phase("scoring", scoring)),
+                "max(evaluation at the KL's rows, sampled; scoring without selection at the benchmark's length)",
+            )
+        elif name == "selection":  # a page: 4 prompts sampled to rollout.max_new_tokens, then scored
+            sampling = replace(w, eval_batch=PICTURE_PROMPTS, eval_samples=1, eval_new_tokens=w.new_tokens)
+            sampling = replace(sampling, eval_greedy=False)
+            out[name] = (
+                max(phase("evaluation", sampling), phase("scoring", replace(w, kl_prompts=0))),
+                "max(evaluation at 4 rows, sampled to rollout.max_new_tokens; scoring of the selection pages)",
+            )
+        else:
+            out[name] = (phase(name, w), f"plan phase {name}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def log(line: str) -> None:
+    print(f"[gpu] {line}", file=sys.stderr, flush=True)
+
+
+def peak_flops(cuda: bool, asked_tflops: float | None) -> tuple[float | None, str]:
     import torch
 
     if asked_tflops:
         return asked_tflops * 1e12, f"--peak-tflops {asked_tflops}"
-    if device.type != "cuda":
+    if not cuda:
         return None, "no bf16 peak known for a CPU; pass --peak-tflops"
-    name = torch.cuda.get_device_name(device)
+    name = torch.cuda.get_device_name()
     for key, tflops in PEAK_BF16_TFLOPS:
         if key in name:
             return tflops * 1e12, f"{name}: {tflops} TFLOP/s dense bf16 (table)"
     return None, f"{name} is not in the table; pass --peak-tflops"
 
 
-class Timer:
-    """Wall seconds of a block, the device synchronised at both ends."""
+def run_overrides(args, smoke: bool) -> list[str]:
+    """dear-train's overrides for a short run of the pair: steps, small evaluation, no logger."""
+    from dear.config import train_config
 
-    def __init__(self, device):
-        self.device, self.seconds = device, 0.0
-
-    def _sync(self):
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def __enter__(self):
-        self._sync()
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self._sync()
-        self.seconds = time.perf_counter() - self.start
+    settings = train_config(compose([f"experiment={args.experiment}", *(SMOKE_RUN if smoke else [])]), machine=False)
+    micro = settings.step.micro_batch_size or settings.batch_size * settings.rollout.n
+    steps = 2 if smoke else args.steps
+    return [
+        f"experiment={args.experiment}",
+        *(SMOKE_RUN if smoke else []),
+        f"steps={steps}",
+        f"benchmark.limit={settings.eval.batch_size}",  # one evaluation batch
+        "eval.every=0",  # before and after training only
+        f"eval.kl_prompts={micro}",  # one micro-batch
+        "logger=none",
+        f"data.limit={max(steps * settings.batch_size, 8)}",
+        "checkpoint.every_steps=0",
+        *([f"benchmark.max_new_tokens={args.eval_new_tokens}"] if args.eval_new_tokens and not smoke else []),
+    ]
 
 
-def main() -> None:  # noqa: C901  (one straight script of parts)
+def summarise(rec: Recorder, settings, shapes: tuple, gpu: bool, flops_peak: float | None) -> dict:
+    """Per phase: calls, seconds, the measured peak and the plan's, and the phase's own figures."""
+    peaks = dict(rec.trace.peaks) if rec.trace is not None else {}
+    # the widest prompt each phase saw (the optimizer's plan does not depend on it)
+    widths = {p: max(c.prompt_tokens or 1 for c in calls) for p, calls in rec.calls.items() if calls}
+    predicted = predictions(settings, shapes, widths, gpu) if widths else {}
+    phases = {}
+    for name, calls in rec.calls.items():
+        if not calls:
+            phases[name] = {"calls": 0, "peak_gib": None, "peak_how": "never called"}
+            continue
+        if gpu:
+            peak, how = max(c.peak_bytes for c in calls), "torch.cuda.max_memory_allocated, reset before each call"
+        elif rec.trace is not None and all(c.window in peaks for c in calls):
+            peak = rec.resident + max(peaks[c.window] for c in calls)
+            how = "CPU allocator events (bench/plan_check.AllocationTrace) + both models' tensors at the fit's start"
+        else:
+            peak, how = None, "not measured: no allocator trace covered this call"
+        later = [c.seconds for c in calls[1:]] or [calls[0].seconds]
+        p = {
+            "calls": len(calls),
+            "first_call_s": round(calls[0].seconds, 3),
+            "mean_s": sum(later) / len(later),  # after the first call (compilation, warm-up), when there are more
+            "peak_gib": None if peak is None else peak / GIB,
+            "peak_how": how,
+            "prompt_tokens": None if name == "optimizer" else widths[name],
+        }
+        if name in predicted:
+            p["plan_gib"], p["plan_how"] = predicted[name][0] / GIB, predicted[name][1]
+            p["plan_over_measured"] = p["plan_gib"] / p["peak_gib"] if p["peak_gib"] else None
+        if name == "rollout":
+            new = [c.new_tokens for c in calls[1:]] or [calls[0].new_tokens]
+            p["new_tokens"] = calls[-1].new_tokens
+            p["new_tokens_per_s"] = sum(new) / sum(later)
+            # 1.0: every response ran to rollout.max_new_tokens (random weights), the plan's worst case
+            p["share_of_max_new_tokens"] = sum(c.new_tokens for c in calls) / sum(c.tokens for c in calls)
+        if name == "step":
+            tokens = [c.tokens for c in calls[1:]] or [calls[0].tokens]
+            p["tokens"] = calls[-1].tokens
+            p["tokens_per_s"] = sum(tokens) / sum(later)
+            flops = (6 * rec.matmul["student"] + 2 * rec.matmul["teacher"]) * sum(tokens)
+            p["training_side_mfu"] = flops / sum(later) / flops_peak if flops_peak else None
+        phases[name] = p
+    return phases
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (tests the code paths)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny random models on the CPU (the code path)")
+    parser.add_argument("--experiment", default="qwen-1.5b-14b", help="conf/experiment/ pair (default qwen-1.5b-14b)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps (default 3; 2 with --cpu-smoke)")
+    parser.add_argument(
+        "--eval-new-tokens",
+        type=int,
+        default=512,
+        help="benchmark.max_new_tokens on the GPU, to fit the budget (default 512; 0: the preset's)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, TFLOP/s")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="skip the parts left after this many s")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="stop training early to end within this")
     parser.add_argument("--out", default=None, help="default: outputs/bench/gpu.json (gpu-smoke.json with --cpu-smoke)")
     args = parser.parse_args()
-    start = time.perf_counter()
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    rec = Recorder(cuda=False)
 
     import torch
 
     from dear.config import train_config
     from dear.files import write_json_atomic
-    from dear.models import set_gradient_checkpointing
-    from dear.rollout import generate
-    from dear.step import distill_step
+    from dear.plan import Precision, find_shape
+    from dear.train import train
 
     smoke = args.cpu_smoke
-    if not smoke and not torch.cuda.is_available():
+    cuda = not smoke and torch.cuda.is_available()
+    if not smoke and not cuda:
         parser.error("no CUDA device: run with --cpu-smoke on a CPU")
-    device = torch.device("cpu" if smoke else "cuda")
-    dtype = torch.float32 if smoke else torch.bfloat16
+    rec.cuda = cuda
     if smoke:
         torch.set_num_threads(1)
-    s = train_config(compose(["experiment=qwen-1.5b-7b"]))
-    prompts_n, samples, new_tokens = s.batch_size, s.rollout.n, s.rollout.max_new_tokens
-    micro, prompt_tokens = s.step.micro_batch_size or 8, PROMPT_TOKENS
-    if smoke:
-        prompts_n, samples, new_tokens, micro, prompt_tokens = 2, 2, 8, 2, 8
-    flops_peak, flops_how = peak_flops(device, args.peak_tflops)
+    overrides = run_overrides(args, smoke)
+    flops_peak, flops_how = peak_flops(cuda, args.peak_tflops)
     facts = machine_facts(torch.get_num_threads(), "gpu.py")
-    facts["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result: dict = {
+    facts["device"] = torch.cuda.get_device_name() if cuda else "cpu"
+    with tempfile.TemporaryDirectory(prefix="dear-bench-gpu-") as tmp:
+        s = train_config(compose(overrides), machine=False)
+        if not smoke and weights_present(s.model) and weights_present(s.teacher):
+            weights = "the pair's own weights (hub cache or model.path/teacher.path)"
+        else:
+            log("building random-weight models of the pair's shapes ...")
+            extra, weights = random_pair(overrides, smoke, Path(tmp))
+            overrides += extra
+        log(f"dear.train.train with {' '.join(overrides)}")
+        cfg = compose(overrides)
+        settings = train_config(cfg, machine=False)
+        shapes = (
+            find_shape(settings.model, settings.cache_dir),
+            find_shape(settings.teacher, settings.cache_dir, "teacher"),
+        )
+        undo = instrument(rec, args.budget_s)
+        if str(settings.teacher.path or "").startswith(tmp):
+            undo.append(drop_weights_once_loaded(Path(tmp)))
+        metrics, error = None, None
+        try:
+            metrics = train(cfg, Path(tmp) / "run")
+        except Exception as err:  # noqa: BLE001  (what was measured before it is still reported)
+            error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            log(f"the run failed: {error}\n{traceback.format_exc()}")
+        finally:
+            if rec.trace is not None:
+                rec.trace.__exit__(None, None, None)
+            for u in reversed(undo):
+                u()
+    phases = summarise(rec, settings, shapes, cuda, flops_peak)
+    result = {
         "smoke": smoke,
         "machine": facts,
         "settings": {
-            "experiment": "qwen-1.5b-7b",
-            "prompts": prompts_n,
-            "samples_per_prompt": samples,
-            "max_new_tokens": new_tokens,
-            "prompt_tokens": prompt_tokens,
+            "experiment": args.experiment,
+            "overrides": [o for o in overrides if ".path=" not in o],
+            "weights": weights,
+            "steps_run": len(rec.calls["step"]),
+            "prompts": settings.batch_size,
+            "samples_per_prompt": settings.rollout.n,
+            "max_new_tokens": settings.rollout.max_new_tokens,
+            "benchmark_max_new_tokens": settings.benchmark.max_new_tokens,
             "step": {
-                "micro_batch_size": micro,
-                "logits": s.step.logits,
-                "gradient_checkpointing": s.step.gradient_checkpointing,
+                "micro_batch_size": settings.step.micro_batch_size,
+                "logits": settings.step.logits,
+                "gradient_checkpointing": settings.step.gradient_checkpointing,
             },
-            "method": s.method.name,
-            "dtype": str(dtype),
+            "precision": Precision.of(settings.trainer.precision, cuda).name,
+            "method": settings.method.name,
+            "matmul_params": rec.matmul,
             "peak_flops": flops_peak,
             "peak_flops_how": flops_how,
         },
-        "parts": {},
+        "phases": phases,
+        "mean_step_time_s": (metrics or {}).get("mean_step_time_s"),
+        "error": error,
+        "elapsed_s": round(time.perf_counter() - rec.started, 1),
     }
-    parts = result["parts"]
-
-    def part(name: str, fn) -> None:
-        left = args.budget_s - (time.perf_counter() - start)
-        if left <= 0:
-            parts[name] = {"skipped": f"--budget-s {args.budget_s:.0f} spent"}
-            return
-        print(f"[gpu] {name} ...", file=sys.stderr, flush=True)
-        try:
-            parts[name] = fn()
-        except Exception as err:  # noqa: BLE001  (one part failing leaves the others standing)
-            parts[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def mfu(flops: float, seconds: float) -> float | None:
-        return flops / seconds / flops_peak if flops_peak else None
-
-    student = build("qwen2.5-1.5b", device, dtype, smoke)
-    teacher = build("qwen2.5-7b", device, dtype, smoke).eval().requires_grad_(False)
-    n_s, n_t = matmul_params(student), matmul_params(teacher)
-    result["settings"]["matmul_params"] = {"student": n_s, "teacher": n_t}
-    vocab = min(student.config.vocab_size, teacher.config.vocab_size)
-    tok = IdTokenizer(pad_token_id=0, eos_token_id=vocab - 1)  # a random model samples it ~once per 150k tokens
-    g = torch.Generator().manual_seed(0)
-    prompts = [
-        " ".join(str(i) for i in torch.randint(2, vocab - 1, (prompt_tokens,), generator=g).tolist())
-        for _ in range(prompts_n)
-    ]
-    compile_ok = device.type == "cuda"
-
-    def rollout(cache: str):
-        return generate(
-            student,
-            tok,
-            prompts,
-            n=samples,
-            temperature=s.rollout.temperature,
-            max_new_tokens=new_tokens,
-            cache=cache,
-            compile=compile_ok and cache == "static",
-        )
-
-    def timed_rollout(cache: str, warm: bool) -> dict:
-        out = {}
-        if warm:  # the first call with a static cache compiles (once per shape)
-            with Timer(device) as t:
-                rollout(cache)
-            out["first_call_s"] = round(t.seconds, 2)
-        with Timer(device) as t:
-            r = rollout(cache)
-        new = int(r.response_mask.sum())
-        out.update(seconds=round(t.seconds, 3), new_tokens=new, new_tokens_per_s=new / t.seconds)
-        out["rows"] = int(r.input_ids.shape[0])
-        return out
-
-    part("rollout_static_compiled", lambda: {**timed_rollout("static", warm=True), "compiled": compile_ok})
-
-    def checkpointing(on: bool) -> None:
-        set_gradient_checkpointing(student, on)  # as dear/train.py turns it on
-
-    def full_step() -> dict:
-        opt = torch.optim.AdamW(student.parameters(), lr=s.optim.lr, weight_decay=s.optim.weight_decay)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-        def train(batch):
-            # Checkpointing only around training: the rollouts then reuse the graphs compiled in part 1.
-            checkpointing(s.step.gradient_checkpointing)
-            student.train()
-            try:
-                opt.zero_grad(set_to_none=True)
-                with autocast:
-                    distill_step(student, teacher, batch, s.method, s.loss, vocab_size=vocab, step=s.step)
-                torch.nn.utils.clip_grad_norm_(student.parameters(), s.optim.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            finally:
-                checkpointing(False)
-
-        first = rollout("static")
-        train(first.rows(slice(0, 1)))  # AdamW's moments exist from here on
-        del first
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-        else:
-            probe = PeakRSS()
-            probe.start()
-        with Timer(device) as t_gen:
-            batch = rollout("static")
-        gen_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        with Timer(device) as t_step:
-            train(batch)
-        tokens = int(batch.attention_mask.sum())
-        out = {
-            "rows": int(batch.input_ids.shape[0]),
-            "tokens": tokens,
-            "new_tokens": int(batch.response_mask.sum()),
-            "rollout_s": round(t_gen.seconds, 2),
-            "train_s": round(t_step.seconds, 2),
-            "train_tokens_per_s": tokens / t_step.seconds,
-            "training_side_mfu": mfu((6 * n_s + 2 * n_t) * tokens, t_step.seconds),
-        }
-        if device.type == "cuda":
-            out.update(
-                peak_allocated_gib=torch.cuda.max_memory_allocated(device) / GIB,
-                peak_reserved_gib=torch.cuda.max_memory_reserved(device) / GIB,
-                peak_in_rollout_gib=gen_peak / GIB,
-                allocated_before_gib=before / GIB,
-                how="torch.cuda.max_memory_allocated over rollout + distill_step + clipping + AdamW, weights and "
-                "AdamW state included",
-            )
-        else:
-            probe.stop()
-            out.update(peak_above_before_gib=probe.peak_bytes / GIB, how=probe.how)
-        return out
-
-    part("full_step", full_step)
-    part("rollout_dynamic", lambda: timed_rollout("dynamic", warm=False))
-
-    length = prompt_tokens + new_tokens
-    ids = torch.randint(2, vocab - 1, (micro, length), generator=g).to(device)
-
-    def median_seconds(run) -> float:
-        """Median wall time of ``run()`` over three calls after one warm-up."""
-        times = []
-        for k in range(4):
-            with Timer(device) as t:
-                run()
-            if k:
-                times.append(t.seconds)
-        return statistics.median(times)
-
-    def throughput(seconds: float, flops_per_token: int) -> dict:
-        tokens = micro * length
-        return {
-            "tokens": tokens,
-            "seconds": seconds,
-            "tokens_per_s": tokens / seconds,
-            "mfu": mfu(flops_per_token * tokens, seconds),
-        }
-
-    def student_train(with_checkpointing: bool) -> dict:
-        def forward_backward():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = student(input_ids=ids, labels=ids).loss
-            loss.backward()
-            student.zero_grad(set_to_none=True)
-
-        checkpointing(with_checkpointing)
-        student.train()
-        try:
-            return throughput(median_seconds(forward_backward), 6 * n_s)
-        finally:
-            checkpointing(False)
-
-    part("student_train_checkpointed", lambda: student_train(True))
-    part("student_train", lambda: student_train(False))
-
-    def teacher_forward() -> dict:
-        def forward():
-            with torch.inference_mode():
-                teacher(input_ids=ids)
-
-        return throughput(median_seconds(forward), 2 * n_t)
-
-    part("teacher_forward", teacher_forward)
-
-    # --- figures against goals
-    def figure(name: str, value, source: str) -> dict:
-        op, goal = GOALS[name]
-        fig = {"value": value, "goal": f"{op} {goal:g}", "met": None, "from": source}
-        if value is not None:
-            fig["met"] = bool(value >= goal) if op == ">=" else bool(value <= goal)
-            return fig
-        where = parts.get(source.split(".")[0], {})
-        reason = where.get("error") or where.get("skipped")
-        if not reason and source.endswith("mfu") and not flops_peak:
-            reason = flops_how
-        fig["unavailable"] = reason or "not measured (see parts)"
-        return fig
-
-    fs = parts.get("full_step", {})
-    result["figures"] = {
-        "rollout_new_tokens_per_s_static_compiled": figure(
-            "rollout_new_tokens_per_s_static_compiled",
-            parts.get("rollout_static_compiled", {}).get("new_tokens_per_s"),
-            "rollout_static_compiled.new_tokens_per_s",
-        ),
-        "training_side_mfu": figure("training_side_mfu", fs.get("training_side_mfu"), "full_step.training_side_mfu"),
-        "full_step_peak_gib": figure(
-            "full_step_peak_gib", fs.get("peak_allocated_gib", fs.get("peak_above_before_gib")), "full_step.peak"
-        ),
-    }
-    result["elapsed_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out or ROOT / "outputs" / "bench" / ("gpu-smoke.json" if smoke else "gpu.json"))
     write_json_atomic(out, result)
-
-    note = " (CPU smoke: tiny shapes, the numbers mean nothing)" if smoke else ""
-    print(f"{facts['device']}, torch {facts['torch']}; {result['elapsed_s']:.0f} s{note}")
-    print(f"{'figure':<42}{'value':>14}  {'goal':<10}met")
-    for name, fig in result["figures"].items():
-        value = "-" if fig["value"] is None else f"{fig['value']:.4g}"
-        met = {True: "yes", False: "MISS", None: "n/a"}[fig["met"]]
-        print(f"{name:<42}{value:>14}  {fig['goal']:<10}{met}  {fig.get('unavailable', '')}")
-    for name, p in parts.items():
-        keys = ("new_tokens_per_s", "tokens_per_s", "train_tokens_per_s", "mfu", "training_side_mfu", "first_call_s")
-        shown = ", ".join(f"{k} {p[k]:.4g}" for k in keys if isinstance(p.get(k), float | int))
-        print(f"  {name:<30} {shown or p.get('error') or p.get('skipped', '')}")
+    print("\n".join(table(result)))
     print(f"wrote {out}")
+    if error:
+        sys.exit(1)
+
+
+def table(result: dict) -> list[str]:
+    def num(x, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    note = " (CPU smoke: tiny shapes, the numbers mean nothing)" if result["smoke"] else ""
+    st = result["settings"]
+    lines = [
+        f"{result['machine']['device']}, torch {result['machine']['torch']}; {result['elapsed_s']:.0f} s{note}",
+        f"dear-train {st['experiment']}: {st['steps_run']} steps, {st['weights']}",
+        f"{'phase':<12}{'calls':>6}{'measured GiB':>14}{'plan GiB':>10}{'plan/meas':>10}{'mean s':>9}  figures",
+    ]
+    for name, p in result["phases"].items():
+        figures = []
+        if "new_tokens_per_s" in p:
+            figures.append(f"{p['new_tokens_per_s']:.4g} new tokens/s ({p['share_of_max_new_tokens']:.0%} of max)")
+        if "tokens_per_s" in p:
+            figures.append(f"{p['tokens_per_s']:.4g} tokens/s, MFU {num(p['training_side_mfu'], '.3f')}")
+        if p.get("peak_gib") is None:
+            figures.append(p["peak_how"])
+        lines.append(
+            f"{name:<12}{p['calls']:>6}{num(p.get('peak_gib'), '.4g'):>14}{num(p.get('plan_gib'), '.4g'):>10}"
+            f"{num(p.get('plan_over_measured'), '.2f'):>10}{num(p.get('mean_s'), '.3f'):>9}  {', '.join(figures)}"
+        )
+    lines.append(f"mean training step (metrics.json): {num(result['mean_step_time_s'], '.3f')} s")
+    if result["error"]:
+        lines.append(f"the run failed: {result['error']}")
+    return lines
 
 
 if __name__ == "__main__":

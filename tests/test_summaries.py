@@ -53,7 +53,7 @@ def test_metrics_json_reports_gain_kl_and_auc_from_the_evaluations(tmp_path, toy
     train(cfg, tmp_path)
     m = json.loads((tmp_path / "metrics.json").read_text())
     bench = m["benchmarks"][cfg.benchmark.name]
-    assert bench == {"accuracy_before": 0.25, "accuracy_after": 0.75, "gain": 0.5}
+    assert bench == {"accuracy_before": 0.25, "accuracy_after": 0.75, "gain": 0.5, "subset": None}  # toy: all of it
     assert m["heldout_reverse_kl"] == {"before": 0.5, "after": 0.0}
     assert m["accuracy_auc"] == pytest.approx((0.375 + 0.625) / 2)
     assert [(r["step"], r["accuracy"]) for r in m["curve"]] == [(0, 0.25), (1, 0.5), (2, 0.75)]
