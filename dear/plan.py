@@ -367,10 +367,16 @@ class Workload:
     kl_prompts: int  # eval.kl_prompts (0: no held-out KL)
     precision: Precision
     shards: int = 1  # trainer=fsdp: the student's weights, gradients and moments split over this many devices
+    prompts_per_call: int | None = None  # rollout.prompts_per_call: prompts sampled together; None: all of a step's
 
     @property
     def rollout_rows(self) -> int:
         return self.batch_size * self.rollout_n
+
+    @property
+    def generated_rows(self) -> int:
+        """The rollouts one generate call samples (its KV cache's rows)."""
+        return min(self.prompts_per_call or self.batch_size, self.batch_size) * self.rollout_n
 
     @property
     def micro_batches(self) -> int:
@@ -400,6 +406,7 @@ def workload(s, prompt_tokens: int, gpu: bool = True) -> Workload:
         selected_share=share,
         sampler=method.source,
         rollout_cache=s.rollout.cache if s.rollout.cache != "auto" else ("static" if gpu else "dynamic"),
+        prompts_per_call=s.rollout.prompts_per_call,
         temperature=s.rollout.temperature,
         eval_batch=s.eval.batch_size,
         eval_samples=s.benchmark.samples,
@@ -500,11 +507,13 @@ class _Plan:
 
     def rollout(self) -> Phase:
         w = self.w
-        name = f"rollout ({w.rollout_rows} x {w.prompt_tokens}+{w.new_tokens})"
-        knob = "batch_size, rollout.n or rollout.max_new_tokens"
+        name = f"rollout ({w.generated_rows} x {w.prompt_tokens}+{w.new_tokens})"
+        knob = "rollout.prompts_per_call, batch_size, rollout.n or rollout.max_new_tokens"
         if w.sampler == "reference":  # teacher-forced reference texts: nothing is sampled
             return Phase("rollout", "rollout (reference texts)", tuple(self.state(grads=False)), "no sampling", knob)
-        moment, terms = self.generation(w.sampler, w.rollout_rows, w.new_tokens, w.rollout_cache, False, w.temperature)
+        moment, terms = self.generation(
+            w.sampler, w.generated_rows, w.new_tokens, w.rollout_cache, False, w.temperature
+        )
         return Phase("rollout", name, terms, moment, knob)
 
     # --- the training step --------------------------------------------------------------------------
@@ -717,9 +726,12 @@ def advice(phase: Phase, student: Shape, teacher: Shape, w: Workload, teacher_by
             f"with more memory, a smaller teacher, or shard the student over GPUs (trainer=fsdp step.logits=full)"
         )
     if phase.key == "rollout":
-        n = _largest(lambda k: fits(batch_size=k), w.batch_size)
+        n = _largest(lambda k: fits(prompts_per_call=k), min(w.prompts_per_call or w.batch_size, w.batch_size))
         if n:
-            return f"{phase.name}: batch_size={n} fits with rollout.n={w.rollout_n} (now {w.batch_size})"
+            return (
+                f"{phase.name}: rollout.prompts_per_call={n} fits (sampled {n} prompts at a time, still "
+                f"{w.batch_size} x {w.rollout_n} rollouts a step)"
+            )
         return (
             f"{phase.name}: not even one prompt's {w.rollout_n} rollouts fit; lower rollout.n or rollout.max_new_tokens"
         )

@@ -119,6 +119,25 @@ def generate(
     return Rollout(input_ids, attention_mask, position_ids(attention_mask), response_mask, width, texts)
 
 
+def concat(parts: list[Rollout], pad_token_id: int) -> Rollout:
+    """Rollouts of separate `generate` calls as one batch, in the same layout: prompts left-padded to the widest
+    prompt, responses right-padded to the longest response (padding is masked out and never a target)."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(r.prompt_width for r in parts)
+    length = max(r.input_ids.shape[1] - r.prompt_width for r in parts)
+
+    def pad(x: torch.Tensor, r: Rollout, value) -> torch.Tensor:
+        left, right = width - r.prompt_width, length - (x.shape[1] - r.prompt_width)
+        return torch.nn.functional.pad(x, (left, right), value=value)
+
+    input_ids = torch.cat([pad(r.input_ids, r, pad_token_id) for r in parts])
+    attention_mask = torch.cat([pad(r.attention_mask, r, 0) for r in parts])
+    response_mask = torch.cat([pad(r.response_mask, r, False) for r in parts])
+    texts = [t for r in parts for t in r.texts]
+    return Rollout(input_ids, attention_mask, position_ids(attention_mask), response_mask, width, texts)
+
+
 def from_texts(tokenizer, prompts: list[str], responses: list[str], *, max_new_tokens: int, device) -> Rollout:
     """A rollout of given responses (teacher-forced), in `generate`'s layout: ``responses[k]`` follows
     ``prompts[k]`` (repeat a prompt for several responses). Each response is tokenized as written

@@ -506,6 +506,9 @@ class RolloutConfig(Schema):
     max_new_tokens: PositiveInt
     cache: Literal["auto", "dynamic", "static"]  # generation's KV cache; auto: static on a GPU, dynamic on the CPU
     compile: bool  # with a static cache on a GPU, generation compiles the forward (torch.compile)
+    # prompts sampled in one generate call (n samples each); None: all of a step's at once. A smaller number
+    # bounds the rollout's KV cache (dear-plan) without changing how many rollouts a step trains on.
+    prompts_per_call: PositiveInt | None = None
 
 
 @dataclass(frozen=True)

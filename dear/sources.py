@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from dear.data.toy import parse_terms, worked_solution
-from dear.rollout import Rollout, from_texts, generate
+from dear.rollout import Rollout, concat, from_texts, generate
 from dear.schema import RolloutConfig, ToyTaskConfig
 
 
@@ -50,13 +50,18 @@ def training_rollout(
             tokenizer, [p for p in prompts for _ in range(r.n)], texts, max_new_tokens=r.max_new_tokens, device=device
         )
     model = teacher if source == "teacher" else student
-    return generate(
-        model,
-        tokenizer,
-        prompts,
-        n=r.n,
-        temperature=r.temperature,
-        max_new_tokens=r.max_new_tokens,
-        cache=r.cache,
-        compile=r.compile,
-    )
+    per = r.prompts_per_call or len(prompts)  # a bounded KV cache: a few prompts' samples at a time
+    parts = [
+        generate(
+            model,
+            tokenizer,
+            prompts[start : start + per],
+            n=r.n,
+            temperature=r.temperature,
+            max_new_tokens=r.max_new_tokens,
+            cache=r.cache,
+            compile=r.compile,
+        )
+        for start in range(0, len(prompts), per)
+    ]
+    return concat(parts, tokenizer.pad_token_id)

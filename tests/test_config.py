@@ -66,7 +66,10 @@ BAD_RUNS = [
     (["+foo=1"], ["foo is not a setting of the config; valid keys:", "method", "rollout"]),
     (
         ["rollout.nn=2"],
-        ["rollout.nn is not a setting of rollout; valid keys: cache, compile, max_new_tokens, n, temperature"],
+        [
+            "rollout.nn is not a setting of rollout; valid keys: cache, compile, max_new_tokens, n, prompts_per_call, "
+            "temperature"
+        ],
     ),
     (["-m", "seed=0,1", "method=opd,dear", "method.lam=2"], ["method.lam is not a knob of method=opd"]),
     (["-m", "method.decision_ratio=0.1,0.3,1.5"], ["method.decision_ratio must be a number in [0, 1], got 1.5"]),

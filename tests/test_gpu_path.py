@@ -201,3 +201,45 @@ def test_gradients_are_freed_before_the_next_rollout(tmp_path, toy_cache, monkey
     monkeypatch.setattr(dear.module, "training_rollout", rollout)
     run(tmp_path, toy_cache, "steps=3", name="grads")
     assert seen == [0, 0, 0]
+
+
+def test_rollouts_sampled_a_few_prompts_at_a_time_are_one_batch(tmp_path, toy_cache):
+    """rollout.prompts_per_call bounds the rollout's KV cache: separate generate calls, joined in the batch layout
+    (prompts left-padded to the widest, responses right-padded), score as they did apart."""
+    from dear.rollout import concat, generate
+    from dear.step import rollout_reverse_kl
+
+    s = dear.train.train_config(compose(TINY_RUN + [f"cache_dir={toy_cache}"]))
+    student = real_load_model(s.model, s.cache_dir, s.toy_task, trainable=False)
+    teacher = real_load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False)
+    torch.manual_seed(0)
+    tok = student.tokenizer
+    parts = [
+        generate(student.model, tok, ["1 2 3 4 5 6 ="], n=2, max_new_tokens=6),
+        generate(student.model, tok, ["7 ="], n=1, max_new_tokens=12),
+    ]
+    joined = concat(parts, tok.pad_token_id)
+    assert joined.input_ids.shape[0] == 3 and joined.texts == parts[0].texts + parts[1].texts
+    assert not joined.response_mask[:, : joined.prompt_width].any()
+    row = 0
+    for part in parts:
+        for i in range(part.input_ids.shape[0]):
+            keep = part.attention_mask[i].bool()
+            assert torch.equal(joined.input_ids[row][joined.attention_mask[row].bool()], part.input_ids[i][keep])
+            assert torch.equal(joined.position_ids[row][joined.attention_mask[row].bool()], part.position_ids[i][keep])
+            row += 1
+    vocab = len(tok)
+    apart = [rollout_reverse_kl(student.model, teacher.model, p, vocab) for p in parts]
+    together = rollout_reverse_kl(student.model, teacher.model, joined, vocab)
+    assert together[1] == sum(n for _, n in apart)
+    assert together[0] == pytest.approx(sum(kl for kl, _ in apart), rel=1e-4)
+
+
+def test_a_run_samples_its_prompts_per_call(tmp_path, toy_cache, monkeypatch):
+    import dear.sources
+
+    rows = []
+    real = dear.sources.generate
+    monkeypatch.setattr(dear.sources, "generate", lambda *a, **k: rows.append(len(a[2])) or real(*a, **k))
+    _, metrics = run(tmp_path, toy_cache, "rollout.prompts_per_call=2", name="per-call")  # batch_size=3: 2 + 1
+    assert rows == [2, 1, 2, 1] and metrics["steps"] == 2 and metrics["status"] == "complete"

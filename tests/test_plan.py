@@ -106,7 +106,11 @@ def test_advice_names_the_knob_and_a_value_that_fits():
     fitting = int(line.split("step.micro_batch_size=")[1].split()[0])
     smaller = {p.key: p for p in plan_phases(student, student, dataclasses.replace(w, micro_batch=fitting))}
     assert smaller["step"].peak <= limit
-    assert "batch_size=" in plan.advice(phases["rollout"], student, student, w, 2, 30 * plan.GIB)
+    line = plan.advice(phases["rollout"], student, student, w, 2, 30 * plan.GIB)
+    assert "rollout.prompts_per_call=" in line and "still 64 x 4 rollouts a step" in line
+    per = int(line.split("rollout.prompts_per_call=")[1].split()[0])
+    smaller = {p.key: p for p in plan_phases(student, student, dataclasses.replace(w, prompts_per_call=per))}
+    assert smaller["rollout"].peak <= 30 * plan.GIB and smaller["rollout"].name.startswith(f"rollout ({per * 4} x")
 
 
 # Generation-heavy and small: the KV cache, the activations and the workspace each weigh in the phase
