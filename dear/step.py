@@ -168,6 +168,19 @@ def _cat(items: list):
     )
 
 
+def micro_batches(
+    rollout: Rollout, teacher_rollout: Rollout | None, step: StepConfig | None
+) -> list[tuple[Rollout, Rollout | None]]:
+    """The ``(rollouts, the teacher's view of them)`` of each micro-batch of ``step.micro_batch_size`` rows (one
+    micro-batch holding everything when it is unset): how the training step and the scoring split a batch."""
+    size = rollout.input_ids.shape[0]
+    per = min((step.micro_batch_size if step else None) or size, size)
+    return [
+        (rollout.rows(sl), teacher_rollout.rows(sl) if teacher_rollout is not None else None)
+        for sl in (slice(start, start + per) for start in range(0, size, per))
+    ]
+
+
 def _backward(tensor: Tensor) -> None:
     tensor.backward()
 
@@ -210,15 +223,12 @@ def distill_step(
     denominator is summed over the ranks too, so every rank applies the same factor and the gradient
     is the one a single process would take over all ranks' rollouts. The returned loss stays this rank's.
     """
-    size = rollout.input_ids.shape[0]
-    per = min((step.micro_batch_size if step else None) or size, size)
+    parts = micro_batches(rollout, teacher_rollout, step)
     logits = step.logits if step else "full"
-    whole = per == size
+    whole = len(parts) == 1
     world = ranks.size if ranks is not None else 1
     numerator, denominator, signals, selections = 0.0, 0.0, [], []
-    for start in range(0, size, per):
-        sl = slice(start, start + per)
-        part = rollout.rows(sl)
+    for part, seen in parts:
         fwd, sig, selection = select_step(
             student,
             teacher,
@@ -227,7 +237,7 @@ def distill_step(
             loss,
             vocab_size=vocab_size,
             generator=generator,
-            teacher_rollout=teacher_rollout.rows(sl) if teacher_rollout is not None else None,
+            teacher_rollout=seen,
             logits=logits,
         )
         value, loss_stats = objective.distill_loss(
@@ -289,15 +299,10 @@ def score_step(
     rollouts at a time with ``step.logits`` (chunked: the LM head never makes ``[B, L, V]`` logits), so no
     phase of a run needs more memory for its logits than a training step. ``method=None``: signals only
     (the divergence is reverse KL)."""
-    size = rollout.input_ids.shape[0]
-    per = min((step.micro_batch_size if step else None) or size, size)
     logits = step.logits if step else "full"
     signals, selections = [], []
     with torch.no_grad():  # a block, not a decorator, so mutation testing reaches the body
-        for start in range(0, size, per):
-            sl = slice(start, start + per)
-            part = rollout.rows(sl)
-            seen = teacher_rollout.rows(sl) if teacher_rollout is not None else None
+        for part, seen in micro_batches(rollout, teacher_rollout, step):
             if method is None:
                 fwd = forward_pair(student, teacher, part, grad=False, teacher_rollout=seen, logits=logits)
                 signals.append(
