@@ -26,8 +26,6 @@ CODE_BENCHMARKS = frozenset({"humaneval", "humaneval-plus", "mbpp", "mbpp-plus",
 # Launchers whose jobs run in this machine's processes; any other (slurm) runs them on other machines.
 LOCAL_LAUNCHERS = ("basic", "joblib")
 
-_TRUE = {"1", "true", "yes", "on"}
-
 
 def check_accelerator(trainer: TrainerConfig) -> None:
     """A GPU (or MPS) run on a machine whose torch sees none, or fewer devices than asked for."""
@@ -100,12 +98,6 @@ def check_sandbox(benchmark: str) -> None:
         raise DearError(f"benchmark={benchmark} runs model-written code, but {reason}") from None
 
 
-def hf_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub reads it, at the time of asking."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().lower() in _TRUE
-
-
 def check_hub_model(preset: ModelPreset, group: str) -> None:
     """A hub preset loads from the local HF cache, or from a hub that answers: check which, before the
     loader spends a minute in retries. Only ``config.json`` is looked for; the loader names what else is missing."""
@@ -113,15 +105,15 @@ def check_hub_model(preset: ModelPreset, group: str) -> None:
         return
     from huggingface_hub import try_to_load_from_cache
 
+    from dear.data.benchmarks import HUB_PROBE_TIMEOUT_S, hub_endpoint, hub_reachable, offline_env
+
     if isinstance(try_to_load_from_cache(preset.hub_id, "config.json", revision=preset.revision), str):
         return
-    if hf_offline():
+    if offline_env(("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):  # the switches huggingface_hub reads
         why = "HF_HUB_OFFLINE=1"
     else:
-        from dear.data.benchmarks import HUB_PROBE_TIMEOUT_S, _hub_endpoint, _hub_reachable
-
-        endpoint = _hub_endpoint()
-        if _hub_reachable(endpoint):  # one short request per endpoint and process, no retries
+        endpoint = hub_endpoint()
+        if hub_reachable(endpoint):  # one short request per endpoint and process, no retries
             return
         why = f"the hub ({endpoint}) is not reachable (one probe, {HUB_PROBE_TIMEOUT_S:g} s timeout)"
     revision = f" --revision {preset.revision}" if preset.revision else ""

@@ -325,13 +325,13 @@ HUB_PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "true", "yes", "on"}
 
 
-def _offline_env() -> bool:
-    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+def offline_env(names: tuple[str, ...] = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")) -> bool:
+    """Whether any of the Hugging Face offline switches ``names`` is set, read at the time of asking."""
     return any(os.environ.get(n, "").strip().lower() in _TRUE for n in names)
 
 
 @functools.cache
-def _hub_reachable(endpoint: str) -> bool:
+def hub_reachable(endpoint: str) -> bool:
     """One short HEAD request; datasets itself would retry for ~25 s before giving up."""
     try:
         request = urllib.request.Request(endpoint, method="HEAD")
@@ -343,7 +343,7 @@ def _hub_reachable(endpoint: str) -> bool:
         return False
 
 
-def _hub_endpoint() -> str:
+def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
@@ -378,7 +378,7 @@ def _hub_rows(
         raise BenchmarkUnavailable(f"benchmark {benchmark!r} needs the datasets package: pip install datasets") from err
     if path is not None:
         return _local_rows(benchmark, path, split)
-    offline = _offline_env() or not _hub_reachable(_hub_endpoint())
+    offline = offline_env() or not hub_reachable(hub_endpoint())
     try:
         with _offline_mode(offline):
             dataset = datasets.load_dataset(repo, config, split=split, revision=revision)
@@ -394,7 +394,7 @@ def _unavailable(
     if not offline:
         reason = " ".join(str(err).split())[:200]
         return BenchmarkUnavailable(f"benchmark {benchmark!r}: loading {repo} ({split}) from the hub failed: {reason}")
-    why = "offline mode is set" if _offline_env() else "the Hugging Face Hub is unreachable"
+    why = "offline mode is set" if offline_env() else "the Hugging Face Hub is unreachable"
     import datasets.config
 
     return BenchmarkUnavailable(
