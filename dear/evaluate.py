@@ -29,8 +29,6 @@ def evaluate(cfg, run_dir: Path) -> dict:
         problems = eval_problems(s)  # before the model: a set that cannot be had fails at once
     except ValueError as e:  # a bad benchmark option
         raise DearError(str(e)) from None
-    if subset_note(s.benchmark.name):
-        log.warning("benchmark %s is an offline subset: %s", s.benchmark.name, subset_note(s.benchmark.name))
     log.info("Loading %s", s.model.name)
     loaded = load_model(s.model, s.cache_dir, s.toy_task, trainable=False)
     check_room(loaded, problems, s.benchmark.max_new_tokens, s.model.context_length, "benchmark.max_new_tokens")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 from dear.eval.runner import Evaluator
 from dear.files import write_json_atomic  # noqa: F401  (re-exported: runs write their records with it)
 from dear.schema import EvalConfig, TrainConfig
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("dear", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "wandb", "datasets")
 
@@ -60,13 +63,16 @@ def config_record(settings: TrainConfig | EvalConfig) -> dict:
 
 def eval_problems(settings: TrainConfig | EvalConfig) -> list:
     """The problems of ``settings.benchmark`` (loaded before any model, so a missing set fails at once)."""
-    from dear.data.benchmarks import load_benchmark
+    from dear.data.benchmarks import load_benchmark, subset_note
 
     b = settings.benchmark
     options = dict(b.options or {})
     if b.name == "toy":
         options["task"] = asdict(settings.toy_task)
-    return load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
+    problems = load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
+    if subset_note(b.name):  # metrics.json and the tables say it too
+        log.warning("benchmark %s is an offline subset: %s", b.name, subset_note(b.name))
+    return problems
 
 
 def build_evaluator(

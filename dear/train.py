@@ -47,8 +47,6 @@ def train(cfg, run_dir: Path) -> dict | None:
 
     log.info("Loading the %s benchmark and the %s prompts", s.benchmark.name, s.data.name)
     problems = eval_problems(s)  # before any model: a set that cannot be had fails at once
-    if subset_note(s.benchmark.name):
-        log.warning("benchmark %s is an offline subset: %s", s.benchmark.name, subset_note(s.benchmark.name))
     train_problems = training_problems(s.data, s.seed) if s.data.name != "toy" else None
 
     log.info("Loading student %s and teacher %s", s.model.name, s.teacher.name)

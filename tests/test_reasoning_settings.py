@@ -123,3 +123,19 @@ def test_a_training_run_records_its_benchmark_subset(tmp_path, toy_cache):
     metrics = train(compose(TINY_RUN + [f"cache_dir={toy_cache}", "steps=1"]), tmp_path)
     assert metrics["benchmarks"]["toy"]["subset"] is None
     assert json.loads((tmp_path / "metrics.json").read_text())["benchmarks"]["toy"]["subset"] is None
+
+
+def test_loading_an_offline_subset_says_so_in_the_log(caplog):
+    from dear.runs import eval_problems
+
+    with caplog.at_level("WARNING", logger="dear.runs"):
+        eval_problems(load_config_for("math500"))
+        eval_problems(load_config_for("aime24"))
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"benchmark math500 is an offline subset: {subset_note('math500')}"]
+
+
+def load_config_for(benchmark: str):
+    from dear.config import train_config
+
+    return train_config(compose([f"benchmark={benchmark}"]), machine=False)
