@@ -89,11 +89,9 @@ GIB = 2**30
 
 def weights_present(preset) -> bool:
     """The preset's weights load without a download: a local ``path``, or a config.json in the hub cache."""
-    if preset.path:
-        return True
-    from huggingface_hub import try_to_load_from_cache
+    from dear.preflight import cached_config
 
-    return isinstance(try_to_load_from_cache(preset.hub_id, "config.json", revision=preset.revision), str)
+    return bool(preset.path or cached_config(preset.hub_id, preset.revision))
 
 
 def synthetic_tokenizer(vocab_size: int):

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dear.errors import DearError
+from dear.preflight import cached_config
 
 GIB = 2**30
 CHUNK_ELEMENTS = 2**24  # dear.objective._CHUNK_ELEMENTS (that module imports torch; a test holds the two equal)
@@ -160,19 +161,6 @@ def _read_config(path: Path) -> dict:
         raise PlanError(f"cannot read {path}: {e}") from None
 
 
-def _cached_config(hub_id: str, revision: str | None) -> Path | None:
-    """The hub cache's config.json for ``hub_id`` (never downloads)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return None
-    try:
-        found = try_to_load_from_cache(hub_id, "config.json", revision=revision)
-    except ValueError:  # not a valid repository id: the table's message says what to do
-        return None
-    return Path(found) if isinstance(found, str) else None
-
-
 def _from_table(name: str, hub_id: str, group: str) -> Shape:
     table = shape_table()
     if hub_id not in table:
@@ -210,7 +198,7 @@ def find_shape(preset, cache_dir: str | Path, group: str = "model") -> Shape:
         if local.is_file():
             return Shape.from_config(preset.name, _read_config(local), str(local))
         return _from_table(preset.name, SMOLLM2_HUB_ID, group)
-    cached = _cached_config(preset.hub_id, preset.revision)
+    cached = cached_config(preset.hub_id, preset.revision)
     if cached is not None:
         return Shape.from_config(preset.name, _read_config(cached), "the hub cache")
     return _from_table(preset.name, preset.hub_id, group)

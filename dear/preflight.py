@@ -98,16 +98,25 @@ def check_sandbox(benchmark: str) -> None:
         raise DearError(f"benchmark={benchmark} runs model-written code, but {reason}") from None
 
 
+def cached_config(hub_id: str, revision: str | None) -> Path | None:
+    """The local Hugging Face cache's ``config.json`` of ``hub_id`` (never downloads), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(hub_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repository id
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
 def check_hub_model(preset: ModelPreset, group: str) -> None:
     """A hub preset loads from the local HF cache, or from a hub that answers: check which, before the
     loader spends a minute in retries. Only ``config.json`` is looked for; the loader names what else is missing."""
     if preset.source != "hub" or preset.path:
         return
-    from huggingface_hub import try_to_load_from_cache
-
     from dear.data.benchmarks import HUB_PROBE_TIMEOUT_S, hub_endpoint, hub_reachable, offline_env
 
-    if isinstance(try_to_load_from_cache(preset.hub_id, "config.json", revision=preset.revision), str):
+    if cached_config(preset.hub_id, preset.revision):
         return
     if offline_env(("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):  # the switches huggingface_hub reads
         why = "HF_HUB_OFFLINE=1"
