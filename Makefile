@@ -54,9 +54,9 @@ plan-check: setup
 reproduce-table: setup
 	$(OFFLINE) $(BIN)/dear-table --run conf/table/toy.yaml $(ARGS)
 
-# Mutation testing (not in CI: minutes per module): mutmut mutates dear/objective.py, rollout.py,
+# Mutation testing (not in CI: minutes per module): mutmut mutates dear/objective/, rollout.py,
 # step.py and eval/code.py, runs the fast tests that reach each mutant (settings in setup.cfg) and
-# lists the mutants no test killed. One module at a time: make mutate MUTANTS='dear.rollout*'
+# lists the mutants no test killed. One module at a time: make mutate MUTANTS='dear.distill.rollout*'
 MUTANTS ?=
 mutate: setup
 	$(BIN)/python -m pip install -q --disable-pip-version-check "mutmut==3.8.1"

@@ -3,7 +3,7 @@
     python bench/bench_step.py [--repeats 20] [--methods opd dear ...] [--threads N] [--json PATH] [overrides ...]
 
 One rollout batch is sampled once (same prompts, same samples for every method); then each
-method's step (`dear.step.distill_step`: student forward with hidden states, teacher forward, signals,
+method's step (`dear.distill.step.distill_step`: student forward with hidden states, teacher forward, signals,
 selection, loss, backward) is timed in interleaved rounds, the order reversed every other round, so
 drift on a shared machine hits all methods alike. The rollout itself (identical for every method) is
 timed separately. Reported: median ms per step (wall and CPU time of this process) and the ratio to the
@@ -30,11 +30,11 @@ MIN_ROUNDS = 5
 
 
 def measure(methods: list[str], repeats: int, overrides: list[str], threads: int, budget_s: float | None) -> dict:
-    from dear.config import train_config
     from dear.data.prompts import prompt_loader
-    from dear.models import check_compatible, load_model
-    from dear.rollout import generate
-    from dear.step import distill_step
+    from dear.distill.rollout import generate
+    from dear.distill.step import distill_step
+    from dear.models.load import check_compatible, load_model
+    from dear.preflight import train_config
 
     s = train_config(compose(overrides))
     torch.manual_seed(0)
@@ -59,7 +59,7 @@ def measure(methods: list[str], repeats: int, overrides: list[str], threads: int
     settings = {m: train_config(compose(overrides + [f"method={m}"])) for m in methods}
 
     def step(method: str) -> tuple[float, float]:
-        """The training step dear-train runs (dear.step.distill_step), forward and backward: (wall ms, CPU ms)."""
+        """The training step dear-train runs (`distill_step`), forward and backward: (wall ms, CPU ms)."""
         cfg = settings[method]
         cpu, start = time.process_time(), time.perf_counter()
         distill_step(
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the result here ('-': a JSON line on stdout)")
     args, overrides = parser.parse_known_args()
     if args.threads is None:
-        from dear.config import train_config
+        from dear.preflight import train_config
 
         args.threads = train_config(compose(overrides)).trainer.threads or 2
     r = measure(args.methods, args.repeats, overrides, args.threads, args.budget_s)

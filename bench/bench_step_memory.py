@@ -11,7 +11,7 @@ right-padded to 128 (the 8-rollout batch is the first 8 rows of the 32-rollout o
 
 Each configuration runs in a fresh process (``--quick``: both in one): build the models and AdamW,
 take one warm-up step on one micro-batch (so the optimizer's moments exist), drop the gradients, then
-measure one full step (`dear.step.distill_step` with ``StepConfig(micro_batch_size, logits="chunked")``
+measure one full step (`dear.distill.step.distill_step` with ``StepConfig(micro_batch_size, logits="chunked")``
 over every micro-batch, gradient clipping, AdamW step, gradients dropped) with `common.PeakRSS`: glibc
 ``malloc_trim(0)``, reset ``VmHWM`` via ``/proc/self/clear_refs``, step, then ``VmHWM`` minus the
 ``VmRSS`` just before. What was resident before (weights, moments, the rollout, the libraries) is not
@@ -60,7 +60,7 @@ def random_rollout(rows: int, prompt: int, response: int, vocab: int, seed: int 
     response/2..response tokens right-padded to ``response``."""
     import torch
 
-    from dear.rollout import Rollout, position_ids
+    from dear.distill.rollout import Rollout, position_ids
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, vocab, (rows, prompt + response), generator=g)
@@ -78,9 +78,9 @@ def child(args) -> None:
     """Measure each of ``--rollouts-one`` in turn (fresh models and optimizer each); one JSON line of runs."""
     import torch
 
-    from dear.config import train_config
-    from dear.schema import StepConfig
-    from dear.step import distill_step
+    from dear.config.schema import StepConfig
+    from dear.distill.step import distill_step
+    from dear.preflight import train_config
 
     torch.set_num_threads(args.threads)
     s = train_config(compose([f"method={args.method}"]))

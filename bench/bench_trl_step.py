@@ -7,7 +7,7 @@ two differently configured ones cannot live in one process), each with its own c
 toy student and teacher, all on the same prompts:
 
 - ``ours``: what ``dear-train method=opd`` does in a step, in plain torch: sample ``rollout.n``
-  responses per prompt (`dear.sources.training_rollout`), `dear.step.distill_step` (student and teacher
+  responses per prompt (`dear.distill.sources.training_rollout`), `dear.distill.step.distill_step` (student and teacher
   forward, signals, loss, backward), the finiteness check, gradient clipping, AdamW step, schedule
   step. Lightning's own per-step overhead is not included.
 - ``trl-defaults``: ``GKDTrainer`` with `GKDConfig`'s defaults except what has to match: the batch
@@ -15,7 +15,7 @@ toy student and teacher, all on the same prompts:
   row), ``max_new_tokens``, the sampling temperature (ours, 1.0), ``lmbda=1`` (always the student's
   samples), ``beta=1`` (reverse KL), no evaluation, no saving, no reporting, no progress bar, CPU.
   Its defaults include bf16 mixed precision and gradient checkpointing, which also turns the KV cache
-  off in its generation. Its dataset rows are the prompt plus a worked solution (`dear.sources`), in
+  off in its generation. Its dataset rows are the prompt plus a worked solution (`dear.distill.sources`), in
   the collator's ``input_ids``/``completion_mask`` form (the toy tokenizer has no chat template): GKD
   replaces the completion with its own sample, but the Trainer counts the loss's tokens in the
   dataset's completions, and a prompt-only row makes that count 0 and the loss infinite.
@@ -67,8 +67,8 @@ class Baton:
 
 
 def _load_pair(overrides: list[str]):
-    from dear.config import train_config
-    from dear.models import check_compatible, load_model
+    from dear.models.load import check_compatible, load_model
+    from dear.preflight import train_config
 
     s = train_config(compose(overrides + ["method=opd"]))
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True, progress=False)
@@ -79,9 +79,9 @@ def _load_pair(overrides: list[str]):
 def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps, budget_s: float | None) -> dict:
     import torch
 
-    from dear.schedule import lr_factor
-    from dear.sources import training_rollout
-    from dear.step import distill_step
+    from dear.distill.sources import training_rollout
+    from dear.distill.step import distill_step
+    from dear.models.schedule import lr_factor
 
     s, student, teacher, vocab = _load_pair(args.overrides)
     model = student.model
@@ -137,12 +137,12 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps) 
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from dear.sources import reference_solutions
+    from dear.distill.sources import reference_solutions
 
     s, student, teacher, _ = _load_pair(args.overrides)
     tok = student.tokenizer
     rows = [p for p in prompts for _ in range(s.rollout.n)]  # our grouping: prompt i's samples side by side
-    # Each row is a prompt and a worked solution (`dear.sources`): GKD samples its own completion (lmbda=1), but
+    # Each row is a prompt and a worked solution (`dear.distill.sources`): GKD samples its own completion (lmbda=1), but
     # the Trainer counts the loss's tokens (num_items_in_batch) in the dataset's completions, so a row without one
     # gives a loss of x/0 = inf and NaN weights after the first step.
     solutions = reference_solutions(prompts, s.rollout.n, s.toy_task, seed=s.seed, offset=0)
@@ -247,8 +247,8 @@ def participant(args, role: str, index: int, prompts, sems, barrier, steps, queu
 
 
 def _prompts(overrides: list[str]) -> tuple[list[str], dict]:
-    from dear.config import train_config
     from dear.data.prompts import prompt_loader
+    from dear.preflight import train_config
 
     s = train_config(compose(overrides + ["method=opd"]))
     loader = prompt_loader(s.data, s.toy_task, None, chat_template=False, batch_size=s.batch_size, seed=s.seed)

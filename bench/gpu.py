@@ -8,12 +8,12 @@ steps with small evaluation (``benchmark.limit`` = one ``eval.batch_size``, ``ev
 training only; ``eval.kl_prompts`` = one ``step.micro_batch_size``; ``logger=none``; ``data.limit`` small).
 Nothing is copied: the phases are measured by wrapping the project's own functions for the run's length:
 
-- ``rollout``: `dear.module.training_rollout` (the training step's sampling, static cache compiled on a GPU);
-- ``step``: `dear.module.distill_step` (forward, backward over the micro-batches);
+- ``rollout``: `dear.training.module.training_rollout` (the training step's sampling, static cache compiled on a GPU);
+- ``step``: `dear.training.module.distill_step` (forward, backward over the micro-batches);
 - ``optimizer``: the optimizer's ``step`` (a global step hook: Lightning's clipping closure and AdamW);
 - ``evaluation``: `dear.eval.runner.Evaluator._generate` (the benchmark's generation);
 - ``heldout_kl``: `dear.eval.runner.Evaluator.heldout_reverse_kl` (its sampling and `score_step`);
-- ``selection``: `dear.module.selection_page` (a selection page's sampling and scoring).
+- ``selection``: `dear.training.module.selection_page` (a selection page's sampling and scoring).
 
 Each call: synchronise, ``torch.cuda.reset_peak_memory_stats``, time, call, synchronise, then
 ``torch.cuda.max_memory_allocated`` (weights, gradients, AdamW state and teacher included). On the CPU the
@@ -133,8 +133,8 @@ def save_random_model(config: dict, vocab: int, folder: Path, seed: int) -> None
 
 def random_pair(overrides: list[str], smoke: bool, folder: Path) -> tuple[list[str], str]:
     """Overrides that point both presets at random-weight models of their shapes, and how they were made."""
-    from dear.config import train_config
     from dear.plan import PlanError, shape_table
+    from dear.preflight import train_config
 
     s = train_config(compose(overrides), machine=False)
     table = shape_table()
@@ -230,7 +230,7 @@ def instrument(rec: Recorder, budget_s: float):
     """Install the wrappers (a list of undo functions comes back): the project's functions, called as they are."""
     import torch
 
-    import dear.module as module
+    import dear.training.module as module
     from dear.eval.runner import Evaluator
 
     undo = []
@@ -445,7 +445,7 @@ def peak_flops(cuda: bool, asked_tflops: float | None) -> tuple[float | None, st
 
 def run_overrides(args, smoke: bool) -> list[str]:
     """dear-train's overrides for a short run of the pair: steps, small evaluation, no logger."""
-    from dear.config import train_config
+    from dear.preflight import train_config
 
     settings = train_config(compose([f"experiment={args.experiment}", *(SMOKE_RUN if smoke else [])]), machine=False)
     micro = settings.step.micro_batch_size or settings.batch_size * settings.rollout.n
@@ -532,9 +532,9 @@ def main() -> None:
 
     import torch
 
-    from dear.config import train_config
     from dear.files import write_json_atomic
     from dear.plan import Precision, find_shape
+    from dear.preflight import train_config
     from dear.train import train
 
     smoke = args.cpu_smoke

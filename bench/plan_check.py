@@ -13,14 +13,14 @@ tensors' bytes. `self_test` first checks the method on known allocations (exact 
 
 What runs: the project's own functions with the GPU run's number formats, on random weights (memory does not
 depend on values): a float32 student under ``torch.autocast("cpu", bfloat16)``, a bfloat16 teacher, AdamW
-with ``foreach=True`` (a GPU's default), in the order of `dear.module.DistillModule`, each autocast region as
+with ``foreach=True`` (a GPU's default), in the order of `dear.training.module.DistillModule`, each autocast region as
 Lightning's training step and ``evaluate_now`` make them:
 
 1. a one-row step, so gradients exist as they do between steps (until the next ``zero_grad``);
-2. evaluation: `dear.rollout.generate` (greedy, dynamic cache), then the held-out KL's `dear.step.score_step`;
+2. evaluation: `dear.distill.rollout.generate` (greedy, dynamic cache), then the held-out KL's `score_step`;
 3. a selection page: one sampled token (autocast copies every matrix), then `score_step` with the method;
 4. the training step: the rollout (`generate`, sampling, static cache), ``zero_grad``, then
-   `dear.step.distill_step` with chunked logits in micro-batches, gradient checkpointing on; then clipping
+   `dear.distill.step.distill_step` with chunked logits in micro-batches, gradient checkpointing on; then clipping
    and ``optimizer.step``; then the same step with checkpointing off, in a region of its own.
 
 The step trains on rollouts built at full length (prompts of ``P`` tokens, responses of ``T``), the plan's
@@ -260,7 +260,7 @@ def self_test() -> None:
 
 
 class IdTokenizer:
-    """Just enough of a tokenizer for `dear.rollout.generate`: a prompt is its token ids written out."""
+    """Just enough of a tokenizer for `dear.distill.rollout.generate`: a prompt is its token ids written out."""
 
     def __init__(self, pad_token_id: int, eos_token_id: int):
         self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
@@ -300,7 +300,7 @@ def full_rollout(rows: int, prompt: int, new: int, vocab: int):
     ``new`` response tokens, all real: the plan's worst case."""
     import torch
 
-    from dear.rollout import Rollout, position_ids
+    from dear.distill.rollout import Rollout, position_ids
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, vocab - 1, (rows, prompt + new), generator=g)
@@ -312,7 +312,7 @@ def full_rollout(rows: int, prompt: int, new: int, vocab: int):
 
 
 def method_and_loss():
-    from dear.schema import LossConfig, MethodConfig
+    from dear.config.schema import LossConfig, MethodConfig
 
     method = MethodConfig(
         name="dear",
@@ -344,10 +344,10 @@ def measure(case: Case, checkpointing: bool = True, explain: bool = False) -> di
     """Peak allocated bytes of each phase of ``case`` (weights, moments and teacher included)."""
     import torch
 
-    from dear.models import set_gradient_checkpointing
-    from dear.rollout import generate
-    from dear.schema import StepConfig
-    from dear.step import distill_step, score_step
+    from dear.config.schema import StepConfig
+    from dear.distill.rollout import generate
+    from dear.distill.step import distill_step, score_step
+    from dear.models.load import set_gradient_checkpointing
 
     student, config = build(case.kind, case.student, 0)
     teacher, _ = build(case.kind, case.teacher, 1)

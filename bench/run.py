@@ -5,7 +5,7 @@
 
 Figures (goal in brackets), each measured by a script of its own, in a fresh process:
 
-- ``dear_over_opd_step_time`` [<= 1.03] (`bench_step.py`): median wall time of one `dear.step.distill_step`
+- ``dear_over_opd_step_time`` [<= 1.03] (`bench_step.py`): median wall time of one `dear.distill.step.distill_step`
   of ``method=dear`` over ``method=opd`` on the embedded toy pair, one shared rollout batch, interleaved.
 - ``step_peak_mem_flat`` [<= 1.10] (`bench_step_memory.py`): peak memory of one training step above
   weights and AdamW state with 32 rollouts over 8, micro-batch 4, chunked logits, V = 151936.
@@ -84,8 +84,8 @@ def prepare_toy_models(overrides: list[str], threads: int) -> None:
     """Build (or find) the toy pair once, before any timed figure, so that no two processes build it at once."""
     import torch
 
-    from dear.config import train_config
-    from dear.models import resolve_weights
+    from dear.models.load import resolve_weights
+    from dear.preflight import train_config
 
     torch.set_num_threads(threads)
     s = train_config(compose(overrides))
@@ -113,7 +113,7 @@ def _figure(name: str, value: float | None, how: str, details: dict | None = Non
 
 HOW = {
     "dear_over_opd_step_time": (
-        "bench/bench_step.py: median wall time of dear.step.distill_step (student and teacher forward, signals, "
+        "bench/bench_step.py: median wall time of distill_step (student and teacher forward, signals, "
         "selection, loss, backward) for method=dear over the same for method=opd, on one rollout batch of the "
         "embedded toy pair sampled once, methods interleaved round by round (order alternating)"
     ),

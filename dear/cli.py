@@ -132,7 +132,7 @@ def _not_a_key(overrides: list[str], config_name: str, message: str) -> str:
     cfg = _compose(rest, config_name)
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if parent == "method":
-        from dear.schema import MethodConfig
+        from dear.config.schema import MethodConfig
 
         MethodConfig.keys_for({**OmegaConf.to_container(node, resolve=True), leaf: None})  # raises the one line
     keys = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "none (not a section)"
@@ -301,7 +301,7 @@ def _eval_app(cfg: DictConfig) -> None:
 
 
 def train() -> None:
-    from dear.config import train_config
+    from dear.preflight import train_config
 
     check_group_overrides("dear-train", sys.argv[1:])
     sys.argv[1:], note = with_setup("dear-train", sys.argv[1:])
@@ -316,7 +316,7 @@ def train() -> None:
 
 
 def evaluate() -> None:
-    from dear.config import eval_config
+    from dear.preflight import eval_config
 
     check_group_overrides("dear-eval", sys.argv[1:])
     here = runs_here(sys.argv[1:])
@@ -325,6 +325,6 @@ def evaluate() -> None:
 
 
 def table() -> None:
-    from dear.table import main
+    from dear.tables.collate import main
 
     main(sys.argv[1:])

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from dear.config import eval_config
 from dear.data.benchmarks import subset_note
 from dear.errors import DearError
-from dear.models import check_room, load_model
-from dear.precision import compute_context, resolve_device, resolve_precision
-from dear.runs import build_evaluator, eval_problems, run_record, sandbox_record, write_json_atomic
+from dear.models.load import check_room, load_model
+from dear.models.precision import compute_context, resolve_device, resolve_precision
+from dear.preflight import eval_config
+from dear.training.runs import build_evaluator, eval_problems, run_record, sandbox_record, write_json_atomic
 
 log = logging.getLogger(__name__)
 

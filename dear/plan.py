@@ -2,7 +2,8 @@
 
     dear-plan experiment=qwen-1.5b-14b --gpu-mem 80          # exit 0: every phase fits; 1: one does not
 
-The state, held through the whole run (dear/train.py, dear/module.py, dear/precision.py), ``N`` parameters:
+The state, held through the whole run (dear/train.py, dear/training/module.py, dear/models/precision.py),
+``N`` parameters:
 
 - the student's weights in float32 whatever its preset says, ``4·N_s``, their gradients ``4·N_s`` and AdamW's
   two moments ``8·N_s``. Gradients live from a step's first backward until right after its optimizer step
@@ -16,17 +17,17 @@ Each phase adds, at its widest moment (``B`` rows, ``P`` prompt and ``T`` new to
 formulas below, each measured on the CPU by ``bench/plan_check.py``):
 
 - **optimizer step**: foreach AdamW's ``sqrt(v)``, ``4·N_s``.
-- **rollout** (`dear.rollout.generate`, static cache on a GPU): the KV cache ``layers·B·L·kv·(k + v)``,
+- **rollout** (`dear.distill.rollout.generate`, static cache on a GPU): the KV cache ``layers·B·L·kv·(k + v)``,
   ``kv = kv_heads·head_dim``; under autocast with float32 weights the keys are float32 (RoPE multiplies by a
   float32 cosine) and the values bf16, ``k + v = 6`` bytes. With it, the prefill's one-layer temporaries at
   ``B·P`` tokens (`forward_temporaries`) or the last decoding step's ``[B, V]`` buffers (`decode_step_bytes`).
-- **training step** (`dear.step.distill_step`, ``b`` rollouts per micro-batch, chunked logits): the widest of
+- **training step** (`dear.distill.step.distill_step`, ``b`` rollouts per micro-batch, chunked logits): the widest of
   the token signals (activations kept for backward, `layer_activation_bytes` per layer and token, or each
   layer's float32 input under ``step.gradient_checkpointing``; the chunk workspace `workspace_bytes`; the
   LM head's bf16 cast), the loss's backward (plus the hidden states' and the head's gradients), a layer's
   backward, and the end of backward, where, from the second micro-batch on, every matrix's bf16 gradient
   is still held (`_Plan.held_weight_grads`).
-- **held-out KL / selection scoring** (`dear.step.score_step`, no gradient): the widest of the student's
+- **held-out KL / selection scoring** (`dear.distill.step.score_step`, no gradient): the widest of the student's
   forward, the teacher's and the chunked signals, per micro-batch.
 - **evaluation**: `generate` over ``eval.batch_size × benchmark.samples`` rows (dynamic cache, greedy).
 
@@ -56,9 +57,9 @@ CONTEXT_GIB = 1.0  # what a GPU loses to the CUDA context and allocator slack be
 TIGHT = 0.9  # a phase above this share of the usable memory is marked tight (fragmentation is not modelled)
 SHAPES_FILE = Path(__file__).parent / "model_shapes.json"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-SMOLLM2_DIRNAME = "smollm2-135m-instruct"  # dear.packaged.SMOLLM2_DIRNAME (a test holds them equal)
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"  # dear.models.packaged.SMOLLM2_DIRNAME (a test holds them equal)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-PICTURE_PROMPTS = 4  # dear.module.PICTURE_PROMPTS: the selection pages' prompts (a test holds them equal)
+PICTURE_PROMPTS = 4  # dear.training.module.PICTURE_PROMPTS: the selection pages' prompts (a test holds them equal)
 PROG = "dear-plan"
 
 
@@ -180,7 +181,7 @@ def find_shape(preset, cache_dir: str | Path, group: str = "model") -> Shape:
     if preset.source == "toy":
         from dear.data.toy import CHARS
 
-        t = preset.toy  # dear.toy_models.qwen2_config: tied head, kv heads = heads, 256 positions
+        t = preset.toy  # dear.models.toy.qwen2_config: tied head, kv heads = heads, 256 positions
         cfg = dict(
             model_type="qwen2",
             hidden_size=t.hidden_size,
@@ -220,7 +221,7 @@ class Precision:
 
     @classmethod
     def of(cls, setting: str, gpu: bool = True) -> Precision:
-        """Lightning's names; ``auto`` is bf16-mixed on a GPU and 32-true on the CPU (dear/precision.py)."""
+        """Lightning's names; ``auto`` is bf16-mixed on a GPU and 32-true on the CPU (dear/models/precision.py)."""
         name = ("bf16-mixed" if gpu else "32-true") if setting == "auto" else setting
         if name in ("bf16-mixed", "16-mixed"):
             return cls(name, 4, 2, True)
@@ -372,7 +373,7 @@ class Workload:
 
 
 def workload(s, prompt_tokens: int, gpu: bool = True) -> Workload:
-    """A run's `Workload` from its checked settings (`dear.schema.TrainConfig`), on a GPU unless ``gpu=False``."""
+    """A run's `Workload` from its checked settings (`TrainConfig`), on a GPU unless ``gpu=False``."""
     rows, method = s.batch_size * s.rollout.n, s.method
     share = 1.0  # the share of response positions the loss computes (selected ones: weight > 0)
     if method.selector == "entropy":
@@ -461,7 +462,7 @@ class _Plan:
 
     # --- generation ---------------------------------------------------------------------------------
     def generation(self, model: str, rows: int, new: int, cache: str, greedy: bool, temperature: float) -> tuple:
-        """`dear.rollout.generate` as the first thing in an autocast region: the wider of the prefill (every
+        """`dear.distill.rollout.generate` as the first thing in an autocast region: the wider of the prefill (every
         layer's KV written, every layer's bf16 copy made, one layer's temporaries at ``rows·P`` tokens) and the
         last decoding step (the whole cache, the head's copy too, the ``[rows, V]`` buffers)."""
         shape = self.student if model == "student" else self.teacher
@@ -753,7 +754,7 @@ def compose_settings(overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     from dear.cli import _compose, _not_a_key, check_group_overrides, fail, with_setup
-    from dear.schema import TrainConfig, load_config
+    from dear.config.schema import TrainConfig, load_config
 
     check_group_overrides(PROG, overrides)
     overrides, note = with_setup(PROG, overrides)

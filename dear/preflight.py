@@ -1,8 +1,9 @@
-"""Checks of the machine a run needs, made before any model loads: one small function each.
+"""From a composed config to checked, typed settings, and the checks of the machine a run needs, made
+before any model loads: one small function each.
 
-Each raises a one-line `DearError` that names the fix. `dear.config.train_config` / `eval_config` call
-the ones a run's settings need (the accelerator, the W&B key, the sandbox, the hub); the CLI's preflight
-adds the ones about where Hydra writes and launches (`check_outputs`, `check_launcher`). The expensive
+`dear.config.schema` says what is allowed; `train_config` / `eval_config` apply it to what Hydra composed and
+call the machine checks a run's settings need (the accelerator, the W&B key, the sandbox, the hub); the CLI's
+preflight adds the ones about where Hydra writes and launches (`check_outputs`, `check_launcher`). The expensive
 probes (the sandbox, the hub) run once per process and value, however many sweep points ask.
 """
 
@@ -11,13 +12,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlsplit
 
+from dear.config.schema import EvalConfig, LoggerConfig, ModelPreset, TrainConfig, TrainerConfig, load_config
 from dear.errors import DearError
-
-if TYPE_CHECKING:
-    from dear.schema import LoggerConfig, ModelPreset, TrainerConfig
 
 # Benchmarks whose problems are graded by running model-written code (kinds code and code-io). The kind is
 # known only once the problems are loaded, which for some needs the hub; this names them before that.
@@ -180,3 +179,40 @@ def check_launcher(name: str, config_name: str) -> None:
         ) from None
     except (HydraException, OmegaConfBaseException) as e:
         raise DearError(f"hydra/launcher={name}: {str(e).strip().splitlines()[0]}") from None
+
+
+def train_config(cfg: Any, *, machine: bool = True) -> TrainConfig:
+    """``dear-train``'s settings, checked: types, ranges, keys, paths, a writable cache and, unless
+    ``machine=False`` (the settings only, e.g. for a run on another machine), what this machine must offer."""
+    settings = load_config(cfg, TrainConfig)
+    check_writable(settings.cache_dir, "cache_dir")
+    if machine:
+        check_accelerator(settings.trainer)
+        check_wandb_key(settings.logger)
+        check_hub_model(settings.model, "model")
+        check_hub_model(settings.teacher, "teacher")
+        check_sandbox(settings.benchmark.name)
+    return settings
+
+
+def eval_config(cfg: Any, *, machine: bool = True) -> EvalConfig:
+    """``dear-eval``'s settings, checked like `train_config`."""
+    settings = load_config(cfg, EvalConfig)
+    check_writable(settings.cache_dir, "cache_dir")
+    if machine:
+        check_accelerator(settings.trainer)
+        check_hub_model(settings.model, "model")
+        check_sandbox(settings.benchmark.name)
+    return settings
+
+
+def check_writable(path: str | os.PathLike, key: str) -> Path:
+    """Create ``path`` if needed and prove a file can be written there."""
+    p = Path(str(path)).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise DearError(f"{key}={p} is not writable ({e.strerror or e}); set {key}=/a/writable/dir") from None
+    return p

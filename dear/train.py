@@ -11,17 +11,17 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from dear.bridge import TeacherPrompts, templates_differ
-from dear.config import train_config
 from dear.data.benchmarks import subset_note
 from dear.data.prompts import prompt_loader, training_problems
+from dear.distill.teacher_view import TeacherPrompts, templates_differ
 from dear.errors import DearError
 from dear.files import write_dir_atomic, writing
-from dear.models import check_compatible, check_room, export_model, load_model, set_gradient_checkpointing
-from dear.module import DistillModule, accuracy_auc, run_means
-from dear.precision import resolve_precision
-from dear.preemption import Preemption, resume_command
-from dear.runs import (
+from dear.models.load import check_compatible, check_room, export_model, load_model, set_gradient_checkpointing
+from dear.models.precision import resolve_precision
+from dear.preflight import train_config
+from dear.training.module import DistillModule, accuracy_auc, run_means
+from dear.training.preemption import Preemption, resume_command
+from dear.training.runs import (
     build_evaluator,
     build_loggers,
     eval_problems,
@@ -154,9 +154,9 @@ def train(cfg, run_dir: Path) -> dict | None:
             **run_means(
                 module
             ),  # grad_mass_coverage (README.md "The objective") and kept_share, averaged over the steps
-            # HTML pages of what the method selects at the start and the end (dear/picture.py)
+            # HTML pages of what the method selects at the start and the end (dear/distill/selection_pages.py)
             "selection_pages": module.pictures,
-            "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (dear/module.py)
+            "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (module.py)
         },
     )
     write_json_atomic(run_dir / "metrics.json", metrics)

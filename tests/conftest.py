@@ -70,6 +70,6 @@ def _method_yaml(name: str) -> dict:
 
 def method_config(name: str, **overrides):
     """The `MethodConfig` of conf/method/<name>.yaml with ``overrides`` (the path dear-train takes)."""
-    from dear.schema import MethodConfig, load
+    from dear.config.schema import MethodConfig, load
 
     return load(MethodConfig, {**_method_yaml(name), **overrides}, "method.")

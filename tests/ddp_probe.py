@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 
-import dear.module as module
+import dear.training.module as module
 
 OUT = os.environ["DEAR_PROBE_DIR"]
 _real_rollout = module.training_rollout

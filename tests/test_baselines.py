@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from dear.config.schema import ConfigError, ToyTaskConfig
 from dear.data.toy import ANSWER_SEP, EOS, ToyTask, build_tokenizer, parse_terms, prompt_text
-from dear.rollout import from_texts
-from dear.schema import ConfigError, ToyTaskConfig
-from dear.sources import reference_solutions
+from dear.distill.rollout import from_texts
+from dear.distill.sources import reference_solutions
 from dear.train import train
 
 from conftest import TINY_RUN, compose
@@ -56,8 +56,8 @@ def test_from_texts_lays_out_references_like_generate(tmp_path):
 @pytest.mark.parametrize("method", ["offline_kd", "sft"])
 def test_baselines_train_through_the_same_step(tmp_path, toy_cache, method, monkeypatch):
     """The training responses come from the teacher (offline_kd) or the answer key (sft), never the student."""
-    import dear.sources as sources
-    from dear.module import DistillModule
+    import dear.distill.sources as sources
+    from dear.training.module import DistillModule
 
     samplers, forced = [], []
     real_generate, real_from_texts = sources.generate, sources.from_texts
@@ -103,7 +103,7 @@ def test_grad_mass_coverage_is_averaged_into_metrics(tmp_path, toy_cache):
 
 
 def test_sft_needs_reference_solutions():
-    from dear.config import train_config
+    from dear.preflight import train_config
 
     with pytest.raises(ConfigError, match="only data=toy has"):
         train_config(compose(["method=sft", "data=rg-chain_sum"]))

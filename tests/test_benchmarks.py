@@ -369,7 +369,7 @@ def test_format_prompt_without_a_template_says_what_to_do(tiny_tokenizer):
 def test_format_prompt_with_smollm2s_real_chat_template():
     from transformers import AutoTokenizer
 
-    from dear import packaged
+    from dear.models import packaged
 
     folder = Path(os.environ.get("DEAR_CACHE", "/nonexistent")) / packaged.SMOLLM2_DIRNAME
     if packaged.is_materialized(folder):

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from dear import objective
-from dear.bridge import TeacherPrompts, align_to_student, teacher_view, templates_differ
+from dear.config.schema import LossConfig, StepConfig
 from dear.data.toy import build_tokenizer
-from dear.models import TokenizerMismatch, check_compatible
-from dear.rollout import generate
-from dear.schema import LossConfig, StepConfig
-from dear.step import distill_step, forward_pair, rollout_reverse_kl
+from dear.distill.rollout import generate
+from dear.distill.step import distill_step, forward_pair, rollout_reverse_kl
+from dear.distill.teacher_view import TeacherPrompts, align_to_student, teacher_view, templates_differ
+from dear.models.load import TokenizerMismatch, check_compatible
 
 from conftest import method_config
 from tiny import tiny_qwen2
@@ -119,7 +119,7 @@ def test_only_the_template_may_differ(tmp_path, caplog):
     b.chat_template = "{% for m in messages %}{{ m['content'] }}#{% endfor %}"
     student, teacher = loaded("s", a, True), loaded("t", b, True)
     assert templates_differ(student, teacher)
-    with caplog.at_level(logging.INFO, logger="dear.models"):
+    with caplog.at_level(logging.INFO, logger="dear.models.load"):
         assert check_compatible(student, teacher) == len(a)
     assert "format prompts differently" in caplog.text
     assert not templates_differ(student, loaded("t", a, True))

@@ -120,7 +120,7 @@ def test_unwritable_cache_is_refused(tmp_path):
 def test_tokenizer_mismatch_is_refused(tmp_path, toy_cache):
     # A teacher whose tokenizer maps two characters to each other's ids.
     from dear.data.toy import ToyTaskConfig
-    from dear.models import resolve_weights
+    from dear.models.load import resolve_weights
 
     from conftest import compose
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from dear.cli import choices, choose_setup, sweep_points, user_overrides
-from dear.config import train_config
-from dear.runs import config_record
-from dear.schema import ConfigError, MethodConfig, ToyTaskConfig, load
+from dear.config.schema import ConfigError, MethodConfig, ToyTaskConfig, load
+from dear.preflight import train_config
+from dear.training.runs import config_record
 
 from conftest import ROOT, compose
 
@@ -166,7 +166,7 @@ def test_the_recorded_config_shows_every_knob_a_run_used():
 
 def test_each_method_file_spells_out_what_its_selector_reads():
     """A method's composed config holds exactly its selector's knobs (no hidden defaults in code)."""
-    from dear.schema import SELECTOR_KNOBS
+    from dear.config.schema import SELECTOR_KNOBS
 
     for name in choices("method"):
         method = compose([f"method={name}"]).method

@@ -10,7 +10,7 @@ import pytest
 from dear.data.benchmarks import load_benchmark
 from dear.data.toy import ToyTaskConfig
 from dear.eval.runner import Evaluator
-from dear.models import load_model
+from dear.models.load import load_model
 from dear.train import train
 
 from conftest import compose

@@ -87,7 +87,7 @@ def test_a_run_killed_during_export_leaves_the_previous_student(tmp_path):
 
 
 def test_dear_table_out_into_an_unwritable_folder_is_one_line(tmp_path):
-    from dear.table import main
+    from dear.tables.collate import main
 
     run = tmp_path / "runs" / "a"
     run.mkdir(parents=True)

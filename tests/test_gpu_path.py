@@ -1,7 +1,7 @@
 """The GPU path rehearsed on the CPU: the same code, dtypes and knobs as a paper run, at toy size.
 
 - A student whose preset says bfloat16, trained under ``bf16-mixed`` at a pretrained model's learning rate
-  (1e-6), learns: its weights are held in float32 (dear/precision.py), so AdamW's small steps are kept.
+  (1e-6), learns: its weights are held in float32 (dear/models/precision.py), so AdamW's small steps are kept.
 - No phase of a run (held-out KL, selection pages, evaluation, training) runs the LM head over whole
   sequences or the teacher over more than a micro-batch when the step is chunked and micro-batched.
 - ``dear-eval`` moves its model to the trainer's device and computes under its precision.
@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 import dear.evaluate
 import dear.train
-from dear.models import load_model as real_load_model
-from dear.precision import compute_context, resolve_device, resolve_precision
+from dear.models.load import load_model as real_load_model
+from dear.models.precision import compute_context, resolve_device, resolve_precision
 from dear.train import train
 
 from conftest import TINY_RUN, compose
@@ -126,9 +126,9 @@ def test_no_phase_runs_the_head_whole_or_the_teacher_past_a_micro_batch(tmp_path
 
 def test_held_out_kl_in_micro_batches_and_chunks_is_the_whole_batch_kl(tmp_path, toy_cache):
     """The bounded held-out KL is the same number as the one computed over the whole batch with full logits."""
-    from dear.rollout import generate
-    from dear.schema import StepConfig
-    from dear.step import rollout_reverse_kl
+    from dear.config.schema import StepConfig
+    from dear.distill.rollout import generate
+    from dear.distill.step import rollout_reverse_kl
 
     cfg = compose(TINY_RUN + [f"cache_dir={toy_cache}"])
     s = dear.train.train_config(cfg)
@@ -189,16 +189,16 @@ def test_dear_eval_moves_its_model_to_the_device_and_computes_under_the_precisio
 def test_gradients_are_freed_before_the_next_rollout(tmp_path, toy_cache, monkeypatch):
     """dear-plan counts the rollout and evaluation without the gradients (4 bytes a parameter): the module frees
     them right after each optimizer step, not at the next step's start."""
-    import dear.module
+    import dear.training.module
 
     seen = []
-    real = dear.module.training_rollout
+    real = dear.training.module.training_rollout
 
     def rollout(source, student, *args, **kwargs):
         seen.append(sum(p.grad is not None for p in student.parameters()))
         return real(source, student, *args, **kwargs)
 
-    monkeypatch.setattr(dear.module, "training_rollout", rollout)
+    monkeypatch.setattr(dear.training.module, "training_rollout", rollout)
     run(tmp_path, toy_cache, "steps=3", name="grads")
     assert seen == [0, 0, 0]
 
@@ -206,8 +206,8 @@ def test_gradients_are_freed_before_the_next_rollout(tmp_path, toy_cache, monkey
 def test_rollouts_sampled_a_few_prompts_at_a_time_are_one_batch(tmp_path, toy_cache):
     """rollout.prompts_per_call bounds the rollout's KV cache: separate generate calls, joined in the batch layout
     (prompts left-padded to the widest, responses right-padded), score as they did apart."""
-    from dear.rollout import concat, generate
-    from dear.step import rollout_reverse_kl
+    from dear.distill.rollout import concat, generate
+    from dear.distill.step import rollout_reverse_kl
 
     s = dear.train.train_config(compose(TINY_RUN + [f"cache_dir={toy_cache}"]))
     student = real_load_model(s.model, s.cache_dir, s.toy_task, trainable=False)
@@ -236,10 +236,10 @@ def test_rollouts_sampled_a_few_prompts_at_a_time_are_one_batch(tmp_path, toy_ca
 
 
 def test_a_run_samples_its_prompts_per_call(tmp_path, toy_cache, monkeypatch):
-    import dear.sources
+    import dear.distill.sources
 
     rows = []
-    real = dear.sources.generate
-    monkeypatch.setattr(dear.sources, "generate", lambda *a, **k: rows.append(len(a[2])) or real(*a, **k))
+    real = dear.distill.sources.generate
+    monkeypatch.setattr(dear.distill.sources, "generate", lambda *a, **k: rows.append(len(a[2])) or real(*a, **k))
     _, metrics = run(tmp_path, toy_cache, "rollout.prompts_per_call=2", name="per-call")  # batch_size=3: 2 + 1
     assert rows == [2, 1, 2, 1] and metrics["steps"] == 2 and metrics["status"] == "complete"

@@ -16,11 +16,11 @@ from conftest import TINY_RUN, compose
 def nan_teacher(monkeypatch):
     """NaN teacher logits during the training steps named in the returned set (1-based); snapshots of the
     student's weights as each training step starts."""
-    import dear.module
+    import dear.training.module
 
     bad_steps: set[int] = set()
     starts: list[dict[str, torch.Tensor]] = []
-    real_step = dear.module.distill_step
+    real_step = dear.training.module.distill_step
 
     def step(student, teacher, *args, **kwargs):
         starts.append({k: v.detach().clone() for k, v in student.state_dict().items()})
@@ -36,7 +36,7 @@ def nan_teacher(monkeypatch):
         finally:
             hook.remove()
 
-    monkeypatch.setattr(dear.module, "distill_step", step)
+    monkeypatch.setattr(dear.training.module, "distill_step", step)
     return bad_steps, starts
 
 

@@ -1,6 +1,6 @@
 """A step in micro-batches, or with logits that never exist whole, has the one-shot step's gradient.
 
-`dear.step.distill_step` runs ``step.micro_batch_size`` rollouts at a time (forward, selection,
+`dear.distill.step.distill_step` runs ``step.micro_batch_size`` rollouts at a time (forward, selection,
 backward) and divides the summed gradient by the whole step's denominator; ``step.logits=chunked``
 computes every logit row from the final hidden states and the LM head, a chunk at a time. Neither
 may change what the step computes: every method, every normalisation, against the plain step.
@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from dear import objective
-from dear.config import train_config
+from dear.config.schema import ConfigError, StepConfig
 from dear.data.toy import build_tokenizer
-from dear.models import set_gradient_checkpointing
-from dear.rollout import Rollout, generate
-from dear.schema import ConfigError, StepConfig
-from dear.step import DataParallel, distill_step, select_step
+from dear.distill.rollout import Rollout, generate
+from dear.distill.step import DataParallel, distill_step, select_step
+from dear.models.load import set_gradient_checkpointing
+from dear.preflight import train_config
 
 from conftest import ROOT, TINY_MODELS, compose
 from tiny import PaddedHead, tiny_qwen2

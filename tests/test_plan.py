@@ -181,8 +181,9 @@ def test_dear_plan_refuses_shapes_it_cannot_find_in_one_line(capsys):
 def test_the_console_script_and_the_copied_constants():
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts.get("dear-plan") == "dear.plan:main"
-    from dear import objective, packaged
-    from dear.module import PICTURE_PROMPTS
+    from dear import objective
+    from dear.models import packaged
+    from dear.training.module import PICTURE_PROMPTS
 
     assert plan.CHUNK_ELEMENTS == objective._CHUNK_ELEMENTS
     assert plan.SMOLLM2_DIRNAME == packaged.SMOLLM2_DIRNAME

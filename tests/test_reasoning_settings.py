@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from dear.bridge import TeacherPrompts, templates_differ
 from dear.data.benchmarks import Problem, benchmark_label, format_prompt, load_benchmark, subset_note
 from dear.data.toy import build_tokenizer
+from dear.distill.teacher_view import TeacherPrompts, templates_differ
 from dear.eval.runner import Evaluator
-from dear.models import NoRoom, check_room
-from dear.table import table
+from dear.models.load import NoRoom, check_room
+from dear.tables.collate import table
 from dear.train import train
 
 from conftest import TINY_RUN, compose
@@ -126,9 +126,9 @@ def test_a_training_run_records_its_benchmark_subset(tmp_path, toy_cache):
 
 
 def test_loading_an_offline_subset_says_so_in_the_log(caplog):
-    from dear.runs import eval_problems
+    from dear.training.runs import eval_problems
 
-    with caplog.at_level("WARNING", logger="dear.runs"):
+    with caplog.at_level("WARNING", logger="dear.training.runs"):
         eval_problems(load_config_for("math500"))
         eval_problems(load_config_for("aime24"))
     said = [r.getMessage() for r in caplog.records]
@@ -136,6 +136,6 @@ def test_loading_an_offline_subset_says_so_in_the_log(caplog):
 
 
 def load_config_for(benchmark: str):
-    from dear.config import train_config
+    from dear.preflight import train_config
 
     return train_config(compose([f"benchmark={benchmark}"]), machine=False)

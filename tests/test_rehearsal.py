@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 import dear.cli
 import dear.evaluate
 import dear.train
-from dear.models import load_model as real_load_model
+from dear.models.load import load_model as real_load_model
 
 SHAPES = [
     "steps=2",
@@ -150,7 +150,7 @@ def test_the_real_math_run_rehearsed_on_the_cpu(tmp_path, monkeypatch, capsys):
 
 def smollm2_folder(run_dir: Path) -> str:
     """The packaged SmolLM2's converted folder in the cache this run used."""
-    from dear.packaged import materialize_smollm2
+    from dear.models.packaged import materialize_smollm2
 
     config = json.loads((run_dir / "metrics.json").read_text())["config"]
     return str(materialize_smollm2(Path(config["cache_dir"]).expanduser()))

@@ -107,7 +107,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, toy_cache):
 
 
 def test_sigusr1_stops_after_the_current_step_with_a_checkpoint(tmp_path, toy_cache):
-    from dear.module import DistillModule
+    from dear.training.module import DistillModule
 
     run_dir = tmp_path / "usr1"
     run_dir.mkdir()

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dear import rollout as rollout_module
 from dear.data.toy import build_tokenizer
-from dear.rollout import encode_prompts, from_texts, generate
+from dear.distill import rollout as rollout_module
+from dear.distill.rollout import encode_prompts, from_texts, generate
 
 from tiny import tiny_qwen2
 

@@ -15,8 +15,8 @@ import statistics
 import pytest
 from omegaconf import OmegaConf
 
-from dear.config import train_config
-from dear.schema import ConfigError, ModelPreset, load
+from dear.config.schema import ConfigError, ModelPreset, load
+from dear.preflight import train_config
 
 from conftest import compose
 
@@ -41,7 +41,7 @@ def test_experiment_composes_the_pair_on_disjoint_problems():
 
 def test_training_prompts_and_benchmark_share_no_generator_seed():
     from dear.data.benchmarks import load_benchmark
-    from dear.tuned import TUNE_SEED_OFFSET
+    from dear.models.tuned import TUNE_SEED_OFFSET
 
     s = train_config(compose([EXPERIMENT, "data.limit=50", "benchmark.limit=50"]))
     bench = load_benchmark(s.benchmark.name, limit=s.benchmark.limit, seed=0, **s.benchmark.options)
@@ -77,7 +77,7 @@ def test_tune_recipe_errors_are_one_line(change, words):
 
 
 def test_unknown_task_fails_in_one_line_before_building(tmp_path):
-    from dear.tuned import TuneFailed, ensure_tuned_model
+    from dear.models.tuned import TuneFailed, ensure_tuned_model
 
     recipe = load(
         ModelPreset, {**_teacher_yaml(), "tune": {**_teacher_yaml()["tune"], "task": "no_such_task"}}, "teacher."
@@ -93,8 +93,8 @@ def test_unknown_task_fails_in_one_line_before_building(tmp_path):
 
 @pytest.mark.slow
 def test_teacher_is_twenty_points_above_the_student():
-    from dear.models import load_model
-    from dear.runs import build_evaluator, eval_problems
+    from dear.models.load import load_model
+    from dear.training.runs import build_evaluator, eval_problems
 
     s = train_config(compose([EXPERIMENT]))
     accuracy = {}

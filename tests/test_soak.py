@@ -29,8 +29,8 @@ def rss_mib() -> float:
 
 
 def test_a_long_run_keeps_its_memory(tmp_path, toy_cache, monkeypatch):
-    from dear.module import DistillModule
     from dear.train import train
+    from dear.training.module import DistillModule
 
     samples: dict[int, float] = {}
     end_of_batch = DistillModule.on_train_batch_end

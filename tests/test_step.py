@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from dear import objective
-from dear.config import train_config
+from dear.config.schema import LossConfig
 from dear.data.toy import build_tokenizer
-from dear.rollout import generate
-from dear.schema import LossConfig
-from dear.step import (
+from dear.distill.rollout import generate
+from dear.distill.step import (
     Forward,
     distill_step,
     forward_pair,
@@ -22,6 +21,7 @@ from dear.step import (
     select_step,
     step_signals,
 )
+from dear.preflight import train_config
 
 from conftest import TINY_MODELS, compose, method_config
 from tiny import PaddedHead, tiny_qwen2

@@ -10,9 +10,9 @@ import pytest
 from dear.data.benchmarks import Problem
 from dear.data.toy import build_tokenizer
 from dear.eval.runner import EvalResult, Evaluator
-from dear.module import accuracy_auc
-from dear.table import cell
-from dear.table import main as table_main
+from dear.tables.collate import cell
+from dear.tables.collate import main as table_main
+from dear.training.module import accuracy_auc
 
 from conftest import TINY_RUN, compose
 

@@ -1,4 +1,4 @@
-"""Reproduction tables (dear/grid.py, dear/reproduce.py, dear/stats.py, dear-table): collation from
+"""Reproduction tables (dear/tables/grid.py, dear/tables/reproduce.py, dear/tables/stats.py, dear-table): collation from
 fabricated run directories with a hand-computed interval, reuse of finished runs, the paper's grid as a
 dry run, and (slow) a real joblib sweep that a second call reuses."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dear import grid as grids
-from dear.reproduce import write
-from dear.stats import paired, t_quantile
-from dear.table import main
+from dear.tables import grid as grids
+from dear.tables.collate import main
+from dear.tables.reproduce import write
+from dear.tables.stats import paired, t_quantile
 
 from conftest import ROOT, TINY_RUN
 
@@ -147,8 +147,8 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, monkeyp
 
 
 def test_wandb_runs_are_grouped_by_grid_and_tagged_with_method_and_pair(tmp_path):
-    from dear.config import train_config
-    from dear.runs import build_loggers
+    from dear.preflight import train_config
+    from dear.training.runs import build_loggers
 
     from conftest import compose
 

@@ -19,7 +19,7 @@ from dear.data.toy import (
     prompt_text,
     worked_solution,
 )
-from dear.toy_models import CacheNotWritable, ToyModelSpec, ensure_toy_model
+from dear.models.toy import CacheNotWritable, ToyModelSpec, ensure_toy_model
 
 
 def replay(terms: list[int], solution: str) -> list[tuple[list[int], int]]:
@@ -93,12 +93,12 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
 
 
 def test_toy_model_is_cached_and_deterministic(tmp_path, monkeypatch):
-    import dear.toy_models
+    import dear.models.toy
 
     spec = ToyModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, train_steps=3, batch_size=8)
     first = ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "a", progress=False)
     with monkeypatch.context() as m:  # a cache hit trains nothing
-        m.setattr(dear.toy_models, "train_toy_model", lambda *a, **k: pytest.fail("a cache hit trained a model"))
+        m.setattr(dear.models.toy, "train_toy_model", lambda *a, **k: pytest.fail("a cache hit trained a model"))
         assert ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "a", progress=False) == first
     other = ensure_toy_model("t", spec, ToyTaskConfig(), tmp_path / "b", progress=False)
     from safetensors.torch import load_file
@@ -157,7 +157,7 @@ def slipped_spans(solution: str) -> list[tuple[int, int]]:
 
 
 def test_sft_batch_masks_prompts_padding_and_slips(tmp_path):
-    from dear.toy_models import sft_batch
+    from dear.models.toy import sft_batch
 
     tok = build_tokenizer(tmp_path)
     ids, attention, labels = sft_batch(ToyTask(ToyTaskConfig()), tok, random.Random(0), 16, slip_rate=0.5)
@@ -193,7 +193,7 @@ def test_an_unknown_build_schedule_is_refused_before_training():
 
 def test_the_shared_schedule_warms_up_then_holds_or_decays():
     """Toy models and distillation share one schedule: a constant one only warms up, cosine ends at 0."""
-    from dear.schedule import lr_factor
+    from dear.models.schedule import lr_factor
 
     constant, cosine = lr_factor(10, 100, "constant"), lr_factor(10, 100, "cosine")
     assert [constant(s) for s in (0, 9, 50, 99)] == [0.1, 1.0, 1.0, 1.0]

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from dear.data.toy import build_tokenizer
-from dear.models import LoadedModel, TokenizerMismatch, check_compatible
-from dear.runs import write_json_atomic
-from dear.table import main as table_main
+from dear.models.load import LoadedModel, TokenizerMismatch, check_compatible
+from dear.tables.collate import main as table_main
+from dear.training.runs import write_json_atomic
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
@@ -40,7 +40,7 @@ def pair(tmp_path, s_template, t_template, *, chat: bool) -> tuple[LoadedModel, 
 
 
 def test_tokenizers_that_differ_only_in_chat_template_are_a_compatible_pair(tmp_path):
-    """Since d948901 a different template is bridged (dear/bridge.py), not refused; ids must still match."""
+    """Since d948901 a different template is bridged (teacher_view.py), not refused; ids must still match."""
     student, teacher = pair(tmp_path, TEMPLATE, TEMPLATE + "!", chat=True)
     assert check_compatible(student, teacher) == len(student.tokenizer)
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
 
+from dear.config.schema import DataConfig, ToyTaskConfig
 from dear.data.toy import ToyTask, prompt_text
-from dear.schema import DataConfig, ToyTaskConfig
 
 
 class PromptStream(IterableDataset):

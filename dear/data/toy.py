@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from dear.schema import ToyTaskConfig
+from dear.config.schema import ToyTaskConfig
 
 __all__ = ["ToyTask", "ToyTaskConfig", "answer", "build_tokenizer", "grade", "noisy_solution", "prompt_text"]
 
@@ -98,7 +98,7 @@ class ToyTask:
 
     def __init__(self, cfg: ToyTaskConfig | None = None) -> None:
         cfg = cfg or ToyTaskConfig()
-        self.cfg = cfg  # its ranges were checked when it was built (dear/schema.py)
+        self.cfg = cfg  # its ranges were checked when it was built (dear/config/schema.py)
         rng = random.Random(cfg.seed)
         held: dict[str, list[int]] = {}
         while len(held) < cfg.held_out:

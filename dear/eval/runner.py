@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from dear.bridge import teacher_view
+from dear.config.schema import StepConfig
 from dear.data.benchmarks import Problem, format_prompt
+from dear.distill.rollout import generate
+from dear.distill.step import rollout_reverse_kl
+from dear.distill.teacher_view import teacher_view
 from dear.eval.grading import grade
-from dear.rollout import generate
-from dear.schema import StepConfig
-from dear.step import rollout_reverse_kl
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Evaluator:
     samples: int = 1  # k responses per problem
     temperature: float = 0.0  # 0: greedy (then samples must be 1)
     kl_prompts: int = 0  # held-out prompts for the on-policy reverse KL (needs a teacher)
-    teacher_format: Callable[[Problem], str] | None = None  # the teacher's own prompt format (dear/bridge.py)
+    teacher_format: Callable[[Problem], str] | None = None  # the teacher's own prompt format (teacher_view.py)
     teacher_tokenizer: object | None = None
     vocab_size: int | None = None
     step: StepConfig | None = None  # how the held-out KL scores rollouts: the training step's micro-batches and logits

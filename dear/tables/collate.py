@@ -5,8 +5,8 @@
     dear-table --run conf/table/paper.yaml --dry-run   # list every run of a grid and whether it is done
 
 A grid file either sweeps (``sweep:``, one Hydra multirun, collated into one table of rows that
-differ only by seed) or lists tables (``tables:``, a reproduction: `dear.grid` says which runs it
-needs and runs only the unfinished ones, `dear.reproduce` writes ``<output>/<name>.md``, ``.csv`` and
+differ only by seed) or lists tables (``tables:``, a reproduction: `dear.tables.grid` says which runs it
+needs and runs only the unfinished ones, `dear.tables.reproduce` writes ``<output>/<name>.md``, ``.csv`` and
 plots with paired differences and their 95% intervals).
 """
 
@@ -123,8 +123,8 @@ def run_grid(grid_file: Path, extra: list[str]) -> Path:
 
 def reproduce(grid_file: Path, extra: list[str], dry_run: bool) -> None:
     """A ``tables:`` grid: list its runs (dry run), or run the unfinished ones and write its tables."""
-    from dear import grid as grids
-    from dear.reproduce import write
+    from dear.tables import grid as grids
+    from dear.tables.reproduce import write
 
     g = grids.read(grid_file, extra)
     runs = g.runs()

@@ -1,11 +1,11 @@
-"""The learning-rate schedule shared by distillation (dear/module.py) and toy-model building."""
+"""The learning-rate schedule shared by distillation (dear/training/module.py) and toy-model building."""
 
 from __future__ import annotations
 
 import math
 import typing
 
-from dear.schema import Schedule
+from dear.config.schema import Schedule
 
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 

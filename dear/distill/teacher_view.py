@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dear.rollout import Rollout, encode_prompts, position_ids
+from dear.distill.rollout import Rollout, encode_prompts, position_ids
 
 
 def templates_differ(student: Any, teacher: Any) -> bool:

@@ -65,7 +65,7 @@ Count = Annotated[int, Range(0)]  # 0, 1, 2, ...
 PositiveInt = Annotated[int, Range(1)]
 
 Selector = Literal["all", "entropy", "dear", "tip", "random"]
-Source = Literal["student", "teacher", "reference"]  # who writes the responses trained on (dear/sources.py)
+Source = Literal["student", "teacher", "reference"]  # who writes the responses trained on (dear/distill/sources.py)
 Divergence = Literal["reverse_kl", "forward_kl", "jsd", "logratio"]  # the signal D_t
 LossKind = Literal["reverse_kl", "forward_kl", "jsd", "pg", "ce"]  # the per-token loss ℓ_t (ce: sft)
 Normalization = Literal["selected", "all", "sequence"]
@@ -248,7 +248,7 @@ class ToyTaskConfig(Schema):
 
 @dataclass(frozen=True)
 class ToyModelSpec(Schema):
-    """Architecture and training recipe of a toy model (``dear/toy_models.py``); the cache key hashes it."""
+    """Architecture and training recipe of a toy model (``dear/models/toy.py``); the cache key hashes it."""
 
     hidden_size: PositiveInt
     num_layers: PositiveInt
@@ -274,7 +274,7 @@ class ToyModelSpec(Schema):
 
 @dataclass(frozen=True)
 class TuneRecipe(Schema):
-    """How a teacher is made from SmolLM2 by fine-tuning on a reasoning-gym task (``dear/tuned.py``).
+    """How a teacher is made from SmolLM2 by fine-tuning on a reasoning-gym task (``dear/models/tuned.py``).
 
     Supervised steps on chat-formatted problems whose target is the bare ``\\boxed{answer}``;
     the problems come from generator seeds no benchmark run uses. The cache key hashes it all.
@@ -651,7 +651,7 @@ class EvalConfig(Schema):
     benchmark: BenchmarkConfig
     toy_task: ToyTaskConfig
     eval: EvalAppSettings
-    trainer: TrainerConfig  # the device and precision, by dear-train's rules (dear/precision.py); one process
+    trainer: TrainerConfig  # the device and precision, by dear-train's rules (dear/models/precision.py); one process
 
     def check(self) -> None:
         if self.trainer.strategy != "auto" or self.trainer.devices not in (1, "auto"):
@@ -694,7 +694,7 @@ def _named_pairs(group: str, name: str) -> list[tuple[str, str]]:
 
     other = "teacher" if group == "model" else "model"
     found = []
-    for path in sorted((Path(__file__).parent / "conf" / "experiment").glob("*.yaml")):
+    for path in sorted((Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")):
         defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
         picks = {key.split("/")[-1]: value for d in defaults if isinstance(d, dict) for key, value in d.items()}
         if picks.get(group) == name and other in picks:

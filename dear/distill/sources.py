@@ -5,7 +5,7 @@
 - ``reference``: reference solutions, teacher-forced (sft; the toy's worked solutions, branches
   drawn uniformly as the teacher was trained on them).
 
-Whatever the source, `dear.step.distill_step` then runs student and teacher over the same tokens,
+Whatever the source, `dear.distill.step.distill_step` then runs student and teacher over the same tokens,
 so every method shares one step and one evaluation.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import random
 
+from dear.config.schema import RolloutConfig, ToyTaskConfig
 from dear.data.toy import parse_terms, worked_solution
-from dear.rollout import Rollout, concat, from_texts, generate
-from dear.schema import RolloutConfig, ToyTaskConfig
+from dear.distill.rollout import Rollout, concat, from_texts, generate
 
 
 def reference_solutions(prompts: list[str], n: int, task: ToyTaskConfig, *, seed: int, offset: int) -> list[str]:

@@ -11,9 +11,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from dear.config.schema import EvalConfig, TrainConfig
 from dear.eval.runner import Evaluator
 from dear.files import write_json_atomic  # noqa: F401  (re-exported: runs write their records with it)
-from dear.schema import EvalConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ def build_evaluator(
 
 
 def _teacher_format(student, teacher) -> dict:
-    """Evaluator arguments for a teacher that reads prompts in its own format (dear/bridge.py)."""
-    from dear.bridge import prompt_formatter, templates_differ
+    """Evaluator arguments for a teacher that reads prompts in its own format (dear/distill/teacher_view.py)."""
     from dear.data.benchmarks import format_prompt
+    from dear.distill.teacher_view import prompt_formatter, templates_differ
 
     if teacher is None or not templates_differ(student, teacher):
         return {}

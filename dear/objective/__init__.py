@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dear.schema import (
+from dear.config.schema import (
     Aggregation,
     Boost,
     DecisionMode,

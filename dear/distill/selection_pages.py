@@ -2,7 +2,7 @@
 held-out prompts, each response token coloured by its group (decision / evidence / other; methods
 without groups show selected / other) with its entropy ``H_t``, divergence ``D_t`` and weight on hover.
 
-`selection_page` samples, scores and selects exactly as a training step does (`dear.step`), without
+`selection_page` samples, scores and selects exactly as a training step does (`dear.distill.step`), without
 gradient and from its own seed, so the page drawn at step 0 and at the end of a run differ only by
 what the student learnt. `render` is the pure HTML part.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from dear import objective
-from dear.rollout import generate
-from dear.schema import LossConfig, MethodConfig, StepConfig
-from dear.step import score_step
+from dear.config.schema import LossConfig, MethodConfig, StepConfig
+from dear.distill.rollout import generate
+from dear.distill.step import score_step
 
 COLOURS = {"decision": "#f4a261", "evidence": "#2a9d8f", "selected": "#8ecae6", "other": "#f1f1f1"}
 

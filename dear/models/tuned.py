@@ -1,6 +1,6 @@
 """Build a SmolLM2 teacher on first use: the packaged SmolLM2-135M-Instruct fine-tuned on one task.
 
-The only real model available offline is the packaged SmolLM2-135M-Instruct (``dear/packaged.py``).
+The only real model available offline is the packaged SmolLM2-135M-Instruct (``dear/models/packaged.py``).
 Its teacher is made from it: supervised fine-tuning on a reasoning-gym task, each example a
 problem in the same chat-formatted prompt the benchmark uses, with the bare ``\\boxed{answer}``
 (and the end-of-turn token) as the target. A throwaway probe took greedy held-out
@@ -10,7 +10,7 @@ AdamW lr 1e-4: a teacher far above its student within minutes on 2 cores.
 The training problems come from generator seeds ``TUNE_SEED_OFFSET`` past the recipe's seed,
 which no benchmark run (offset 0) and no training stream (``conf/data/``, offset 500000) uses.
 The model is cached under a hash of its recipe and the base model's folder name, built in a
-temporary folder and renamed into place atomically, like the toy models (``dear/toy_models.py``).
+temporary folder and renamed into place atomically, like the toy models (``dear/models/toy.py``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dear.config.schema import TuneRecipe
 from dear.errors import DearError
-from dear.schema import TuneRecipe
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class TuneFailed(DearError):
 
 
 def tune_key(name: str, recipe: TuneRecipe) -> str:
-    from dear.packaged import SMOLLM2_DIRNAME
+    from dear.models.packaged import SMOLLM2_DIRNAME
 
     blob = json.dumps({"v": TUNE_FORMAT_VERSION, "base": SMOLLM2_DIRNAME, "recipe": asdict(recipe)}, sort_keys=True)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
@@ -124,7 +124,7 @@ def ensure_tuned_model(name: str, recipe: TuneRecipe, cache_dir: str | Path, pro
     """The folder of the tuned teacher ``name``, fine-tuning and caching it first if needed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dear.packaged import materialize_smollm2
+    from dear.models.packaged import materialize_smollm2
 
     cache_dir = Path(cache_dir).expanduser()
     target = cache_dir / tune_key(name, recipe)

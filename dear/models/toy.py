@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dear.config.schema import ToyModelSpec
 from dear.data.toy import (
     ToyTask,
     ToyTaskConfig,
@@ -33,8 +34,7 @@ from dear.data.toy import (
     prompt_text,
 )
 from dear.errors import DearError
-from dear.schedule import lr_factor
-from dear.schema import ToyModelSpec
+from dear.models.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 

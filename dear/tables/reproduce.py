@@ -1,8 +1,8 @@
-"""Collate a reproduction grid (`dear.grid`) into its tables: markdown, CSV and plots.
+"""Collate a reproduction grid (`dear.tables.grid`) into its tables: markdown, CSV and plots.
 
 Each row reports, over its seeds, mean ± std of held-out accuracy after training, accuracy AUC,
 held-out reverse KL after, gradient-mass coverage and kept share; and its difference from the
-table's baseline row in accuracy and AUC, paired by seed, with a 95% t-interval (`dear.stats`).
+table's baseline row in accuracy and AUC, paired by seed, with a 95% t-interval (`dear.tables.stats`).
 A row "beats" its baseline only when the accuracy interval lies above 0.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dear.files import write_text_atomic, writing
-from dear.grid import Grid, Table, finished
-from dear.stats import Paired, mean_std, paired
+from dear.tables.grid import Grid, Table, finished
+from dear.tables.stats import Paired, mean_std, paired
 
 # (key in a run's values, column title)
 METRICS = (
