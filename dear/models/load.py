@@ -160,11 +160,6 @@ def set_gradient_checkpointing(model, on: bool) -> None:
     (switch or getattr(model, f"gradient_checkpointing_{verb}"))()
 
 
-def shared_vocab_size(tokenizer) -> int:
-    """V* = len(tokenizer): the rows both heads may be compared on (heads are often padded past it)."""
-    return len(tokenizer)
-
-
 def check_compatible(student: LoadedModel, teacher: LoadedModel) -> int:
     """Refuse a pair whose token ids differ; return the shared vocabulary size.
 
