@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dear.data import kinds
 from dear.data.benchmarks import (
     BENCHMARKS,
     BenchmarkUnavailable,
@@ -22,7 +23,7 @@ from dear.data.benchmarks import (
     register,
 )
 from dear.errors import DearError
-from dear.eval.grading import GRADERS, extract_code, grade, register_grader
+from dear.eval.grading import extract_code, grade
 
 from sandbox_support import needs_full_isolation
 
@@ -134,15 +135,16 @@ def test_grade_dispatch_toy_and_unknown_kinds():
 
 def test_register_adds_a_benchmark_and_a_grader(monkeypatch):
     monkeypatch.setitem(BENCHMARKS, "tiny", BENCHMARKS.get("tiny"))  # restored after the test
-    monkeypatch.setitem(GRADERS, "toy", GRADERS["toy"])
 
-    @register("tiny")
+    @register("tiny", kind="toy")
     def tiny(*, seed: int, limit: int | None) -> list[Problem]:
         return [Problem(id=f"tiny/{i}", question=f"{i}+1?", reference=str(i + 1), kind="toy") for i in range(10)]
 
-    @register_grader("toy")
     def lenient(problem: Problem, response: str) -> bool:
         return response.rsplit("#", 1)[-1].strip() == problem.reference
+
+    toy = kinds.KINDS["toy"]
+    monkeypatch.setitem(kinds.KINDS, "toy", kinds.Kind("toy", toy.instruction, lenient))  # a grader is a kind's
 
     problems = load_benchmark("tiny", limit=4)
     assert [p.id for p in problems] == ["tiny/0", "tiny/1", "tiny/2", "tiny/3"]

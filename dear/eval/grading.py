@@ -1,6 +1,7 @@
 """Graders: whether a model's response solves a :class:`~dear.data.benchmarks.Problem`.
 
-:func:`grade` dispatches on the problem's ``kind`` through :data:`GRADERS`:
+:func:`grade` calls the grader that the problem's kind names in its record (`dear.data.kinds`),
+importing it on first use; the graders of the kinds dear ships live here:
 
 * ``math``: the final answer (``\\boxed{}`` or the last number) checked with math-verify
   (:mod:`dear.eval.math`);
@@ -11,46 +12,41 @@
 * ``rg``: reasoning-gym's own scorer, with a numeric fallback;
 * ``toy``: exact match of the toy task's final answer.
 
-:func:`register_grader` replaces or adds one. This module imports ``dear.data``; nothing in
-``dear.data`` imports ``dear.eval``.
+A kind names its grader as ``"module:attribute"`` so that ``dear.data`` never imports ``dear.eval``:
+this module imports ``dear.data``, never the reverse.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import re
 from collections.abc import Callable
 from typing import Any
 
+from dear.data import kinds
 from dear.data.benchmarks import Problem
 from dear.data.toy import grade as toy_grade
 from dear.eval.code import check_io, check_solution
 
-__all__ = ["GRADERS", "extract_code", "grade", "register_grader"]
+__all__ = ["extract_code", "grade", "grader"]
 
 Grader = Callable[[Problem, str], bool]
 
-# kind -> grader(problem, response); other modules may replace one (e.g. the toy task's).
-GRADERS: dict[str, Grader] = {}
 
-
-def register_grader(kind: str) -> Callable[[Grader], Grader]:
-    """Decorator that sets the grader :func:`grade` uses for problems of ``kind``."""
-
-    def decorate(grader: Grader) -> Grader:
-        GRADERS[kind] = grader
-        return grader
-
-    return decorate
+def grader(kind: str) -> Grader:
+    """The grader of problems of ``kind``: its record's function, imported now if named by its module."""
+    named = kinds.get(kind).grader
+    if callable(named):
+        return named
+    module, _, attribute = named.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def grade(problem: Problem, response: str) -> bool:
-    """Whether ``response`` solves ``problem``; dispatches on ``problem.kind`` via :data:`GRADERS`."""
-    grader = GRADERS.get(problem.kind)
-    if grader is None:
-        raise ValueError(f"no grader for problem kind {problem.kind!r}; known kinds: {', '.join(sorted(GRADERS))}")
-    return grader(problem, response)
+    """Whether ``response`` solves ``problem``, by the grader its kind names (a ValueError for an unknown kind)."""
+    return grader(problem.kind)(problem, response)
 
 
 def _after_thinking(response: str) -> str:
@@ -75,23 +71,20 @@ def extract_code(response: str) -> str:
     return code.rstrip() + "\n"
 
 
-@register_grader("math")
-def _grade_math(problem: Problem, response: str) -> bool:
+def grade_math(problem: Problem, response: str) -> bool:
     from dear.eval.math import grade as math_grade  # sympy: imported on first use
 
     return math_grade(response, problem.reference)
 
 
-@register_grader("code")
-def _grade_code(problem: Problem, response: str) -> bool:
+def grade_code(problem: Problem, response: str) -> bool:
     result = check_solution(
         problem.code_prompt or "", extract_code(response), problem.reference, problem.entry_point or ""
     )
     return bool(result.passed)
 
 
-@register_grader("code-io")
-def _grade_code_io(problem: Problem, response: str) -> bool:
+def grade_code_io(problem: Problem, response: str) -> bool:
     return bool(check_io(extract_code(response), json.loads(problem.reference), problem.entry_point).passed)
 
 
@@ -105,8 +98,7 @@ def _rg_scorer(task: str) -> Callable[[str | None, dict[str, Any]], float]:
 _NUMBER_RE = re.compile(r"^-?\d+(\.\d+)?$")
 
 
-@register_grader("rg")
-def _grade_rg(problem: Problem, response: str) -> bool:
+def grade_rg(problem: Problem, response: str) -> bool:
     """Reasoning-gym's own scorer on the final answer (1.0 = right).
 
     Numeric references also accept a mathematically equal answer ("28,080" for 28080), which
@@ -123,7 +115,6 @@ def _grade_rg(problem: Problem, response: str) -> bool:
     return bool(_NUMBER_RE.match(problem.reference.strip())) and math_grade(response, problem.reference)
 
 
-@register_grader("toy")
-def _grade_toy(problem: Problem, response: str) -> bool:
+def grade_toy(problem: Problem, response: str) -> bool:
     """Exact match of the final answer (after the last ``#``) with the reference."""
     return toy_grade(response, problem.reference)

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dear.config.schema import StepConfig
+from dear.data import kinds
 from dear.data.benchmarks import Problem, format_prompt
 from dear.distill.rollout import generate
 from dear.distill.step import rollout_reverse_kl
@@ -27,8 +28,6 @@ from dear.distill.teacher_view import teacher_view
 from dear.eval.grading import grade
 
 log = logging.getLogger(__name__)
-
-PROCESS_KINDS = ("math",)  # problem kinds graded in worker processes (see Evaluator.grade_in_processes)
 
 
 @dataclass
@@ -55,9 +54,9 @@ class Evaluator:
     step: StepConfig | None = None  # how the held-out KL scores rollouts: the training step's micro-batches and logits
     progress: bool = False
     grade_workers: int = 4
-    # Math answers are graded in worker processes, where math-verify's signal timeouts bound
-    # pathological inputs (they are off on threads: dear/eval/math.py); code runs in its own
-    # sandbox processes, so its graders stay on threads.
+    # Kinds whose record says so (math) are graded in worker processes, where math-verify's signal
+    # timeouts bound pathological inputs (they are off on threads: dear/eval/math.py); code runs in
+    # its own sandbox processes, so its graders stay on threads.
     grade_in_processes: bool = True
 
     def __post_init__(self) -> None:
@@ -96,7 +95,9 @@ class Evaluator:
 
     def grade_all(self, pairs: list[tuple[Problem, str]]) -> list[bool]:
         """Grade (problem, response) pairs in parallel: math in worker processes, the rest on threads."""
-        in_processes = [i for i, (p, _) in enumerate(pairs) if self.grade_in_processes and p.kind in PROCESS_KINDS]
+        in_processes = [
+            i for i, (p, _) in enumerate(pairs) if self.grade_in_processes and kinds.get(p.kind).grade_in_processes
+        ]
         correct = [False] * len(pairs)
         if in_processes:
             try:

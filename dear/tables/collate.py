@@ -1,36 +1,41 @@
-"""``dear-table``: collate finished runs into a results table, optionally running the grid first.
+"""``dear-table``: results tables of finished runs, from a grid file (running what it still lacks) or from folders.
 
-    dear-table outputs/                       # every finished run (metrics.json) below outputs/
     dear-table --run conf/table/toy.yaml      # run what the grid still lacks, then write its tables
+    dear-table --run conf/table/toy.yaml steps=5   # ... with overrides added to every run of the grid
     dear-table --run conf/table/paper.yaml --dry-run   # list every run of a grid and whether it is done
+    dear-table outputs/                       # every finished run (metrics.json) below outputs/
 
-A grid file either sweeps (``sweep:``, one Hydra multirun, collated into one table of rows that
-differ only by seed) or lists tables (``tables:``, a reproduction: `dear.tables.grid` says which runs it
-needs and runs only the unfinished ones, `dear.tables.reproduce` writes ``<output>/<name>.md``, ``.csv`` and
-plots with paired differences and their 95% intervals).
+A grid file (`dear.tables.grid`; a one-off sweep is a table with ``sweep:``) says which runs each table
+needs; the unfinished ones run, and its tables go to ``<output>/<name>.md``, ``.csv`` and plots. Folders
+give one table of the finished runs found below them: a row is the runs whose settings differ only by seed
+(how a run ran, e.g. its logger or threads, aside: `HOW_NOT_WHAT`), named by what differs between rows.
+Either way `dear.tables.reproduce` renders it and prints the markdown; ``--out`` writes that markdown
+to a file too, whole or not at all. Errors are one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
-from dear.data.benchmarks import benchmark_label
 from dear.errors import DearError
 from dear.files import write_text_atomic
+from dear.tables import grid as grids
+from dear.tables.grid import Table
+from dear.tables.reproduce import Row, markdown, run_values, write
 
-COLUMNS = ("accuracy_before", "accuracy_after", "gain", "accuracy_auc", "kl_after")
+# Settings that say how a run ran, not what it is (a trailing dot: the whole section): runs that differ
+# only in these and the seed are one row, as a grid's `launch:` is no part of a run's identity.
+HOW_NOT_WHAT = ("seed", "cache_dir", "ckpt_path", "logger.", "checkpoint.", "trainer.threads")
+NAME = ".name"  # a preset's name (model.name, method.name, ...): rows and tables are named by these
+ORDER = {f"{p}{NAME}": i for i, p in enumerate(("model", "teacher", "method", "data", "benchmark"))}  # named so
 
 
-def load_runs(roots: list[Path]) -> list[dict]:
+def load_runs(roots: list[Path]) -> list[tuple[Path, dict]]:
+    """Every finished run (a complete metrics.json) below the folders, as (its file, its record)."""
     runs = []
     for root in roots:
         for path in sorted(root.rglob("metrics.json")):
@@ -39,149 +44,144 @@ def load_runs(roots: list[Path]) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise DearError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); fix or delete it") from e
             if record.get("status") == "complete" and "benchmarks" in record:
-                runs.append(record)
+                runs.append((path, record))
     return runs
 
 
-def row_key(run: dict) -> tuple:
-    c = run["config"]
-    return (
-        c["model"]["name"],
-        c["teacher"]["name"],
-        c["method"]["name"],
-        c["loss"]["normalize"],
-        next(iter(run["benchmarks"])),
-    )
+def settings(run: dict) -> dict[str, str]:
+    """A run's identity: its flattened settings (``method.name`` -> ``dear``) less `HOW_NOT_WHAT`, and the
+    benchmark its numbers are of."""
+    flat = _flatten(run.get("config") or {})
+    flat.setdefault(f"benchmark{NAME}", next(iter(run["benchmarks"])))
+    return {k: v for k, v in flat.items() if not _how(k)}
 
 
-def cell(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+def _how(key: str) -> bool:
+    """Whether a flattened setting says how a run ran, not what it is (`HOW_NOT_WHAT`)."""
+    return any(key == h or (h.endswith(".") and key.startswith(h)) for h in HOW_NOT_WHAT)
 
 
-def table(runs: list[dict]) -> str:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        groups[row_key(run)].append(run)
-    head = ["student", "teacher", "method", "normalize", "benchmark", "seeds", *COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key in sorted(groups):
-        rs = groups[key]
-        b = [next(iter(r["benchmarks"].values())) for r in rs]
-        cols = {
-            "accuracy_before": [x["accuracy_before"] for x in b],
-            "accuracy_after": [x["accuracy_after"] for x in b],
-            "gain": [x["gain"] for x in b],
-            "accuracy_auc": [r["accuracy_auc"] for r in rs],
-            "kl_after": [r["heldout_reverse_kl"]["after"] for r in rs],
-        }
-        shown = [*key[:4], benchmark_label(key[4])]  # an offline subset says so: "math500 (311 of 500)"
-        lines.append("| " + " | ".join([*map(str, shown), str(len(rs)), *(cell(cols[c]) for c in COLUMNS)]) + " |")
-    return "\n".join(lines)
-
-
-def read_grid(grid_file: Path) -> dict:
-    """The grid file's mapping: ``overrides`` (a list), ``sweep`` (key: list of values), ``output``."""
-    try:
-        grid = yaml.safe_load(grid_file.read_text())
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        raise DearError(f"{grid_file} is not valid YAML{f' (line {where.line + 1})' if where else ''}") from e
-    if (
-        not isinstance(grid, dict)
-        or not isinstance(grid.get("overrides", []), list)
-        or not isinstance(grid.get("sweep", {}), dict)
-        or not all(isinstance(v, list) for v in grid.get("sweep", {}).values())
-    ):
-        raise DearError(
-            f"{grid_file} must map overrides to a list and sweep to lists of values (see conf/table/toy.yaml)"
-        )
-    return grid
-
-
-def run_grid(grid_file: Path, extra: list[str]) -> Path:
-    grid = read_grid(grid_file)
-    out = Path(grid.get("output", "outputs/tables")) / grid_file.stem
-    sweep = [f"{k}={','.join(map(str, v))}" for k, v in grid.get("sweep", {}).items()]
-    cmd = [
-        str(Path(sys.executable).parent / "dear-train"),
-        "-m",
-        *grid.get("overrides", []),
-        *sweep,
-        *extra,
-        f"hydra.sweep.dir={out}",
-    ]
-    print("running:", " ".join(cmd), file=sys.stderr)
-    if subprocess.run(cmd).returncode != 0:
-        raise DearError(f"the grid {grid_file} did not finish; finished runs stay in {out}")
+def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, str) else json.dumps(value)
     return out
 
 
-def reproduce(grid_file: Path, extra: list[str], dry_run: bool) -> None:
-    """A ``tables:`` grid: list its runs (dry run), or run the unfinished ones and write its tables."""
-    from dear.tables import grid as grids
-    from dear.tables.reproduce import write
+def _differs(key: str, group: list[dict[str, str]]) -> bool:
+    return len({s.get(key) for s in group}) > 1
 
-    g = grids.read(grid_file, extra)
-    runs = g.runs()
+
+def labels(identities: list[dict[str, str]]) -> tuple[str, list[tuple[str, ...]]]:
+    """What all rows share (the table's name) and, per row, what tells it apart from the others.
+
+    A row shows its method and every preset name that differs between rows (``benchmark=math500``), then
+    any other setting that differs between rows of the same presets (``method.decision_ratio=0.1``)."""
+    keys = sorted(set().union(*identities))
+    names = sorted((k for k in keys if k.endswith(NAME)), key=lambda k: (ORDER.get(k, len(ORDER)), k))
+    same_presets = defaultdict(list)
+    for s in identities:
+        same_presets[tuple(s.get(k) for k in names)].append(s)
+    shown = [k for k in names if k == f"method{NAME}" or _differs(k, identities)]
+    rows = []
+    for s in identities:
+        group = same_presets[tuple(s.get(k) for k in names)]
+        parts = [f"{k.removesuffix(NAME)}={s.get(k)}" for k in shown]
+        parts += [f"{k}={s.get(k)}" for k in keys if k not in names and _differs(k, group)]
+        rows.append(tuple(parts))
+    shared = [f"{k.removesuffix(NAME)}={identities[0].get(k)}" for k in names if k not in shown]
+    return ", ".join(shared) or "runs", rows
+
+
+def table(runs: list[tuple[Path, dict]]) -> tuple[Table, list[Row], list[Path]]:
+    """One table of the runs: a row per identity, its seeds pooled, rows in name order. Also returns the runs
+    left out because they repeat the identity and seed of a run found before them."""
+    groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    repeats = []
+    for path, run in runs:
+        by_seed = groups[tuple(sorted(settings(run).items()))]
+        seed = run.get("seed", (run.get("config") or {}).get("seed", 0))
+        if seed in by_seed:
+            repeats.append(path)
+        else:
+            by_seed[seed] = run_values(run)
+    keys = list(groups)
+    name, row_labels = labels([dict(k) for k in keys])
+    rows = [Row(", ".join(label), label, groups[k], None, {}) for label, k in zip(row_labels, keys)]
+    rows.sort(key=lambda r: r.name)
+    seeds = tuple(sorted({s for r in rows for s in r.by_seed}))
+    return Table(name, {r.name: r.overrides for r in rows}, seeds, {}, None), rows, repeats
+
+
+def from_folders(roots: list[Path]) -> str:
+    """The markdown table of the finished runs below ``roots``."""
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if [m for m in missing if "=" in m]:
+        raise DearError(f"no folder {', '.join(missing)} (overrides are only taken with --run)")
+    if missing:
+        raise DearError(f"no folder {', '.join(missing)}; give the folders that hold the runs")
+    runs = load_runs(roots)
+    if not runs:
+        raise DearError(f"no finished runs (metrics.json) under {', '.join(map(str, roots))}")
+    t, rows, repeats = table(runs)
+    if repeats:
+        print(
+            f"dear-table: {len(repeats)} run(s) repeat the settings and seed of a run found before them and are "
+            f"left out: {', '.join(map(str, repeats))}",
+            file=sys.stderr,
+        )
+    return markdown(f"finished runs under {', '.join(map(str, roots))}", [(t, rows)])
+
+
+def from_grid(grid_file: Path, overrides: list[str], dry_run: bool) -> tuple[str | None, list[str]]:
+    """Run what the grid lacks and write its tables: (their markdown, the rows whose runs failed). A dry
+    run lists the grid's runs instead, and runs and writes nothing (no markdown)."""
+    if not grid_file.is_file():
+        raise DearError(f"no grid file {grid_file}")
+    stray = [o for o in overrides if "=" not in o and not o.startswith("~")]
+    if stray:
+        raise DearError(f"--run takes overrides (key=value) for the grid's runs, not {' '.join(stray)}")
+    g = grids.read(grid_file, overrides)
+    runs, todo = g.runs(), grids.pending(g)
     if dry_run:
         for run in runs:
             state = "done" if grids.finished(g.run_dir(run)) else "todo"
             print(f"{state}  {g.run_dir(run)}  dear-train {' '.join(run.command_overrides(g.overrides))}")
-        launcher = " ".join(g.launch) or "the basic launcher"
-        print(f"{len(runs)} runs, {len(grids.pending(g))} to run; launched with: {launcher}")
-        return
-    todo = grids.pending(g)
+        print(f"{len(runs)} runs, {len(todo)} to run; launched with: {' '.join(g.launch) or 'the basic launcher'}")
+        return None, []
     print(f"{len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run", file=sys.stderr)
     failed = grids.launch(g, todo)
     text, files = write(g)
-    print(text)
     print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
-    if failed:
-        raise DearError(
-            f"runs of {', '.join(failed)} did not finish (the tables show what did); run the same "
-            f"command again to resume them"
-        )
+    return text, failed
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="dear-table", description=__doc__.splitlines()[0])
-    parser.add_argument("roots", nargs="*", type=Path, help="folders searched for metrics.json (default: outputs)")
-    parser.add_argument("--run", type=Path, help="a grid file (conf/table/*.yaml) to run before collating")
+    parser.add_argument("roots", nargs="*", help="folders searched for metrics.json (default: outputs)")
+    parser.add_argument("--run", type=Path, help="a grid file (conf/table/*.yaml): run what it lacks, write its tables")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     parser.add_argument("--dry-run", action="store_true", help="with --run: list the grid's runs, run nothing")
     args, extra = parser.parse_known_args(argv)
     try:
-        roots = list(args.roots)
-        if args.run:
-            if not args.run.exists():
-                raise DearError(f"no grid file {args.run}")
-            if "tables" in read_grid(args.run):
-                return reproduce(args.run, extra, args.dry_run)
-            roots.append(run_grid(args.run, extra))
-        elif extra:
-            raise DearError(f"unknown arguments {' '.join(extra)} (overrides are only taken with --run)")
-        roots = roots or [Path("outputs")]
-        missing = [str(r) for r in roots if not r.is_dir()]
-        if [m for m in missing if "=" in m]:
-            raise DearError(f"no folder {', '.join(missing)} (overrides are only taken with --run)")
-        if missing:
-            raise DearError(f"no folder {', '.join(missing)}; give the folders that hold the runs")
-        runs = load_runs(roots)
-        if not runs:
-            raise DearError(f"no finished runs (metrics.json) under {', '.join(map(str, roots))}")
+        if extra:  # flags argparse does not know (an override is key=value, not a flag)
+            raise DearError(f"unknown arguments {' '.join(extra)} (overrides are key=value, and only taken with --run)")
+        if args.run:  # positionals after a grid file are overrides of its runs
+            text, failed = from_grid(args.run, args.roots, args.dry_run)
+        else:
+            text, failed = from_folders([Path(r) for r in args.roots] or [Path("outputs")]), []
+        if text is not None:
+            print(text)
+            if args.out:
+                write_text_atomic(args.out, text + "\n")  # a table is complete or absent, never half-written
+        if failed:
+            raise DearError(
+                f"runs of {', '.join(failed)} did not finish (the tables show what did); run the same "
+                f"command again to resume them"
+            )
     except DearError as e:
         print(f"dear-table: error: {e}", file=sys.stderr)
         sys.exit(2)
-    text = table(runs)
-    print(text)
-    if args.out:
-        try:
-            write_text_atomic(args.out, text + "\n")  # a table is complete or absent, never half-written
-        except DearError as e:
-            print(f"dear-table: error: {e}", file=sys.stderr)
-            sys.exit(2)

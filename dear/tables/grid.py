@@ -1,8 +1,9 @@
-"""Reproduction grids (``conf/table/*.yaml`` with ``tables:``): which runs a table needs, where each
-lives, and launching the ones not finished yet.
+"""Grid files (``conf/table/*.yaml``): which runs a table needs, where each lives, and launching the ones
+not finished yet. This is dear-table's one grid format; `dear.tables.reproduce` renders what the runs give.
 
 A grid file names the overrides every run shares, how runs are launched, and its tables; a table
-has rows (a name and the overrides that make it) and seeds::
+has rows (a name and the overrides that make it, or a ``sweep:`` whose every combination is a row) and
+seeds::
 
     name: toy
     output: outputs/tables           # tables: <output>/<name>.md/.csv/*.png; runs: <output>/<name>/runs/
@@ -18,6 +19,9 @@ has rows (a name and the overrides that make it) and seeds::
         overrides: [method=dear]     # prefix of the swept rows
         sweep: {method.decision_ratio: [0.1, 0.3]}   # rows "method.decision_ratio=0.1", …
         curve: method.decision_ratio # plotted as a sensitivity curve against this key
+
+A one-off sweep is a table too: ``tables: {sweep: {seeds: 2, sweep: {method: [opd, dear]}}}`` (a
+``sweep:`` at the top of the file is refused with that hint).
 
 A run is identified by its overrides (the shared ones and its row's, seed aside): it lives in
 ``runs/<slug>/seed_<s>``, so two tables that need the same run share it, and a run whose directory
@@ -142,15 +146,23 @@ def _table(grid_file: Path, name: str, spec) -> Table:
     return Table(str(name), rows, tuple(seeds), dict(base), curve)
 
 
+GRID_KEYS = {"name", "output", "overrides", "launch", "tables"}
+
+
 def read(grid_file: Path, overrides: list[str] = ()) -> Grid:
-    """A grid file with ``tables:`` as a `Grid`; ``overrides`` (the command line's) join the shared ones."""
+    """A grid file as a `Grid`; ``overrides`` (the command line's) join the shared ones."""
     try:
         spec = yaml.safe_load(grid_file.read_text())
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         raise DearError(f"{grid_file} is not valid YAML{f' (line {where.line + 1})' if where else ''}") from e
+    if isinstance(spec, dict) and "sweep" in spec:
+        raise _fail(grid_file, "a sweep is a table: move sweep: (and its overrides) under tables: <name>:")
     if not isinstance(spec, dict) or not isinstance(spec.get("tables"), dict) or not spec["tables"]:
-        raise _fail(grid_file, "a reproduction grid must map tables to their rows and seeds")
+        raise _fail(grid_file, "a grid must map tables to their rows and seeds")
+    unknown = set(spec) - GRID_KEYS
+    if unknown:
+        raise _fail(grid_file, f"unknown keys {', '.join(sorted(unknown))} (a grid has {', '.join(sorted(GRID_KEYS))})")
     tables = [_table(grid_file, name, t) for name, t in spec["tables"].items()]
     return Grid(
         name=str(spec.get("name", grid_file.stem)),

@@ -1,9 +1,12 @@
-"""Collate a reproduction grid (`dear.tables.grid`) into its tables: markdown, CSV and plots.
+"""dear-table's one renderer: tables of rows over seeds, as markdown, CSV and plots.
 
-Each row reports, over its seeds, mean ± std of held-out accuracy after training, accuracy AUC,
-held-out reverse KL after, gradient-mass coverage and kept share; and its difference from the
-table's baseline row in accuracy and AUC, paired by seed, with a 95% t-interval (`dear.tables.stats`).
-A row "beats" its baseline only when the accuracy interval lies above 0.
+A table (`dear.tables.grid.Table`) comes from a grid file (`collate`: each row's runs in the grid's run
+folders) or from the finished runs found under folders (`dear.tables.collate`: rows are the runs that
+differ only by seed). Each row reports, over its seeds, mean ± std of held-out accuracy before and after
+training, the gain, accuracy AUC, held-out reverse KL after, gradient-mass coverage and kept share; and,
+when its table names a baseline row, its difference from that row in accuracy and AUC, paired by seed,
+with a 95% t-interval (`dear.tables.stats`). A row "beats" its baseline only when the accuracy interval
+lies above 0.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ from dear.tables.stats import Paired, mean_std, paired
 
 # (key in a run's values, column title)
 METRICS = (
+    ("accuracy_before", "accuracy before"),
     ("accuracy_after", "accuracy after"),
+    ("gain", "gain"),
     ("accuracy_auc", "accuracy AUC"),
     ("kl_after", "held-out KL"),
     ("grad_mass_coverage", "grad-mass coverage"),
     ("kept_share", "kept share"),
 )
 PAIRED = (("accuracy_after", "accuracy"), ("accuracy_auc", "AUC"))
+
+Section = tuple[Table, list["Row"]]  # a table and its collated rows, in display order
 
 
 def run_values(metrics: dict) -> dict:
@@ -35,7 +42,9 @@ def run_values(metrics: dict) -> dict:
     return {
         "benchmark": name,
         "subset": bench.get("subset"),
+        "accuracy_before": bench.get("accuracy_before"),
         "accuracy_after": bench["accuracy_after"],
+        "gain": bench.get("gain"),
         "accuracy_auc": metrics.get("accuracy_auc"),
         "kl_after": (metrics.get("heldout_reverse_kl") or {}).get("after"),
         "grad_mass_coverage": metrics.get("grad_mass_coverage"),
@@ -63,24 +72,32 @@ class Row:
         return "yes" if d.low > 0 else "below" if d.high < 0 else "no"
 
 
+def pair(rows: list[Row]) -> list[Row]:
+    """Fill each row's paired differences from its baseline row (by name); returns the rows."""
+    by_name = {r.name: r for r in rows}
+    for row in rows:
+        if row.baseline:
+            base = by_name[row.baseline]
+            row.diffs = {k: paired(row.values(k), base.values(k)) for k, _ in PAIRED}
+    return rows
+
+
 def collate(grid: Grid, table: Table) -> list[Row]:
-    rows: dict[str, Row] = {}
+    """A grid table's rows, from the finished runs in the grid's run folders."""
+    rows = []
     for name, overrides in table.rows.items():
         by_seed = {}
         for run in grid.runs(table):
             run_dir = grid.run_dir(run)
             if run.row == name and finished(run_dir):
                 by_seed[run.seed] = run_values(json.loads((run_dir / "metrics.json").read_text()))
-        rows[name] = Row(name, overrides, by_seed, table.baseline.get(name), {})
-    for row in rows.values():
-        if row.baseline:
-            base = rows[row.baseline]
-            row.diffs = {k: paired(row.values(k), base.values(k)) for k, _ in PAIRED}
-    return list(rows.values())
+        rows.append(Row(name, overrides, by_seed, table.baseline.get(name), {}))
+    return pair(rows)
 
 
-def _cell(values: dict[int, float], digits: int = 3) -> str:
-    mean, std, n = mean_std(list(values.values()))
+def cell(values: list, digits: int = 3) -> str:
+    """Mean ± sample std of the values that are numbers; the mean alone for one, ``-`` for none."""
+    mean, std, n = mean_std(values)
     if n == 0:
         return "-"
     return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -94,36 +111,44 @@ def _diff(d: Paired | None) -> str:
     return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
 
 
-def markdown(grid: Grid, collated: dict[str, list[Row]]) -> str:
-    out = [
-        f"# {grid.name}: reproduction tables",
-        "",
-        "Mean ± std over seeds; Δ: the difference from the baseline row paired by seed, mean [95% "
-        "t-interval]; beats: yes when the accuracy interval lies above 0, below when under it.",
-        "",
-    ]
-    for table in grid.tables:
-        rows = collated[table.name]
-        base = sorted({r.baseline for r in rows if r.baseline})
-        out += [f"## {table.name} ({len(table.seeds)} seeds{'; baseline ' + ', '.join(base) if base else ''})", ""]
-        head = ["row", "seeds", *(t for _, t in METRICS), *(f"Δ {t}" for _, t in PAIRED), "beats"]
-        subsets = sorted({f"{v['benchmark']}: {v['subset']}" for r in rows for v in r.by_seed.values() if v["subset"]})
-        out += [f"Benchmark is an offline subset: {s}." for s in subsets] + ([""] if subsets else [])
-        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in rows:
-            cells = [
-                r.name,
-                f"{len(r.by_seed)}/{len(table.seeds)}",
-                *(_cell(r.values(k)) for k, _ in METRICS),
-                *(_diff(r.diffs.get(k)) for k, _ in PAIRED),
-                r.beats,
-            ]
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)
+def markdown(title: str, sections: list[Section]) -> str:
+    """The tables as markdown, under one title."""
+    paired_rows = any(r.baseline for _, rows in sections for r in rows)
+    legend = "Mean ± std over seeds" + (
+        "; Δ: the difference from the baseline row paired by seed, mean [95% t-interval]; beats: yes when "
+        "the accuracy interval lies above 0, below when under it."
+        if paired_rows
+        else "."
+    )
+    out = [f"# {title}", "", legend, ""]
+    for table, rows in sections:
+        out += _section(table, rows)
+    return "\n".join(out).rstrip("\n")  # printed, or written with one newline at the end
 
 
-def csv_text(grid: Grid, collated: dict[str, list[Row]]) -> str:
+def _section(table: Table, rows: list[Row]) -> list[str]:
+    """One table's lines; the Δ and beats columns only when it names a baseline row."""
+    base = sorted({r.baseline for r in rows if r.baseline})
+    compared = PAIRED if base else ()
+    verdict = ["beats"] if base else []
+    out = [f"## {table.name} ({len(table.seeds)} seeds{'; baseline ' + ', '.join(base) if base else ''})", ""]
+    subsets = sorted({f"{v['benchmark']}: {v['subset']}" for r in rows for v in r.by_seed.values() if v["subset"]})
+    out += [f"Benchmark is an offline subset: {s}." for s in subsets] + ([""] if subsets else [])
+    head = ["row", "seeds", *(t for _, t in METRICS), *(f"Δ {t}" for _, t in compared), *verdict]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r.name,
+            f"{len(r.by_seed)}/{len(table.seeds)}",
+            *(cell(list(r.values(k).values())) for k, _ in METRICS),
+            *(_diff(r.diffs.get(k)) for k, _ in compared),
+            *([r.beats] if verdict else []),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def csv_text(sections: list[Section]) -> str:
     import csv
 
     buf = io.StringIO()
@@ -134,8 +159,8 @@ def csv_text(grid: Grid, collated: dict[str, list[Row]]) -> str:
     for k, _ in PAIRED:
         head += [f"diff_{k}_mean", f"diff_{k}_low", f"diff_{k}_high"]
     w.writerow(head + ["baseline", "beats"])
-    for table in grid.tables:
-        for r in collated[table.name]:
+    for table, rows in sections:
+        for r in rows:
             line = [table.name, r.name, " ".join(r.overrides), len(r.by_seed)]
             for k, _ in METRICS:
                 mean, std, _n = mean_std(list(r.values(k).values()))
@@ -151,7 +176,7 @@ def _num(x: float) -> str:
     return "" if x is None or math.isnan(x) else f"{x:.6g}"
 
 
-def plots(grid: Grid, collated: dict[str, list[Row]], folder: Path) -> list[Path]:
+def plots(name: str, sections: list[Section], folder: Path) -> list[Path]:
     """Accuracy against step per row (mean and ±std band over seeds) for each table, and accuracy
     after against the swept value for sensitivity tables (``curve:``). Returns the files written."""
     import matplotlib
@@ -160,8 +185,8 @@ def plots(grid: Grid, collated: dict[str, list[Row]], folder: Path) -> list[Path
     import matplotlib.pyplot as plt
 
     written = []
-    for table in grid.tables:
-        rows = [r for r in collated[table.name] if r.by_seed]
+    for table, collated in sections:
+        rows = [r for r in collated if r.by_seed]
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -175,35 +200,43 @@ def plots(grid: Grid, collated: dict[str, list[Row]], folder: Path) -> list[Path
                 color=line.get_color(),
                 alpha=0.15,
             )
-        ax.set(xlabel="step", ylabel="held-out accuracy", title=f"{grid.name} {table.name}: accuracy (mean ± std)")
+        ax.set(xlabel="step", ylabel="held-out accuracy", title=f"{name} {table.name}: accuracy (mean ± std)")
         ax.legend(fontsize=7)
-        written.append(_save(fig, folder / f"{grid.name}-{table.name}-accuracy.png"))
+        written.append(_save(fig, folder / f"{name}-{table.name}-accuracy.png"))
         plt.close(fig)
         if table.curve:
-            swept = sorted(
-                (r for r in rows if r.name.startswith(f"{table.curve}=")),
-                key=lambda r: float(r.name.split("=", 1)[1].split(",")[0]),
-            )  # a row named key=x is at x
-            xs = [float(r.name.split("=", 1)[1].split(",")[0]) for r in swept]
-            stats = [mean_std(list(r.values("accuracy_after").values())) for r in swept]
-            fig, ax = plt.subplots(figsize=(6, 4))
-            ax.errorbar(
-                xs,
-                [m for m, _, _ in stats],
-                yerr=[0 if math.isnan(s) else s for _, s, _ in stats],
-                marker="o",
-                capsize=3,
-                label=table.curve,
-            )
-            for r in rows:
-                if r not in swept:
-                    m, _, _ = mean_std(list(r.values("accuracy_after").values()))
-                    ax.axhline(m, linestyle="--", linewidth=1, label=r.name)
-            ax.set(xlabel=table.curve, ylabel="held-out accuracy after", title=f"{grid.name}: {table.name}")
-            ax.legend(fontsize=7)
-            written.append(_save(fig, folder / f"{grid.name}-{table.name}-sensitivity.png"))
-            plt.close(fig)
+            written.append(_sensitivity(name, table, rows, folder))
     return written
+
+
+def _sensitivity(name: str, table: Table, rows: list[Row], folder: Path) -> Path:
+    """Accuracy after against the swept value of ``table.curve``; the other rows as horizontal lines."""
+    import matplotlib.pyplot as plt
+
+    swept = sorted(
+        (r for r in rows if r.name.startswith(f"{table.curve}=")),
+        key=lambda r: float(r.name.split("=", 1)[1].split(",")[0]),
+    )  # a row named key=x is at x
+    xs = [float(r.name.split("=", 1)[1].split(",")[0]) for r in swept]
+    stats = [mean_std(list(r.values("accuracy_after").values())) for r in swept]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(
+        xs,
+        [m for m, _, _ in stats],
+        yerr=[0 if math.isnan(s) else s for _, s, _ in stats],
+        marker="o",
+        capsize=3,
+        label=table.curve,
+    )
+    for r in rows:
+        if r not in swept:
+            m, _, _ = mean_std(list(r.values("accuracy_after").values()))
+            ax.axhline(m, linestyle="--", linewidth=1, label=r.name)
+    ax.set(xlabel=table.curve, ylabel="held-out accuracy after", title=f"{name}: {table.name}")
+    ax.legend(fontsize=7)
+    path = _save(fig, folder / f"{name}-{table.name}-sensitivity.png")
+    plt.close(fig)
+    return path
 
 
 def _curve(row: Row) -> tuple[list[int], list[float], list[float]]:
@@ -226,9 +259,9 @@ def _save(fig, path: Path) -> Path:
 
 def write(grid: Grid, with_plots: bool = True) -> tuple[str, list[Path]]:
     """Collate every table; write ``<output>/<name>.md``, ``.csv`` and the plots. Returns (markdown, files)."""
-    collated = {t.name: collate(grid, t) for t in grid.tables}
-    text = markdown(grid, collated)
+    sections = [(t, collate(grid, t)) for t in grid.tables]
+    text = markdown(f"{grid.name}: reproduction tables", sections)
     md, csv_path = grid.output / f"{grid.name}.md", grid.output / f"{grid.name}.csv"
-    write_text_atomic(md, text)
-    write_text_atomic(csv_path, csv_text(grid, collated))
-    return text, [md, csv_path, *(plots(grid, collated, grid.output) if with_plots else [])]
+    write_text_atomic(md, text + "\n")
+    write_text_atomic(csv_path, csv_text(sections))
+    return text, [md, csv_path, *(plots(grid.name, sections, grid.output) if with_plots else [])]
