@@ -312,31 +312,13 @@ def full_rollout(rows: int, prompt: int, new: int, vocab: int):
 
 
 def method_and_loss():
-    from dear.config.schema import LossConfig, MethodConfig
+    from dear.config.schema import LossConfig, MethodConfig, load
 
-    method = MethodConfig(
-        name="dear",
-        divergence="reverse_kl",
-        selector="dear",
-        decision_ratio=0.2,
-        evidence_ratio=0.2,
-        mode="topk",
-        h_min=None,
-        scope="sequence",
-        agg="max",
-        direction="both",
-        window=None,
-        boost="normalized",
-        lam=1.0,
-        confident_only=False,
-        similarity="cosine",
-        w_dec=1.0,
-        w_evi=1.0,
-        w_other=0.0,
-        hidden_layer=-1,
-        evidence_pool="remaining",
-        source="student",
-    )
+    knobs = dict(decision_ratio=0.2, evidence_ratio=0.2, mode="topk", scope="sequence", agg="max", direction="both")
+    knobs |= dict(window=None, boost="normalized", lam=1.0, confident_only=False, similarity="cosine")
+    knobs |= dict(w_dec=1.0, w_evi=1.0, w_other=0.0, hidden_layer=-1, evidence_pool="remaining")
+    common = dict(name="dear", divergence="reverse_kl", selector="dear", source="student")
+    method = load(MethodConfig, {**common, **knobs}, "method.")
     return method, LossConfig(kind="reverse_kl", normalize="selected", temperature=1.0, beta=0.5)
 
 

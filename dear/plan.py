@@ -52,14 +52,14 @@ from dear.errors import DearError
 from dear.preflight import cached_config
 
 GIB = 2**30
-CHUNK_ELEMENTS = 2**24  # dear.objective._CHUNK_ELEMENTS (that module imports torch; a test holds the two equal)
+CHUNK_ELEMENTS = 2**24  # dear.objective.chunked.CHUNK_ELEMENTS (which imports torch; a test holds the two equal)
 CONTEXT_GIB = 1.0  # what a GPU loses to the CUDA context and allocator slack before any tensor
 TIGHT = 0.9  # a phase above this share of the usable memory is marked tight (fragmentation is not modelled)
 SHAPES_FILE = Path(__file__).parent / "model_shapes.json"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"  # dear.models.packaged.SMOLLM2_DIRNAME (a test holds them equal)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-PICTURE_PROMPTS = 4  # dear.training.module.PICTURE_PROMPTS: the selection pages' prompts (a test holds them equal)
+PICTURE_PROMPTS = 4  # dear.training.pages.PICTURE_PROMPTS: the selection pages' prompts (a test holds them equal)
 PROG = "dear-plan"
 
 
@@ -293,7 +293,7 @@ def chunk_rows(vocab: int, positions: int) -> int:
 
 
 def workspace_bytes(vocab: int, positions: int) -> int:
-    """`dear.objective._Workspace`: five float32 and one bool ``[rows, V]`` buffers, ``21·rows·V``."""
+    """`dear.objective.chunked.Workspace`: five float32 and one bool ``[rows, V]`` buffers, ``21·rows·V``."""
     return 21 * chunk_rows(vocab, positions) * vocab
 
 
@@ -375,13 +375,9 @@ class Workload:
 def workload(s, prompt_tokens: int, gpu: bool = True) -> Workload:
     """A run's `Workload` from its checked settings (`TrainConfig`), on a GPU unless ``gpu=False``."""
     rows, method = s.batch_size * s.rollout.n, s.method
-    share = 1.0  # the share of response positions the loss computes (selected ones: weight > 0)
-    if method.selector == "entropy":
-        share = method.decision_ratio
-    elif method.selector in ("dear", "random") and not (method.selector == "dear" and method.w_other):
-        share = min(1.0, method.decision_ratio + method.evidence_ratio)
-    elif method.selector == "tip":
-        share = method.tip_ratio
+    from dear.config import methods  # the selector's declared needs (no torch)
+
+    selector = methods.get(method.selector)
     devices = s.trainer.devices if isinstance(s.trainer.devices, int) else 1
     return Workload(
         batch_size=s.batch_size,
@@ -391,8 +387,8 @@ def workload(s, prompt_tokens: int, gpu: bool = True) -> Workload:
         micro_batch=min(s.step.micro_batch_size or rows, rows),
         checkpointing=s.step.gradient_checkpointing,
         logits=s.step.logits,
-        hidden_states=method.selector == "dear",
-        selected_share=share,
+        hidden_states=selector.needs_hidden,
+        selected_share=selector.loss_share(method.knobs),  # the share of response positions the loss computes
         sampler=method.source,
         rollout_cache=s.rollout.cache if s.rollout.cache != "auto" else ("static" if gpu else "dynamic"),
         prompts_per_call=s.rollout.prompts_per_call,
@@ -753,16 +749,16 @@ def compose_settings(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from dear.cli import _compose, _not_a_key, check_group_overrides, fail, with_setup
     from dear.config.schema import TrainConfig, load_config
+    from dear.preflight_argv import check_group_overrides, compose, fail, not_a_key, with_setup
 
     check_group_overrides(PROG, overrides)
     overrides, note = with_setup(PROG, overrides)
     try:
-        cfg = _compose(overrides, "train")
+        cfg = compose(overrides, "train")
     except (HydraException, OmegaConfBaseException) as e:
         try:
-            fail(PROG, _not_a_key(overrides, "train", str(e)))
+            fail(PROG, not_a_key(overrides, "train", str(e)))
         except DearError as one_line:
             fail(PROG, str(one_line))
     try:  # the settings alone: this machine need not be the one that trains

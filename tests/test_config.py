@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dear.cli import choices, choose_setup, sweep_points, user_overrides
 from dear.config.schema import ConfigError, MethodConfig, ToyTaskConfig, load
 from dear.preflight import train_config
-from dear.training.runs import config_record
+from dear.preflight_argv import choices, choose_setup, sweep_points, user_overrides
+from dear.training.records import config_record
 
 from conftest import ROOT, compose
 
@@ -81,7 +81,7 @@ BAD_RUNS = [
 
 def refusal(args: list[str], capsys) -> str:
     """What dear-train prints before Hydra runs (the CLI's own path, in this process): the one error line."""
-    from dear import cli
+    from dear import preflight_argv as cli
 
     with pytest.raises(SystemExit) as stop:
         cli.check_group_overrides("dear-train", args)
@@ -166,11 +166,11 @@ def test_the_recorded_config_shows_every_knob_a_run_used():
 
 def test_each_method_file_spells_out_what_its_selector_reads():
     """A method's composed config holds exactly its selector's knobs (no hidden defaults in code)."""
-    from dear.config.schema import SELECTOR_KNOBS
+    from dear.config import methods
 
     for name in choices("method"):
         method = compose([f"method={name}"]).method
-        assert set(method) == {"name", "selector", "divergence", "source", *SELECTOR_KNOBS[method.selector]}, name
+        assert set(method) == {"name", "selector", "divergence", "source", *methods.get(method.selector).knobs}, name
 
 
 def test_the_toy_task_defaults_are_the_yaml_file():
@@ -180,7 +180,10 @@ def test_the_toy_task_defaults_are_the_yaml_file():
 
 def test_a_method_built_in_code_is_checked_the_same_way():
     with pytest.raises(ConfigError, match="selector all does not read decision_ratio"):
-        MethodConfig(name="x", divergence="reverse_kl", selector="all", decision_ratio=0.2)
+        MethodConfig(name="x", divergence="reverse_kl", selector="all", source="student", knobs={"decision_ratio": 0.2})
+    with pytest.raises(ConfigError, match=r"method.lam must be a finite number >= 0, got -1"):
+        knobs = {**dict(compose(["method=dear"]).method), "lam": -1}
+        MethodConfig(**{k: knobs.pop(k) for k in MethodConfig.COMMON}, knobs=knobs)
     with pytest.raises(ConfigError, match=r"method.selector must be one of all, entropy, dear, tip, random"):
         load(MethodConfig, {"name": "x", "divergence": "reverse_kl", "selector": "greedy"}, "method.")
     with pytest.raises(ConfigError, match="method is missing method.scope"):

@@ -33,8 +33,10 @@ NEG = float("-inf")
 
 def select(method: str, *, entropy, divergence, hidden, mask, generator=None, **overrides) -> Selection:
     """`select_tokens` with conf/method/<method>.yaml and ``overrides``, as dear-train calls it."""
+    m = method_config(method, **overrides)
     return select_tokens(
-        method_config(method, **overrides),
+        m.selector,
+        m.knobs,
         entropy=entropy,
         divergence=divergence,
         hidden=hidden,

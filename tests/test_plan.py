@@ -183,9 +183,9 @@ def test_the_console_script_and_the_copied_constants():
     assert scripts.get("dear-plan") == "dear.plan:main"
     from dear import objective
     from dear.models import packaged
-    from dear.training.module import PICTURE_PROMPTS
+    from dear.training.pages import PICTURE_PROMPTS
 
-    assert plan.CHUNK_ELEMENTS == objective._CHUNK_ELEMENTS
+    assert plan.CHUNK_ELEMENTS == objective.chunked.CHUNK_ELEMENTS
     assert plan.SMOLLM2_DIRNAME == packaged.SMOLLM2_DIRNAME
     assert plan.PICTURE_PROMPTS == PICTURE_PROMPTS
     hub_ids = {

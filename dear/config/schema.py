@@ -18,91 +18,32 @@ keep defaults for building small models in code.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+from dear.config import methods
+from dear.config.types import (
+    Count,
+    Divergence,
+    LossKind,
+    NonNegative,
+    Normalization,
+    Positive,
+    PositiveInt,
+    Range,
+    Ratio,
+    Schedule,
+    Source,
+)
+from dear.data.benchmarks import leaks
 from dear.errors import DearError
 
 
 class ConfigError(DearError, ValueError):
     """A config value the schema refuses: one line naming the key, what is allowed and what was given."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """Bounds of a number: ``low <= x <= high`` (``low < x`` when ``open_low``); finite unless said."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    open_low: bool = False
-
-    def describe(self, integer: bool) -> str:
-        kind = "an integer" if integer else "a number"
-        if self.high < math.inf and self.low > -math.inf:
-            return f"{kind} in [{_fmt(self.low)}, {_fmt(self.high)}]"
-        if self.low > -math.inf:
-            op = ">" if self.open_low else ">="
-            return f"{kind} {op} {_fmt(self.low)}" if integer else f"a finite number {op} {_fmt(self.low)}"
-        return kind
-
-    def holds(self, x: float) -> bool:
-        above = x > self.low if self.open_low else x >= self.low
-        return above and x <= self.high and math.isfinite(x)
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-Ratio = Annotated[float, Range(0.0, 1.0)]
-NonNegative = Annotated[float, Range(0.0)]
-Positive = Annotated[float, Range(0.0, open_low=True)]
-Count = Annotated[int, Range(0)]  # 0, 1, 2, ...
-PositiveInt = Annotated[int, Range(1)]
-
-Selector = Literal["all", "entropy", "dear", "tip", "random"]
-Source = Literal["student", "teacher", "reference"]  # who writes the responses trained on (dear/distill/sources.py)
-Divergence = Literal["reverse_kl", "forward_kl", "jsd", "logratio"]  # the signal D_t
-LossKind = Literal["reverse_kl", "forward_kl", "jsd", "pg", "ce"]  # the per-token loss ℓ_t (ce: sft)
-Normalization = Literal["selected", "all", "sequence"]
-Boost = Literal["normalized", "multiplicative", "additive", "none"]  # the evidence score's form
-EvidencePool = Literal["remaining", "all"]  # the evidence count: a share of the non-decisions, or of all
-DecisionMode = Literal["topk", "threshold"]  # decisions: the top share by entropy, or entropy above h_min
-Scope = Literal["sequence", "batch"]  # where a top-k count is taken and ranked
-Aggregation = Literal["max", "mean"]  # relevance: the best or the mean similarity to the decisions
-Direction = Literal["both", "before", "after"]  # which decisions a token may look to
-Similarity = Literal["cosine", "none"]  # none: every allowed decision counts as equally similar
-Schedule = Literal["cosine", "constant"]
-# Which knobs each selector reads (the schema of the method group; values live in conf/method/).
-SELECTOR_KNOBS: dict[str, tuple[str, ...]] = {
-    "all": (),
-    "entropy": ("decision_ratio", "mode", "h_min", "scope"),
-    "dear": (
-        "decision_ratio",
-        "evidence_ratio",
-        "mode",
-        "h_min",
-        "scope",
-        "agg",
-        "direction",
-        "window",
-        "boost",
-        "lam",
-        "confident_only",
-        "similarity",
-        "w_dec",
-        "w_evi",
-        "w_other",
-        "hidden_layer",
-        "evidence_pool",
-    ),
-    "tip": ("tip_ratio", "scope"),
-    "random": ("decision_ratio", "evidence_ratio", "scope", "evidence_pool"),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +142,8 @@ def load(cls: type, data: Any, path: str = "") -> Any:
     where = path.rstrip(".") or "the config"
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of settings, got {data!r}")
+    if hasattr(cls, "from_data"):
+        return cls.from_data(data, path)  # a section whose keys its own record declares (MethodConfig)
     allowed, required = _fields_of(cls, data)
     for key in data:
         if key not in allowed:
@@ -333,114 +276,85 @@ class ModelPreset(Schema):
 
 @dataclass(frozen=True)
 class MethodConfig(Schema):
-    """A method (conf/method/): which tokens carry the loss (README.md "The objective") and the signal D_t it uses.
+    """A method (conf/method/): the signal D_t it uses, the selector that decides which response tokens carry
+    the loss (README.md "The objective"), that selector's knobs, and who writes the responses trained on.
 
-    name: the method's name in tables; divergence: the signal D_t (reverse_kl | forward_kl | jsd |
-    logratio); selector: which selection runs, ``all`` (every response token), ``entropy``
-    (decisions only), ``dear`` (decisions and evidence), ``tip`` (soft-OR of entropy and divergence)
-    or ``random`` (as many tokens as DEAR, at random); source: who writes the responses trained
-    on, ``student`` (on-policy), ``teacher`` (offline KD) or ``reference`` (sft on reference
-    solutions, with ``loss.kind=ce``). Knobs, each None when the selector does not
-    read it (`SELECTOR_KNOBS`): decision_ratio ρ_d, evidence_ratio ρ_e, tip_ratio; mode topk |
-    threshold (decisions are ``H_t ≥ h_min``); scope sequence | batch (where the top-k is taken);
-    agg max | mean over the allowed decisions; direction both | before (evidence before its
-    decision) | after; window ``|t - d| ≤ window`` or None (anywhere); boost normalized (the
-    paper's ``â·(1 + λ·δ̂)``) | multiplicative | additive | none with weight lam; evidence_pool
-    remaining (evidence count ``⌈ρ_e·|non-decisions|⌉``, the paper's) | all (``⌈ρ_e·T_i⌉``);
-    confident_only: only ``H_t ≤`` the sequence median compete as evidence; similarity cosine |
-    none (``cos ≡ 1``); w_dec, w_evi, w_other: the weights of decisions, evidence and the rest;
-    hidden_layer: the student layer whose states are compared (-1: the one the LM head reads).
+    name: the method's name in tables; divergence: the signal D_t (reverse_kl | forward_kl | jsd | logratio);
+    selector: a selector registered in `dear.config.methods` (dear ships all, entropy, dear, tip and random),
+    which declares the knobs it reads with their types; knobs: their values, written flat in the method file
+    beside the other keys (``method.decision_ratio=0.3``) and read as attributes (``method.decision_ratio``);
+    source: student (on-policy), teacher (offline KD) or reference (sft on reference solutions).
     """
 
     name: str
     divergence: Divergence
-    selector: Selector
-    decision_ratio: Ratio | None = None
-    evidence_ratio: Ratio | None = None
-    tip_ratio: Ratio | None = None
-    mode: DecisionMode | None = None
-    h_min: float | None = None
-    scope: Scope | None = None
-    agg: Aggregation | None = None
-    direction: Direction | None = None
-    window: Count | None = None
-    boost: Boost | None = None
-    evidence_pool: EvidencePool | None = None
-    lam: NonNegative | None = None
-    confident_only: bool | None = None
-    similarity: Similarity | None = None
-    w_dec: NonNegative | None = None
-    w_evi: NonNegative | None = None
-    w_other: NonNegative | None = None
-    hidden_layer: int | None = None
-    source: Source | None = None  # required in a method file: student (on-policy) | teacher | reference
+    selector: str
+    source: Source
+    knobs: dict  # the selector's knobs by name (the method file writes them flat; `from_data` gathers them)
+
+    COMMON = ("name", "divergence", "selector", "source")
 
     @classmethod
     def keys_for(cls, data: dict) -> tuple[list[str], list[str]]:
-        """Allowed and required keys: the common ones plus the knobs of the method's selector."""
+        """Allowed and required keys of a method file: the common ones plus the knobs its selector declares."""
         path = "method."
-        check_value(f"{path}selector", data.get("selector"), Selector)
-        keys = ["name", "divergence", "selector", *SELECTOR_KNOBS[data["selector"]], "source"]
+        check_value(f"{path}selector", data.get("selector"), Literal[methods.names()])  # type: ignore[valid-type]
+        spec = methods.get(data["selector"])
+        keys = ["name", "divergence", "selector", *spec.knobs, "source"]
         for key in data:
             if key not in keys:
-                reads = "reads no knobs" if not SELECTOR_KNOBS[data["selector"]] else "does not read it"
+                reads = "reads no knobs" if not spec.knobs else "does not read it"
                 raise ConfigError(
                     f"{path}{key} is not a knob of method={data.get('name')} (selector "
                     f"{data['selector']} {reads}); valid keys: {', '.join(sorted(keys))}"
                 )
-        return keys, [k for k in keys if k not in ("h_min", "window")]
+        return keys, [k for k in keys if k not in spec.optional]
 
-    def none_is_a_value(self, name: str) -> bool:
-        return name == "window"  # every other knob is None only when its selector does not read it
+    @classmethod
+    def from_data(cls, data: dict, path: str) -> MethodConfig:
+        """Build from a method file's flat mapping: the common keys, and the selector's knobs gathered."""
+        _, required = cls.keys_for(data)
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ConfigError(f"{path.rstrip('.')} is missing {', '.join(path + k for k in missing)}")
+        spec = methods.get(data["selector"])
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "_path", path)
+        obj.__init__(**{k: data[k] for k in cls.COMMON}, knobs={k: data.get(k) for k in spec.knobs})
+        return obj
 
     def check(self) -> None:
-        reads = SELECTOR_KNOBS[self.selector]
-        unused = [
-            f.name
-            for f in fields(self)
-            if f.name not in ("name", "divergence", "selector", "source")
-            and f.name not in reads
-            and getattr(self, f.name) is not None
-        ]
+        prefix = getattr(self, "_path", "method.")
+        check_value(f"{prefix}selector", self.selector, Literal[methods.names()])  # type: ignore[valid-type]
+        spec = methods.get(self.selector)
+        unused = sorted(set(self.knobs) - set(spec.knobs))
         if unused:
             raise ConfigError(f"selector {self.selector} does not read {', '.join(unused)}")
-        if self.source is None:
-            raise ConfigError(
-                f"{getattr(self, '_path', '')}source must be one of student, teacher, reference "
-                f"(who writes the responses trained on)"
-            )
-        if self.mode == "threshold" and (self.h_min is None or math.isnan(self.h_min)):
-            raise ConfigError(
-                f"h_min must be a number (the entropy threshold, nats) when mode='threshold', got {self.h_min!r}"
-            )
+        for key, tp in spec.knobs.items():
+            value = self.knobs.get(key)
+            if value is None and key in spec.optional:
+                continue  # not set: a rule below says when it must be
+            check_value(f"{prefix}{key}", value, tp | None if key in spec.nullable else tp, key in spec.nullable)
+        for rule in spec.rules:
+            message = rule(self.knobs)
+            if message:
+                raise ConfigError(message)
 
+    def __getattr__(self, name: str) -> Any:
+        knobs = self.__dict__.get("knobs")
+        if knobs is not None and name in knobs:
+            return knobs[name]
+        raise AttributeError(f"method {self.__dict__.get('name')!r} has no setting {name!r}")
 
-# Benchmarks that are one problem set under two names (a subset, or the same problems with more tests).
-_SAME_PROBLEMS = {"math500-full": "math500", "humaneval-plus": "humaneval", "mbpp-plus": "mbpp"}
-
-
-# Training streams that never draw a held-out problem of the benchmark of the same name.
-_DISJOINT_STREAMS = {"toy"}  # dear/data/toy.py: training problems are drawn outside the held-out split
-
-
-def same_source(data: str, benchmark: str) -> bool:
-    """Whether training prompts named ``data`` are (some of) the problems of ``benchmark``."""
-    if data in _DISJOINT_STREAMS:
-        return False
-    return _SAME_PROBLEMS.get(data, data) == _SAME_PROBLEMS.get(benchmark, benchmark)
-
-
-def seed_ranges_disjoint(data: DataConfig, benchmark: BenchmarkConfig) -> bool:
-    """Whether a reasoning-gym stream and benchmark of one task use no common generator seed.
-
-    The rg loader makes problem i from generator seed ``run_seed * stride + seed_offset + i``
-    (``dear/data/benchmarks.py``), so two loads with the same run seed are disjoint when their
-    ``[seed_offset, seed_offset + limit)`` ranges are (e.g. conf/data/rg-chain_sum.yaml).
-    """
-    if not data.name.startswith("rg-") or data.limit is None or benchmark.limit is None:
-        return False
-    d, b = ((c.options or {}).get("seed_offset", 0) for c in (data, benchmark))
-    return d >= b + benchmark.limit or b >= d + data.limit
+    def record(self) -> dict:
+        """The method as its file writes it: the common keys and the knobs, flat."""
+        return {
+            "name": self.name,
+            "divergence": self.divergence,
+            "selector": self.selector,
+            **self.knobs,
+            "source": self.source,
+        }
 
 
 @dataclass(frozen=True)
@@ -592,7 +506,8 @@ class TrainConfig(Schema):
     ckpt_path: str | None = None  # a checkpoint to resume from
 
     def check(self) -> None:
-        if same_source(self.data.name, self.benchmark.name) and not seed_ranges_disjoint(self.data, self.benchmark):
+        d, b = self.data, self.benchmark
+        if leaks(d.name, d.limit, d.options, b.name, b.limit, b.options):
             raise ConfigError(
                 f"data={self.data.name} trains on the problems benchmark={self.benchmark.name} "
                 f"evaluates; pick training prompts from another set (e.g. data=rg-gsm_symbolic, "
@@ -604,14 +519,12 @@ class TrainConfig(Schema):
                 f"(its worked solutions); got data={self.data.name}"
             )
         rollouts = self.batch_size * self.rollout.n
-        across = "method.scope=batch" if self.method.scope == "batch" else None
-        if self.method.selector == "tip":  # min-max over the batch's tokens
-            across = f"method={self.method.name} (min-max over the batch)"
+        across = methods.get(self.method.selector).ranks_across(self.method.name, self.method.knobs)
         if across and (self.step.micro_batch_size or rollouts) < rollouts:
             raise ConfigError(
                 f"{across} ranks tokens across all {rollouts} rollouts of a step, but "
                 f"step.micro_batch_size={self.step.micro_batch_size} splits them; use step.micro_batch_size=null"
-                + (" or method.scope=sequence" if self.method.scope == "batch" else "")
+                + (" or method.scope=sequence" if self.method.knobs.get("scope") == "batch" else "")
             )
         if self.trainer.strategy == "fsdp" and self.step.logits == "chunked":
             raise ConfigError(

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dear import objective
+from dear.config import methods
 from dear.config.schema import LossConfig, MethodConfig, StepConfig
 from dear.distill.rollout import Rollout
 from dear.distill.teacher_view import align_to_student
@@ -140,14 +141,15 @@ def select_step(
         student,
         teacher,
         rollout,
-        hidden_layer=method.hidden_layer if method.selector == "dear" else None,
+        hidden_layer=methods.get(method.selector).hidden_layer(method.knobs),
         grad=grad,
         teacher_rollout=teacher_rollout,
         logits=logits,
     )
     signals = step_signals(fwd, rollout, method, loss, vocab_size)
     selection = objective.select_tokens(
-        method,
+        method.selector,
+        method.knobs,
         entropy=signals.entropy,
         divergence=signals.divergence,
         hidden=fwd.hidden,
