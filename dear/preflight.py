@@ -2,9 +2,12 @@
 before any model loads: one small function each.
 
 `dear.config.schema` says what is allowed; `train_config` / `eval_config` apply it to what Hydra composed and
-call the machine checks a run's settings need (the accelerator, the W&B key, the sandbox, the hub); the CLI's
-preflight adds the ones about where Hydra writes and launches (`check_outputs`, `check_launcher`). The expensive
+call the machine checks a run's settings need (the accelerator, the W&B key, the sandbox, the hub). The expensive
 probes (the sandbox, the hub) run once per process and value, however many sweep points ask.
+
+The preflight's other half, `dear.preflight_argv`, reads the command line (Hydra's parser, the sweep points, the
+setup a real student needs), adds the checks of where Hydra writes and launches (`check_outputs`,
+`check_launcher`) and composes each run once for `train_config` / `eval_config`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dear.config.schema import EvalConfig, LoggerConfig, ModelPreset, TrainConfig, TrainerConfig, load_config
+from dear.data.benchmarks import benchmark_runs_code
 from dear.errors import DearError
-
-# Benchmarks whose problems are graded by running model-written code (kinds code and code-io). The kind is
-# known only once the problems are loaded, which for some needs the hub; this names them before that.
-CODE_BENCHMARKS = frozenset({"humaneval", "humaneval-plus", "mbpp", "mbpp-plus", "livecodebench", "apps"})
 
 # Launchers whose jobs run in this machine's processes; any other (slurm) runs them on other machines.
 LOCAL_LAUNCHERS = ("basic", "joblib")
@@ -86,7 +86,7 @@ def _netrc_has(host: str) -> bool:
 
 def check_sandbox(benchmark: str) -> None:
     """A code benchmark grades in the sandbox of `dear.eval.code`: probe it now, not at the first grading."""
-    if benchmark not in CODE_BENCHMARKS:
+    if not benchmark_runs_code(benchmark):  # known from its registration, before its problems are loaded
         return
     from dear.eval import code
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, TINY_MODELS, TINY_RUN, compose
 
@@ -218,28 +219,26 @@ def test_multirun_writes_separate_runs_and_dear_table_collates_them(tmp_path, to
     assert sorted(json.loads(p.read_text())["seed"] for p in runs) == [0, 1]
     table = cli("dear-table", str(tmp_path / "outputs"), cwd=tmp_path)
     assert table.returncode == 0, table.stderr
-    rows = [line for line in table.stdout.splitlines() if line.startswith("| toy-student")]
-    assert len(rows) == 1 and "| dear |" in rows[0] and "| 2 |" in rows[0]
+    rows = [line for line in table.stdout.splitlines() if line.startswith("| method=")]
+    assert len(rows) == 1 and rows[0].startswith("| method=dear | 2/2 |"), table.stdout
     (tmp_path / "empty").mkdir()
     assert_one_line_error(cli("dear-table", str(tmp_path / "empty"), cwd=tmp_path), "no finished runs")
     assert_one_line_error(cli("dear-table", str(tmp_path / "nothing-here"), cwd=tmp_path), "no folder")
 
 
 def test_dear_table_runs_a_grid_file_then_collates_it(tmp_path, toy_cache):
-    import yaml
-
     grid = tmp_path / "tiny.yaml"
     grid.write_text(
         yaml.safe_dump(
             {
                 "output": str(tmp_path / "tables"),
                 "overrides": [*TINY_RUN, "steps=1", f"cache_dir={toy_cache}"],
-                "sweep": {"method": ["opd", "dear"]},
+                "tables": {"sweep": {"sweep": {"method": ["opd", "dear"]}}},  # a one-off sweep is a table
             }
         )
     )
     proc = cli("dear-table", "--run", str(grid), "--out", str(tmp_path / "table.md"), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| toy-student")]
-    assert sorted(row.split(" | ")[2] for row in rows) == ["dear", "opd"]
+    rows = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| method=")]
+    assert [row.split(" | ")[:2] for row in rows] == [["| method=opd", "1/1"], ["| method=dear", "1/1"]]
     assert len(list((tmp_path / "tables" / "tiny").rglob("metrics.json"))) == 2
