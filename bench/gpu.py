@@ -13,7 +13,7 @@ Nothing is copied: the phases are measured by wrapping the project's own functio
 - ``optimizer``: the optimizer's ``step`` (a global step hook: Lightning's clipping closure and AdamW);
 - ``evaluation``: `dear.eval.runner.Evaluator._generate` (the benchmark's generation);
 - ``heldout_kl``: `dear.eval.runner.Evaluator.heldout_reverse_kl` (its sampling and `score_step`);
-- ``selection``: `dear.training.module.selection_page` (a selection page's sampling and scoring).
+- ``selection``: `dear.training.pages.selection_page` (a selection page's sampling and scoring).
 
 Each call: synchronise, ``torch.cuda.reset_peak_memory_stats``, time, call, synchronise, then
 ``torch.cuda.max_memory_allocated`` (weights, gradients, AdamW state and teacher included). On the CPU the
@@ -231,6 +231,7 @@ def instrument(rec: Recorder, budget_s: float):
     import torch
 
     import dear.training.module as module
+    import dear.training.pages as pages
     from dear.eval.runner import Evaluator
 
     undo = []
@@ -319,7 +320,7 @@ def instrument(rec: Recorder, budget_s: float):
 
     patch(module, "training_rollout", rollout)
     patch(module, "distill_step", step)
-    patch(module, "selection_page", selection)
+    patch(pages, "selection_page", selection)
     patch(Evaluator, "_generate", evaluation)
     patch(Evaluator, "heldout_reverse_kl", heldout)
     patch(module.DistillModule, "on_fit_start", fit_start)

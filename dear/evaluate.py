@@ -11,10 +11,12 @@ import torch
 
 from dear.data.benchmarks import subset_note
 from dear.errors import DearError
+from dear.files import write_json_atomic
 from dear.models.load import check_room, load_model
 from dear.models.precision import compute_context, resolve_device, resolve_precision
 from dear.preflight import eval_config
-from dear.training.runs import build_evaluator, eval_problems, run_record, sandbox_record, write_json_atomic
+from dear.training.benchmark import build_evaluator, eval_problems
+from dear.training.records import run_record, sandbox_record
 
 log = logging.getLogger(__name__)
 

@@ -10,25 +10,28 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader
 
-from dear.data.benchmarks import subset_note
+from dear.config.schema import TrainConfig
 from dear.data.prompts import prompt_loader, training_problems
 from dear.distill.teacher_view import TeacherPrompts, templates_differ
 from dear.errors import DearError
-from dear.files import write_dir_atomic, writing
-from dear.models.load import check_compatible, check_room, export_model, load_model, set_gradient_checkpointing
+from dear.files import write_dir_atomic, write_json_atomic, writing
+from dear.models.load import (
+    LoadedModel,
+    check_compatible,
+    check_room,
+    export_model,
+    load_model,
+    set_gradient_checkpointing,
+)
 from dear.models.precision import resolve_precision
 from dear.preflight import train_config
-from dear.training.module import DistillModule, accuracy_auc, run_means
+from dear.training.benchmark import build_evaluator, eval_problems
+from dear.training.loggers import build_loggers
+from dear.training.metrics import train_metrics
+from dear.training.module import DistillModule
 from dear.training.preemption import Preemption, resume_command
-from dear.training.runs import (
-    build_evaluator,
-    build_loggers,
-    eval_problems,
-    run_record,
-    sandbox_record,
-    write_json_atomic,
-)
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +44,41 @@ def train(cfg, run_dir: Path) -> dict | None:
     """Distil ``cfg.model`` from ``cfg.teacher`` as the composed config ``cfg`` says; return metrics.json
     (None on the other ranks of a data-parallel run, which write nothing of their own)."""
     s = train_config(cfg)  # every setting checked before anything is loaded
-    L.seed_everything(s.seed, workers=True, verbose=False)
-    if s.trainer.threads:
-        torch.set_num_threads(s.trainer.threads)
+    seed(s)
 
     log.info("Loading the %s benchmark and the %s prompts", s.benchmark.name, s.data.name)
     problems = eval_problems(s)  # before any model: a set that cannot be had fails at once
     train_problems = training_problems(s.data, s.seed) if s.data.name != "toy" else None
-
     log.info("Loading student %s and teacher %s", s.model.name, s.teacher.name)
+    student, teacher, vocab_size = load_models(s, problems, train_problems)
+
+    log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
+    data, module = build(s, student, teacher, vocab_size, problems, train_problems)
+    preemption = Preemption(run_dir / "checkpoints" / "last.ckpt")
+    trainer = build_trainer(s, run_dir, preemption)
+
+    log.info("Training %s for %d steps (method=%s) in %s", s.model.name, s.steps, s.method.name, run_dir)
+    wall = fit(s, trainer, module, data, preemption, run_dir)
+    if not trainer.is_global_zero:  # data parallel: rank 0 evaluates and writes the student and metrics.json
+        return None
+
+    return write(s, run_dir, student, module, problems, steps=int(trainer.global_step), wall_time_s=wall)
+
+
+def seed(s: TrainConfig) -> None:
+    """Every random stream from ``seed`` (and the thread count ``trainer.threads``) before anything is loaded."""
+    L.seed_everything(s.seed, workers=True, verbose=False)
+    if s.trainer.threads:
+        torch.set_num_threads(s.trainer.threads)
+
+
+def load_models(s: TrainConfig, problems: list, train_problems: list | None) -> tuple[LoadedModel, LoadedModel, int]:
+    """Student and teacher, each checked for room (prompt and response must fit its context), and the vocabulary
+    size they share."""
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
-    check_room(
-        student,
-        problems,
-        s.benchmark.max_new_tokens,
-        s.model.context_length,
-        f"{s.benchmark.name} (benchmark.max_new_tokens)",
-    )
-    check_room(
-        student,
-        train_problems,
-        s.rollout.max_new_tokens,
-        s.model.context_length,
-        f"{s.data.name} (rollout.max_new_tokens)",
-    )
+    room = s.model.context_length
+    check_room(student, problems, s.benchmark.max_new_tokens, room, f"{s.benchmark.name} (benchmark.max_new_tokens)")
+    check_room(student, train_problems, s.rollout.max_new_tokens, room, f"{s.data.name} (rollout.max_new_tokens)")
     teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
     # the teacher reads each prompt in its own format, then the student's response
     check_room(
@@ -77,8 +91,18 @@ def train(cfg, run_dir: Path) -> dict | None:
     vocab_size = check_compatible(student, teacher)
     if s.step.gradient_checkpointing:
         set_gradient_checkpointing(student.model, True)
+    return student, teacher, vocab_size
 
-    log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
+
+def build(
+    s: TrainConfig,
+    student: LoadedModel,
+    teacher: LoadedModel,
+    vocab_size: int,
+    problems: list,
+    train_problems: list | None,
+) -> tuple[DataLoader, DistillModule]:
+    """The training prompts' loader and the module (with its evaluator on the benchmark's ``problems``)."""
     data = prompt_loader(
         s.data,
         s.toy_task,
@@ -97,10 +121,12 @@ def train(cfg, run_dir: Path) -> dict | None:
     )
     if templates_differ(student, teacher):  # the teacher reads each training prompt in its own format
         module.teacher_prompts = TeacherPrompts.for_problems(train_problems or [], student, teacher)
+    return data, module
 
-    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    preemption = Preemption(last_ckpt)
-    trainer = L.Trainer(
+
+def build_trainer(s: TrainConfig, run_dir: Path, preemption: Preemption) -> L.Trainer:
+    """The Lightning trainer: devices, precision, logger, checkpoints every so often and on a signal."""
+    return L.Trainer(
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
         strategy=s.trainer.strategy,
@@ -114,7 +140,14 @@ def train(cfg, run_dir: Path) -> dict | None:
         limit_val_batches=0,
         enable_model_summary=False,
     )
-    log.info("Training %s for %d steps (method=%s) in %s", s.model.name, s.steps, s.method.name, run_dir)
+
+
+def fit(
+    s: TrainConfig, trainer: L.Trainer, module: DistillModule, data: DataLoader, preemption: Preemption, run_dir: Path
+) -> float:
+    """Train to the last step (or resume to it) and save ``last.ckpt``; return the seconds it took. A run stopped
+    early (a signal, the guards) raises `RunStopped`, with the command that resumes it."""
+    last_ckpt = preemption.last_ckpt
     t0 = time.perf_counter()
     with preemption.handlers(), writing(last_ckpt.parent):  # SIGTERM/SIGUSR1: checkpoint, then stop
         try:
@@ -126,44 +159,28 @@ def train(cfg, run_dir: Path) -> dict | None:
     wall = time.perf_counter() - t0
     if module.stop_reason:
         raise RunStopped(f"{module.stop_reason}; checkpoint {last_ckpt}; resume with: {resume_command(last_ckpt)}")
-    if not trainer.is_global_zero:  # data parallel: rank 0 evaluates and writes the student and metrics.json
-        return None
+    return wall
 
+
+def write(
+    s: TrainConfig,
+    run_dir: Path,
+    student: LoadedModel,
+    module: DistillModule,
+    problems: list,
+    *,
+    steps: int,
+    wall_time_s: float,
+) -> dict:
+    """The trained student (student/) and metrics.json; returns the metrics."""
     # In the preset's dtype (training held float32 weights); a run killed mid-export leaves the previous student/
     write_dir_atomic(run_dir / "student", lambda folder: export_model(student, folder))
-    first, last = module.history[0], module.history[-1]
-    metrics = run_record(
-        s,
-        run_dir,
-        wall_time_s=wall,
-        extra={
-            "steps": int(trainer.global_step),
-            "sandbox": sandbox_record(problems),
-            "benchmarks": {
-                s.benchmark.name: {
-                    "accuracy_before": first["accuracy"],
-                    "accuracy_after": last["accuracy"],
-                    "gain": last["accuracy"] - first["accuracy"],
-                    "subset": subset_note(s.benchmark.name),  # an offline subset of the published set, or None
-                }
-            },
-            "heldout_reverse_kl": {"before": first.get("heldout_reverse_kl"), "after": last.get("heldout_reverse_kl")},
-            "accuracy_auc": accuracy_auc(module.history),
-            "curve": module.history,
-            "mean_step_time_s": sum(module.step_seconds) / max(1, len(module.step_seconds)),
-            **run_means(
-                module
-            ),  # grad_mass_coverage (README.md "The objective") and kept_share, averaged over the steps
-            # HTML pages of what the method selects at the start and the end (dear/distill/selection_pages.py)
-            "selection_pages": module.pictures,
-            "skipped_steps": module.skipped_steps,  # non-finite loss, gradient or teacher logits (module.py)
-        },
-    )
+    metrics = train_metrics(s, run_dir, module, problems, steps=steps, wall_time_s=wall_time_s)
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def checkpoints(s, run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
+def checkpoints(s: TrainConfig, run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
     """``checkpoints/last.ckpt`` every ``checkpoint.every_steps`` steps or ``every_minutes`` minutes."""
     c = s.checkpoint
     every = (

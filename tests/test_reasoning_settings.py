@@ -5,16 +5,18 @@ them outgrows the context; offline subsets of a benchmark say so in metrics, log
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from dear.data.benchmarks import Problem, benchmark_label, format_prompt, load_benchmark, subset_note
+from dear.data.benchmarks import Problem, format_prompt, load_benchmark, subset_note
 from dear.data.toy import build_tokenizer
 from dear.distill.teacher_view import TeacherPrompts, templates_differ
 from dear.eval.runner import Evaluator
 from dear.models.load import NoRoom, check_room
 from dear.tables.collate import table
+from dear.tables.reproduce import markdown
 from dear.train import train
 
 from conftest import TINY_RUN, compose
@@ -99,7 +101,6 @@ def test_a_run_whose_benchmark_outgrows_the_context_stops_before_the_teacher_loa
 def test_offline_subsets_say_so():
     assert len(load_benchmark("math500")) == 311 and len(load_benchmark("aime25")) == 15
     assert subset_note("math500").startswith("311 of 500 problems") and subset_note("aime24") is None
-    assert benchmark_label("aime25") == "aime25 (15 of 30)" and benchmark_label("toy") == "toy"
 
 
 def fake_run(benchmark: str) -> dict:
@@ -115,8 +116,10 @@ def fake_run(benchmark: str) -> dict:
 
 
 def test_tables_mark_an_offline_subset():
-    text = table([fake_run("math500"), fake_run("aime24")])
-    assert "| math500 (311 of 500) |" in text and "| aime24 |" in text
+    t, rows, _ = table([(Path("a"), fake_run("math500")), (Path("b"), fake_run("aime24"))])
+    text = markdown("runs", [(t, rows)])
+    assert "Benchmark is an offline subset: math500: 311 of 500 problems" in text
+    assert "| method=dear, benchmark=math500 | 1/1 |" in text and "| method=dear, benchmark=aime24 | 1/1 |" in text
 
 
 def test_a_training_run_records_its_benchmark_subset(tmp_path, toy_cache):
@@ -126,9 +129,9 @@ def test_a_training_run_records_its_benchmark_subset(tmp_path, toy_cache):
 
 
 def test_loading_an_offline_subset_says_so_in_the_log(caplog):
-    from dear.training.runs import eval_problems
+    from dear.training.benchmark import eval_problems
 
-    with caplog.at_level("WARNING", logger="dear.training.runs"):
+    with caplog.at_level("WARNING", logger="dear.training.benchmark"):
         eval_problems(load_config_for("math500"))
         eval_problems(load_config_for("aime24"))
     said = [r.getMessage() for r in caplog.records]

@@ -94,7 +94,7 @@ def test_unknown_task_fails_in_one_line_before_building(tmp_path):
 @pytest.mark.slow
 def test_teacher_is_twenty_points_above_the_student():
     from dear.models.load import load_model
-    from dear.training.runs import build_evaluator, eval_problems
+    from dear.training.benchmark import build_evaluator, eval_problems
 
     s = train_config(compose([EXPERIMENT]))
     accuracy = {}

@@ -1,0 +1,69 @@
+"""The held-out benchmark as dear-train and dear-eval both set it up: its problems, and the evaluator that grades
+a model on them (the same evaluation path, so a run's curve and a later dear-eval agree)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+from dear.config.schema import EvalConfig, TrainConfig
+from dear.eval.runner import Evaluator
+
+log = logging.getLogger(__name__)
+
+
+def eval_problems(settings: TrainConfig | EvalConfig) -> list:
+    """The problems of ``settings.benchmark`` (loaded before any model, so a missing set fails at once)."""
+    from dear.data.benchmarks import load_benchmark, subset_note
+
+    b = settings.benchmark
+    options = dict(b.options or {})
+    if b.name == "toy":
+        options["task"] = asdict(settings.toy_task)
+    problems = load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
+    if subset_note(b.name):  # metrics.json and the tables say it too
+        log.warning("benchmark %s is an offline subset: %s", b.name, subset_note(b.name))
+    return problems
+
+
+def build_evaluator(
+    settings: TrainConfig | EvalConfig,
+    loaded,
+    problems: list,
+    *,
+    vocab_size: int | None = None,
+    kl_prompts: int = 0,
+    progress: bool = False,
+    teacher=None,
+) -> Evaluator:
+    """The evaluator of ``problems`` (`eval_problems`) for the `LoadedModel` ``loaded`` and its teacher, if any."""
+    b = settings.benchmark
+    return Evaluator(
+        name=b.name,
+        problems=problems,
+        tokenizer=loaded.tokenizer,
+        chat_template=loaded.chat_template,
+        template_kwargs=loaded.template_kwargs,
+        max_new_tokens=b.max_new_tokens,
+        batch_size=settings.eval.batch_size,
+        samples=b.samples,
+        temperature=b.temperature,
+        kl_prompts=kl_prompts,
+        vocab_size=vocab_size,
+        step=settings.step if isinstance(settings, TrainConfig) else None,
+        progress=progress,
+        **_teacher_format(loaded, teacher),
+    )
+
+
+def _teacher_format(student, teacher) -> dict:
+    """Evaluator arguments for a teacher that reads prompts in its own format (dear/distill/teacher_view.py)."""
+    from dear.data.benchmarks import format_prompt
+    from dear.distill.teacher_view import prompt_formatter, templates_differ
+
+    if teacher is None or not templates_differ(student, teacher):
+        return {}
+    return {
+        "teacher_format": prompt_formatter(format_prompt, teacher),
+        "teacher_tokenizer": teacher.tokenizer,
+    }
