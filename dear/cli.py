@@ -1,9 +1,9 @@
 """Console entry points: ``dear-train``, ``dear-eval`` (Hydra apps) and ``dear-table``.
 
 The config tree ships inside the package (``dear/conf``, linked as ``conf/`` at the repo root), so the installed
-scripts find it from any working directory. Before a Hydra app starts, `dear.preflight_argv` checks every run the
-command line asks for (the checks themselves: `dear.preflight`). Mistakes a user can make end the program with one
-line on stderr and exit status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+scripts find it from any working directory. Before a Hydra app starts, `dear.preflight` checks every run the command
+line asks for. Mistakes a user can make end the program with one line on stderr and exit status 2;
+``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from dear.errors import DearError
-from dear.preflight_argv import (
+from dear.preflight.command import (
     check_group_overrides,
     fail,
     is_sweep,
@@ -93,7 +93,7 @@ def _eval_app(cfg: DictConfig) -> None:
 
 
 def train() -> None:
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     check_group_overrides("dear-train", sys.argv[1:])
     sys.argv[1:], note = with_setup("dear-train", sys.argv[1:])  # Hydra's app reads sys.argv
@@ -107,7 +107,7 @@ def train() -> None:
 
 
 def evaluate() -> None:
-    from dear.preflight import eval_config
+    from dear.preflight.settings import eval_config
 
     check_group_overrides("dear-eval", sys.argv[1:])
     here = runs_here(sys.argv[1:])

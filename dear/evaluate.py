@@ -14,7 +14,7 @@ from dear.errors import DearError
 from dear.files import write_json_atomic
 from dear.models.load import check_room, load_model
 from dear.models.precision import compute_context, resolve_device, resolve_precision
-from dear.preflight import eval_config
+from dear.preflight.settings import eval_config
 from dear.training.benchmark import build_evaluator, eval_problems
 from dear.training.records import run_record, sandbox_record
 

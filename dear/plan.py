@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dear.errors import DearError
-from dear.preflight import cached_config
+from dear.preflight.settings import cached_config
 
 GIB = 2**30
 CHUNK_ELEMENTS = 2**24  # dear.objective.chunked.CHUNK_ELEMENTS (which imports torch; a test holds the two equal)
@@ -749,8 +749,8 @@ def compose_settings(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from dear.config.schema import TrainConfig, load_config
-    from dear.preflight_argv import check_group_overrides, compose, fail, not_a_key, with_setup
+    from dear.preflight.command import check_group_overrides, compose, fail, not_a_key, with_setup
+    from dear.preflight.settings import train_config
 
     check_group_overrides(PROG, overrides)
     overrides, note = with_setup(PROG, overrides)
@@ -762,7 +762,7 @@ def compose_settings(overrides: list[str]):
         except DearError as one_line:
             fail(PROG, str(one_line))
     try:  # the settings alone: this machine need not be the one that trains
-        return load_config(cfg, TrainConfig), note
+        return train_config(cfg, machine=False), note
     except DearError as e:
         fail(PROG, str(e))
 

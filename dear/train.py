@@ -26,7 +26,7 @@ from dear.models.load import (
     set_gradient_checkpointing,
 )
 from dear.models.precision import resolve_precision
-from dear.preflight import train_config
+from dear.preflight.settings import train_config
 from dear.training.benchmark import build_evaluator, eval_problems
 from dear.training.loggers import build_loggers
 from dear.training.metrics import train_metrics

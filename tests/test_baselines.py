@@ -103,7 +103,7 @@ def test_grad_mass_coverage_is_averaged_into_metrics(tmp_path, toy_cache):
 
 
 def test_sft_needs_reference_solutions():
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     with pytest.raises(ConfigError, match="only data=toy has"):
         train_config(compose(["method=sft", "data=rg-chain_sum"]))

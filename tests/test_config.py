@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from dear.config.schema import ConfigError, MethodConfig, ToyTaskConfig, load
-from dear.preflight import train_config
-from dear.preflight_argv import choices, choose_setup, sweep_points, user_overrides
+from dear.preflight.command import choices, choose_setup, sweep_points, user_overrides
+from dear.preflight.settings import train_config
 from dear.training.records import config_record
 
 from conftest import ROOT, compose
@@ -81,7 +81,7 @@ BAD_RUNS = [
 
 def refusal(args: list[str], capsys) -> str:
     """What dear-train prints before Hydra runs (the CLI's own path, in this process): the one error line."""
-    from dear import preflight_argv as cli
+    from dear.preflight import command as cli
 
     with pytest.raises(SystemExit) as stop:
         cli.check_group_overrides("dear-train", args)

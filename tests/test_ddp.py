@@ -52,7 +52,7 @@ def test_two_ranks_keep_one_student_while_sampling_their_own_rollouts(tmp_path, 
 
 def test_fsdp_with_chunked_logits_is_refused_in_one_line():
     from dear.config.schema import ConfigError
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     from conftest import TINY_MODELS, compose
 

@@ -127,7 +127,7 @@ def test_benchmark_runs_code_names_the_code_benchmarks_before_loading():
         assert benchmark_runs_code(name) == kinds.runs_code(load_benchmark(name, limit=2))
 
 
-# dear/config/schema.py's TrainConfig.check refuses these (tests/test_config.py: "trains on the problems")
+# dear.preflight.settings.check_no_leak refuses these (tests/test_config.py: "trains on the problems")
 LEAKS = [
     ("math500", None, None, "math500-full", None, None, True),  # one problem set under two names
     ("math500", None, None, "math500", None, None, True),  # data=math500 with the default benchmark

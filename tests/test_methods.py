@@ -87,7 +87,7 @@ def test_the_schema_checks_a_new_selectors_knobs_in_one_line(window):
 
 
 def test_a_selector_that_ranks_across_the_batch_refuses_micro_batches(monkeypatch):
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     across = methods.Selector(
         "window", select_window, knobs=WINDOW.knobs, ranks_across=lambda name, knobs: f"method={name} (a test)"
@@ -156,7 +156,7 @@ def test_a_selector_that_needs_hidden_states_must_say_which_layer():
 
 def test_the_plan_reads_what_a_selector_declares(window):
     from dear.plan import workload
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     s = train_config(with_method(TINY_MODELS, WINDOW_FILE), machine=False)
     w = workload(s, prompt_tokens=16, gpu=False)

@@ -21,7 +21,7 @@ from dear.data.toy import build_tokenizer
 from dear.distill.rollout import Rollout, generate
 from dear.distill.step import DataParallel, distill_step, select_step
 from dear.models.load import set_gradient_checkpointing
-from dear.preflight import train_config
+from dear.preflight.settings import train_config
 
 from conftest import ROOT, TINY_MODELS, compose
 from tiny import PaddedHead, tiny_qwen2

@@ -1,4 +1,4 @@
-"""Every late failure a GPU user would meet is one line before any model loads (dear/preflight.py, the schema).
+"""Every late failure a GPU user would meet is one line before any model loads (dear/preflight/settings.py, the schema).
 
 Each case runs ``dear-train``/``dear-eval`` in this process with Hydra's app replaced by a stub: a refusal must
 exit 2 with exactly one line on stderr naming the fix, before the app (and with it any model loading or run
@@ -113,7 +113,7 @@ def test_a_toy_model_paired_with_a_real_one_is_refused(run):
     line = run.refused("dear-train", "model=llama-1b")  # no experiment pairs it: the line says where to look
     assert "name a real teacher that shares its tokenizer (teacher=<preset>, conf/teacher/)" in line, line
     # a pair of one kind passes the rule (the machine's checks aside)
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     assert train_config(compose(["model=qwen-1.5b", "teacher=qwen-7b"]), machine=False).teacher.name == "qwen-7b"
 

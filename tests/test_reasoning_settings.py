@@ -139,6 +139,6 @@ def test_loading_an_offline_subset_says_so_in_the_log(caplog):
 
 
 def load_config_for(benchmark: str):
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     return train_config(compose([f"benchmark={benchmark}"]), machine=False)

@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from dear.config.schema import ConfigError, ModelPreset, load
-from dear.preflight import train_config
+from dear.preflight.settings import train_config
 
 from conftest import compose
 

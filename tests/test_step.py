@@ -21,7 +21,7 @@ from dear.distill.step import (
     select_step,
     step_signals,
 )
-from dear.preflight import train_config
+from dear.preflight.settings import train_config
 
 from conftest import TINY_MODELS, compose, method_config
 from tiny import PaddedHead, tiny_qwen2

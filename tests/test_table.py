@@ -149,7 +149,7 @@ def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, monkeyp
 
 
 def test_wandb_runs_are_grouped_by_grid_and_tagged_with_method_and_pair(tmp_path):
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
     from dear.training.loggers import build_loggers
 
     from conftest import compose

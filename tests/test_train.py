@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dear.preflight_argv import choices
+from dear.preflight.command import choices
 from dear.train import train
 
 from conftest import TINY_RUN, compose

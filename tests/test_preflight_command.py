@@ -1,4 +1,4 @@
-"""The preflight's command-line side (dear/preflight_argv.py): Hydra's own parser says which words are overrides and
+"""The preflight's command-line side (dear/preflight/command.py): Hydra's own parser says which words are overrides and
 whether a run happens at all, and each run a command asks for is composed once."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from dear import cli, preflight, preflight_argv
-from dear.preflight_argv import check_group_overrides, choose_setup, user_overrides, with_setup
+from dear import cli
+from dear.preflight import command as preflight_argv
+from dear.preflight import settings as preflight
+from dear.preflight.command import check_group_overrides, choose_setup, user_overrides, with_setup
 
 # --- which words are overrides ----------------------------------------------------------------------------------
 

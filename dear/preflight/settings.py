@@ -5,7 +5,7 @@ before any model loads: one small function each.
 call the machine checks a run's settings need (the accelerator, the W&B key, the sandbox, the hub). The expensive
 probes (the sandbox, the hub) run once per process and value, however many sweep points ask.
 
-The preflight's other half, `dear.preflight_argv`, reads the command line (Hydra's parser, the sweep points, the
+The preflight's other half, `dear.preflight.command`, reads the command line (Hydra's parser, the sweep points, the
 setup a real student needs), adds the checks of where Hydra writes and launches (`check_outputs`,
 `check_launcher`) and composes each run once for `train_config` / `eval_config`.
 """
@@ -18,8 +18,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dear.config.schema import EvalConfig, LoggerConfig, ModelPreset, TrainConfig, TrainerConfig, load_config
-from dear.data.benchmarks import benchmark_runs_code
+from dear.config.schema import (
+    BenchmarkConfig,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    LoggerConfig,
+    ModelPreset,
+    TrainConfig,
+    TrainerConfig,
+    load_config,
+)
+from dear.data.benchmarks import benchmark_runs_code, leaks
 from dear.errors import DearError
 
 # Launchers whose jobs run in this machine's processes; any other (slurm) runs them on other machines.
@@ -185,6 +195,7 @@ def train_config(cfg: Any, *, machine: bool = True) -> TrainConfig:
     """``dear-train``'s settings, checked: types, ranges, keys, paths, a writable cache and, unless
     ``machine=False`` (the settings only, e.g. for a run on another machine), what this machine must offer."""
     settings = load_config(cfg, TrainConfig)
+    check_no_leak(settings.data, settings.benchmark)
     check_writable(settings.cache_dir, "cache_dir")
     if machine:
         check_accelerator(settings.trainer)
@@ -193,6 +204,16 @@ def train_config(cfg: Any, *, machine: bool = True) -> TrainConfig:
         check_hub_model(settings.teacher, "teacher")
         check_sandbox(settings.benchmark.name)
     return settings
+
+
+def check_no_leak(data: DataConfig, benchmark: BenchmarkConfig) -> None:
+    """Refuse training prompts drawn from the problems the benchmark evaluates (the rule lives with the
+    benchmarks' registrations, `dear.data.benchmarks.leaks`)."""
+    if leaks(data.name, data.limit, data.options, benchmark.name, benchmark.limit, benchmark.options):
+        raise ConfigError(
+            f"data={data.name} trains on the problems benchmark={benchmark.name} evaluates; pick training "
+            f"prompts from another set (e.g. data=rg-gsm_symbolic, data=math-train)"
+        )
 
 
 def eval_config(cfg: Any, *, machine: bool = True) -> EvalConfig:

@@ -4,7 +4,7 @@ before Hydra writes anything; a mistake ends the program in one line on stderr, 
 In the order `dear.cli.train` calls them: `check_group_overrides` (a preset that does not exist), `with_setup` (a
 real student with no ``setup=`` gets ``setup=real-math``, chosen from the presets' files, not by composing), then
 `preflight`: where Hydra writes and launches, then each sweep point composed once and handed to
-`dear.preflight.train_config` / `eval_config`, which check the settings and this machine (dear/preflight.py).
+`dear.preflight.train_config` / `eval_config`, which check the settings and this machine (dear/preflight/settings.py).
 Which words are overrides, and whether Hydra runs the task at all, is asked of Hydra's own argument parser.
 """
 
@@ -25,9 +25,9 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 
 from dear.errors import DearError
-from dear.preflight import LOCAL_LAUNCHERS, check_launcher, check_outputs
+from dear.preflight.settings import LOCAL_LAUNCHERS, check_launcher, check_outputs
 
-CONF_DIR = Path(__file__).parent / "conf"
+CONF_DIR = Path(__file__).parents[1] / "conf"
 LOCAL_CONFIG = CONF_DIR / "local" / "default.yaml"  # train.yaml's `optional local`: it may name another student
 GROUPS = ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment", "toy_task", "setup")
 OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+)=(?P<value>[^=]*)$")
