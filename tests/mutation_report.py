@@ -1,7 +1,7 @@
 """The mutation score of each mutated module, from the results `make mutate` left under mutants/.
 
     python tests/mutation_report.py              # a line a module: killed, timed out, survived, not run, score
-    python tests/mutation_report.py --sample 150 --module dear/objective/ --seed 0
+    python tests/mutation_report.py --sample 150 --module dear/objective/selection.py --seed 0
                                                  # names of 150 mutants not run yet, drawn at random
 
 A full run of every module takes hours on 2 cores (the mutants that survive run every test that
@@ -26,7 +26,7 @@ TIMEOUT = {24, -24, 36, -36}
 
 
 def results(module: str) -> dict[str, int | None]:
-    """Mutant name -> exit code (None: not run) for a source file such as ``dear/objective/``."""
+    """Mutant name -> exit code (None: not run) for a source file such as ``dear/objective/selection.py``."""
     meta = MUTANTS / f"{module}.meta"
     if not meta.exists():
         raise SystemExit(f"error: no results for {module} under {MUTANTS}/ (run make mutate first)")
@@ -77,7 +77,7 @@ def summary(codes: dict[str, int | None], sample: list[str] | None = None) -> di
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sample", type=int, help="print this many names of mutants not run yet")
-    parser.add_argument("--module", help="the source file to sample from, e.g. dear/objective/")
+    parser.add_argument("--module", help="the source file to sample from, e.g. dear/objective/selection.py")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--estimate", type=Path, help="a JSON file {module: [sampled names]} already run")
     args = parser.parse_args(argv)
