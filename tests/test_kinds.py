@@ -76,7 +76,9 @@ def test_grading_and_prompts_read_the_record():
     code = Problem(id="c", question="Add.", reference="", kind="code", code_prompt="def add(a, b):")
     assert format_prompt(code, None, chat_template=False).startswith("Add.\n\n```python\ndef add(a, b):\n```\n")
     for unknown in (lambda: grading.grade(Problem("x", "q", "r", kind="essay"), "r"), lambda: kinds.get("essay")):
-        with pytest.raises(ValueError, match="unknown problem kind 'essay'; known kinds: code, code-io, math, rg, toy"):
+        with pytest.raises(
+            ValueError, match="unknown problem kind 'essay'; known problem kinds: code, code-io, math, rg, toy"
+        ):
             unknown()
 
 

@@ -29,7 +29,6 @@ student layer): the step reads it to gather those states, and the function is no
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +45,7 @@ from dear.config.types import (
     Scope,
     Similarity,
 )
+from dear.registry import add, lookup, resolve
 
 HIDDEN_LAYER = "hidden_layer"  # the knob of a selector that reads hidden states: which student layer
 
@@ -93,10 +93,7 @@ class Selector:
 
     def select(self) -> Callable[..., Any]:
         """The selection function (imported now if it was named by its module)."""
-        if callable(self.function):
-            return self.function
-        module, _, attribute = self.function.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return resolve(self.function)
 
     def hidden_layer(self, knobs: Knobs) -> int | None:
         """Which student layer's hidden states the step gathers for this selection (None: none)."""
@@ -112,16 +109,11 @@ SELECTORS: dict[str, Selector] = {}
 
 def register(selector: Selector) -> Selector:
     """Add a selector under its name (a name is registered once)."""
-    if selector.name in SELECTORS:
-        raise ValueError(f"a selector named {selector.name} is already registered")
-    SELECTORS[selector.name] = selector
-    return selector
+    return add(SELECTORS, selector.name, selector, "selector")
 
 
 def get(name: str) -> Selector:
-    if name not in SELECTORS:
-        raise KeyError(f"no selector named {name!r}; registered: {', '.join(SELECTORS)}")
-    return SELECTORS[name]
+    return lookup(SELECTORS, name, "selector", "dear.config.methods")
 
 
 def names() -> tuple[str, ...]:

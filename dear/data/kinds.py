@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dear.registry import add, lookup
+
 GRADING = "dear.eval.grading"
 
 
@@ -46,19 +48,12 @@ KINDS: dict[str, Kind] = {}
 
 def register(kind: Kind) -> Kind:
     """Add a kind under its name (a name is registered once)."""
-    if kind.name in KINDS:
-        raise ValueError(f"a problem kind named {kind.name} is already registered")
-    KINDS[kind.name] = kind
-    return kind
+    return add(KINDS, kind.name, kind, "problem kind")
 
 
 def get(name: str) -> Kind:
     """The record of kind ``name``; a ValueError naming the registered kinds otherwise."""
-    if name not in KINDS:
-        raise ValueError(
-            f"unknown problem kind {name!r}; known kinds: {', '.join(sorted(KINDS))} (register one in dear.data.kinds)"
-        )
-    return KINDS[name]
+    return lookup(KINDS, name, "problem kind", "dear.data.kinds")
 
 
 def runs_code(kind_or_problems: str | Iterable[Any]) -> bool:

@@ -19,7 +19,6 @@ this module imports ``dear.data``, never the reverse.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import re
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from dear.data import kinds
 from dear.data.benchmarks import Problem
 from dear.data.toy import grade as toy_grade
 from dear.eval.code import check_io, check_solution
+from dear.registry import resolve
 
 __all__ = ["extract_code", "grade", "grader"]
 
@@ -37,11 +37,7 @@ Grader = Callable[[Problem, str], bool]
 
 def grader(kind: str) -> Grader:
     """The grader of problems of ``kind``: its record's function, imported now if named by its module."""
-    named = kinds.get(kind).grader
-    if callable(named):
-        return named
-    module, _, attribute = named.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    return resolve(kinds.get(kind).grader)
 
 
 def grade(problem: Problem, response: str) -> bool:
