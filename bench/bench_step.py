@@ -34,7 +34,7 @@ def measure(methods: list[str], repeats: int, overrides: list[str], threads: int
     from dear.distill.rollout import generate
     from dear.distill.step import distill_step
     from dear.models.load import check_compatible, load_model
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     s = train_config(compose(overrides))
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the result here ('-': a JSON line on stdout)")
     args, overrides = parser.parse_known_args()
     if args.threads is None:
-        from dear.preflight import train_config
+        from dear.preflight.settings import train_config
 
         args.threads = train_config(compose(overrides)).trainer.threads or 2
     r = measure(args.methods, args.repeats, overrides, args.threads, args.budget_s)

@@ -80,7 +80,7 @@ def child(args) -> None:
 
     from dear.config.schema import StepConfig
     from dear.distill.step import distill_step
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     torch.set_num_threads(args.threads)
     s = train_config(compose([f"method={args.method}"]))

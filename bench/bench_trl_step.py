@@ -68,7 +68,7 @@ class Baton:
 
 def _load_pair(overrides: list[str]):
     from dear.models.load import check_compatible, load_model
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     s = train_config(compose(overrides + ["method=opd"]))
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True, progress=False)
@@ -248,7 +248,7 @@ def participant(args, role: str, index: int, prompts, sems, barrier, steps, queu
 
 def _prompts(overrides: list[str]) -> tuple[list[str], dict]:
     from dear.data.prompts import prompt_loader
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     s = train_config(compose(overrides + ["method=opd"]))
     loader = prompt_loader(s.data, s.toy_task, None, chat_template=False, batch_size=s.batch_size, seed=s.seed)

@@ -89,7 +89,7 @@ GIB = 2**30
 
 def weights_present(preset) -> bool:
     """The preset's weights load without a download: a local ``path``, or a config.json in the hub cache."""
-    from dear.preflight import cached_config
+    from dear.preflight.settings import cached_config
 
     return bool(preset.path or cached_config(preset.hub_id, preset.revision))
 
@@ -134,7 +134,7 @@ def save_random_model(config: dict, vocab: int, folder: Path, seed: int) -> None
 def random_pair(overrides: list[str], smoke: bool, folder: Path) -> tuple[list[str], str]:
     """Overrides that point both presets at random-weight models of their shapes, and how they were made."""
     from dear.plan import PlanError, shape_table
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     s = train_config(compose(overrides), machine=False)
     table = shape_table()
@@ -446,7 +446,7 @@ def peak_flops(cuda: bool, asked_tflops: float | None) -> tuple[float | None, st
 
 def run_overrides(args, smoke: bool) -> list[str]:
     """dear-train's overrides for a short run of the pair: steps, small evaluation, no logger."""
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     settings = train_config(compose([f"experiment={args.experiment}", *(SMOKE_RUN if smoke else [])]), machine=False)
     micro = settings.step.micro_batch_size or settings.batch_size * settings.rollout.n
@@ -535,7 +535,7 @@ def main() -> None:
 
     from dear.files import write_json_atomic
     from dear.plan import Precision, find_shape
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
     from dear.train import train
 
     smoke = args.cpu_smoke

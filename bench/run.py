@@ -85,7 +85,7 @@ def prepare_toy_models(overrides: list[str], threads: int) -> None:
     import torch
 
     from dear.models.load import resolve_weights
-    from dear.preflight import train_config
+    from dear.preflight.settings import train_config
 
     torch.set_num_threads(threads)
     s = train_config(compose(overrides))
