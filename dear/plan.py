@@ -48,6 +48,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dear.config import methods
 from dear.errors import DearError
 from dear.preflight.settings import cached_config
 
@@ -375,8 +376,6 @@ class Workload:
 def workload(s, prompt_tokens: int, gpu: bool = True) -> Workload:
     """A run's `Workload` from its checked settings (`TrainConfig`), on a GPU unless ``gpu=False``."""
     rows, method = s.batch_size * s.rollout.n, s.method
-    from dear.config import methods  # the selector's declared needs (no torch)
-
     selector = methods.get(method.selector)
     devices = s.trainer.devices if isinstance(s.trainer.devices, int) else 1
     return Workload(

@@ -154,16 +154,25 @@ def test_a_selector_that_needs_hidden_states_must_say_which_layer():
         methods.register(methods.Selector("dear", select_window))
 
 
-def test_the_plan_reads_what_a_selector_declares(window):
+def test_the_plan_reads_what_a_selector_declares(monkeypatch):
+    """dear-plan's loss share and hidden states come from the registration, not from the selector's name."""
     from dear.plan import workload
     from dear.preflight.settings import train_config
 
-    s = train_config(with_method(TINY_MODELS, WINDOW_FILE), machine=False)
+    declared = methods.Selector(
+        "window",
+        select_window,
+        knobs={**WINDOW.knobs, "hidden_layer": int},
+        needs_hidden=True,
+        loss_share=lambda knobs: 2 * knobs["decision_ratio"],
+    )
+    monkeypatch.setitem(methods.SELECTORS, "window", declared)
+    s = train_config(with_method(TINY_MODELS, {**WINDOW_FILE, "hidden_layer": -1}), machine=False)
     w = workload(s, prompt_tokens=16, gpu=False)
-    assert w.selected_share == 1.0 and not w.hidden_states  # undeclared: the plan assumes every position
-    dear = train_config(compose(TINY_MODELS + ["method=dear"]), machine=False)
-    assert workload(dear, prompt_tokens=16, gpu=False).hidden_states
-    assert workload(dear, prompt_tokens=16, gpu=False).selected_share == pytest.approx(0.4)
+    assert w.selected_share == pytest.approx(0.4) and w.hidden_states
+    monkeypatch.setitem(methods.SELECTORS, "window", WINDOW)  # undeclared: every position, no hidden states
+    w = workload(train_config(with_method(TINY_MODELS, WINDOW_FILE), machine=False), prompt_tokens=16, gpu=False)
+    assert w.selected_share == 1.0 and not w.hidden_states
 
 
 def test_the_registry_and_the_schema_import_no_torch():
