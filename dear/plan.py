@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dear.config import methods
+from dear.config.presets import benchmarks
 from dear.errors import DearError
 from dear.preflight.settings import cached_config
 
@@ -351,7 +352,7 @@ class Workload:
     rollout_cache: str  # static | dynamic
     temperature: float
     eval_batch: int  # eval.batch_size (prompts per generate call)
-    eval_samples: int  # benchmark.samples
+    eval_samples: int  # benchmark.samples (of the heaviest benchmark evaluated)
     eval_new_tokens: int
     eval_greedy: bool
     kl_prompts: int  # eval.kl_prompts (0: no held-out KL)
@@ -376,6 +377,8 @@ class Workload:
 def workload(s, prompt_tokens: int, gpu: bool = True) -> Workload:
     """A run's `Workload` from its checked settings (`TrainConfig`), on a GPU unless ``gpu=False``."""
     rows, method = s.batch_size * s.rollout.n, s.method
+    # evaluation's largest generate call: the benchmark (`benchmark` or one of eval.benchmarks) with the most tokens
+    heaviest = max(benchmarks(s), key=lambda b: b.samples * b.max_new_tokens)
     selector = methods.get(method.selector)
     devices = s.trainer.devices if isinstance(s.trainer.devices, int) else 1
     return Workload(
@@ -393,12 +396,12 @@ def workload(s, prompt_tokens: int, gpu: bool = True) -> Workload:
         prompts_per_call=s.rollout.prompts_per_call,
         temperature=s.rollout.temperature,
         eval_batch=s.eval.batch_size,
-        eval_samples=s.benchmark.samples,
-        eval_new_tokens=s.benchmark.max_new_tokens,
-        eval_greedy=s.benchmark.temperature == 0,
+        eval_samples=heaviest.samples,
+        eval_new_tokens=heaviest.max_new_tokens,
+        eval_greedy=heaviest.temperature == 0,
         kl_prompts=s.eval.kl_prompts,
         precision=Precision.of(s.trainer.precision, gpu),
-        shards=devices if s.trainer.strategy == "fsdp" else 1,
+        shards=devices * s.trainer.num_nodes if s.trainer.strategy == "fsdp" else 1,
     )
 
 

@@ -394,7 +394,14 @@ class TrainerConfig(Schema):
     # auto: one device; ddp: one process per device, the student replicated, gradients averaged; fsdp: the
     # student sharded. The teacher is replicated on every device either way.
     strategy: Literal["auto", "ddp", "fsdp"]
+    num_nodes: PositiveInt  # machines; each runs `devices` processes (ddp and fsdp only)
     threads: PositiveInt | None = None  # torch intra-op threads; None = torch's default
+
+    def check(self) -> None:
+        if self.num_nodes > 1 and self.strategy == "auto":
+            raise ConfigError(
+                f"trainer.num_nodes={self.num_nodes} needs a data-parallel strategy; use trainer=ddp or trainer=fsdp"
+            )
 
 
 @dataclass(frozen=True)
@@ -455,6 +462,18 @@ class EvalSettings(Schema):
     every: Count  # evaluate every this many steps (and before and after training); 0 = ends only
     kl_prompts: Count  # held-out prompts sampled for the on-policy reverse KL
     batch_size: PositiveInt
+    # More benchmark presets (conf/benchmark/ names) evaluated before and after training, besides `benchmark`
+    # (the one the curve follows): a run trains once and is evaluated on many (dear/config/presets.py)
+    benchmarks: list = dataclasses.field(default_factory=list)
+
+    def check(self) -> None:
+        bad = [b for b in self.benchmarks if not isinstance(b, str) or not b]
+        if bad:
+            raise ConfigError(
+                f"eval.benchmarks must list benchmark preset names, e.g. [math500,aime24]; got {bad[0]!r}"
+            )
+        if len(set(self.benchmarks)) < len(self.benchmarks):
+            raise ConfigError(f"eval.benchmarks names a benchmark twice: {self.benchmarks}")
 
 
 @dataclass(frozen=True)
@@ -538,7 +557,7 @@ class TrainConfig(Schema):
         )
         for key, tokens, groups in lengths:
             for group in groups:
-                _check_fits(key, tokens, group, getattr(self, group))
+                check_fits(key, tokens, group, getattr(self, group))
 
 
 @dataclass(frozen=True)
@@ -559,15 +578,15 @@ class EvalConfig(Schema):
     trainer: TrainerConfig  # the device and precision, by dear-train's rules (dear/models/precision.py); one process
 
     def check(self) -> None:
-        if self.trainer.strategy != "auto" or self.trainer.devices not in (1, "auto"):
+        if self.trainer.strategy != "auto" or self.trainer.devices not in (1, "auto") or self.trainer.num_nodes > 1:
             raise ConfigError(
                 f"dear-eval runs on one device; got trainer.strategy={self.trainer.strategy} "
                 f"trainer.devices={self.trainer.devices} (use trainer=auto, trainer=gpu or trainer=cpu)"
             )
-        _check_fits("benchmark.max_new_tokens", self.benchmark.max_new_tokens, "model", self.model)
+        check_fits("benchmark.max_new_tokens", self.benchmark.max_new_tokens, "model", self.model)
 
 
-def _check_fits(key: str, tokens: int, group: str, preset: ModelPreset) -> None:
+def check_fits(key: str, tokens: int, group: str, preset: ModelPreset) -> None:
     """Refuse a response length that alone overflows a model's context (the prompt is checked once tokenised)."""
     if tokens > preset.context_length:
         raise ConfigError(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -685,6 +686,27 @@ def _load_toy(*, seed: int, limit: int | None, task: dict | None = None) -> list
     return [
         Problem(id=f"toy/{i}", question=prompt_text(t), reference=answer(t), kind="toy")
         for i, t in enumerate(ToyTask(cfg).held_out[:limit])
+    ]
+
+
+# Rows longer than any the toy task trains on (3 to 6 digits): whether the chain of running totals carries past
+# the lengths the student saw. Never in the training stream, whatever the toy task's own held-out split is.
+@register("toy-long", kind="toy")
+def _load_toy_long(
+    *, seed: int, limit: int | None, task: dict | None = None, terms: list | None = None
+) -> list[Problem]:
+    """Rows of ``terms`` digits (default 7 and 8) drawn as the toy task's held-out split is, by its own seed."""
+    from dear.data.toy import ToyTask, ToyTaskConfig, answer, prompt_text
+
+    del seed  # every run scores the same problems, whatever its seed
+    low, high = terms or (7, 8)
+    base = ToyTaskConfig(**(task or {}))
+    if low <= base.max_terms:
+        raise ValueError(f"toy-long rows must be longer than the toy task's max_terms={base.max_terms}; got {terms}")
+    cfg = dataclasses.replace(base, min_terms=low, max_terms=high, held_out=limit or base.held_out)
+    return [
+        Problem(id=f"toy-long/{i}", question=prompt_text(t), reference=answer(t), kind="toy")
+        for i, t in enumerate(ToyTask(cfg).held_out)
     ]
 
 

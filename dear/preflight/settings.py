@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dear.config.presets import benchmarks
 from dear.config.schema import (
     BenchmarkConfig,
     ConfigError,
@@ -195,14 +196,17 @@ def train_config(cfg: Any, *, machine: bool = True) -> TrainConfig:
     """``dear-train``'s settings, checked: types, ranges, keys, paths, a writable cache and, unless
     ``machine=False`` (the settings only, e.g. for a run on another machine), what this machine must offer."""
     settings = load_config(cfg, TrainConfig)
-    check_no_leak(settings.data, settings.benchmark)
+    evaluated = benchmarks(settings)  # `benchmark` and eval.benchmarks, each resolved and checked
+    for benchmark in evaluated:
+        check_no_leak(settings.data, benchmark)
     check_writable(settings.cache_dir, "cache_dir")
     if machine:
         check_accelerator(settings.trainer)
         check_wandb_key(settings.logger)
         check_hub_model(settings.model, "model")
         check_hub_model(settings.teacher, "teacher")
-        check_sandbox(settings.benchmark.name)
+        for benchmark in evaluated:
+            check_sandbox(benchmark.name)
     return settings
 
 

@@ -6,19 +6,20 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from dear.config.schema import EvalConfig, TrainConfig
+from dear.config.schema import BenchmarkConfig, EvalConfig, TrainConfig
 from dear.eval.runner import Evaluator
 
 log = logging.getLogger(__name__)
 
 
-def eval_problems(settings: TrainConfig | EvalConfig) -> list:
-    """The problems of ``settings.benchmark`` (loaded before any model, so a missing set fails at once)."""
-    from dear.data.benchmarks import load_benchmark, subset_note
+def eval_problems(settings: TrainConfig | EvalConfig, benchmark: BenchmarkConfig | None = None) -> list:
+    """The problems of ``benchmark`` (default ``settings.benchmark``; loaded before any model, so a missing set
+    fails at once). A toy benchmark reads the run's toy task."""
+    from dear.data.benchmarks import BENCHMARKS, load_benchmark, subset_note
 
-    b = settings.benchmark
+    b = benchmark or settings.benchmark
     options = dict(b.options or {})
-    if b.name == "toy":
+    if b.name in BENCHMARKS and BENCHMARKS[b.name].kind == "toy":
         options["task"] = asdict(settings.toy_task)
     problems = load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
     if subset_note(b.name):  # metrics.json and the tables say it too
@@ -35,9 +36,11 @@ def build_evaluator(
     kl_prompts: int = 0,
     progress: bool = False,
     teacher=None,
+    benchmark: BenchmarkConfig | None = None,
 ) -> Evaluator:
-    """The evaluator of ``problems`` (`eval_problems`) for the `LoadedModel` ``loaded`` and its teacher, if any."""
-    b = settings.benchmark
+    """The evaluator of ``problems`` (`eval_problems`) of ``benchmark`` (default ``settings.benchmark``) for the
+    `LoadedModel` ``loaded`` and its teacher, if any."""
+    b = benchmark or settings.benchmark
     return Evaluator(
         name=b.name,
         problems=problems,

@@ -3,11 +3,13 @@ stats averaged over the run (README.md "The objective"), beside the run's record
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 from dear.config.schema import TrainConfig
 from dear.data.benchmarks import subset_note
+from dear.files import write_text_atomic
 from dear.training.records import run_record, sandbox_record
 
 # Step stats averaged over the run into metrics.json, under these names (the tables read them).
@@ -54,25 +56,23 @@ def accuracy_auc(history: list[dict], key: str = "accuracy") -> float:
     return area / (pts[-1][0] - pts[0][0])
 
 
-def train_metrics(s: TrainConfig, run_dir: Path, module, problems: list, *, steps: int, wall_time_s: float) -> dict:
-    """metrics.json of the finished run of ``module`` (a `DistillModule`) on the benchmark's ``problems``."""
+def train_metrics(
+    s: TrainConfig, run_dir: Path, module, problems: dict[str, list], *, steps: int, wall_time_s: float
+) -> dict:
+    """metrics.json of the finished run of ``module`` (a `DistillModule`) on each benchmark's ``problems``
+    (benchmark name -> its problems; the curve's benchmark first)."""
     history = module.curve.history
     first, last = history[0], history[-1]
+    ends = {**module.curve.ends, s.benchmark.name: {"before": first, "after": last}}  # the curve's ends: its rows
     return run_record(
         s,
         run_dir,
         wall_time_s=wall_time_s,
         extra={
             "steps": steps,
-            "sandbox": sandbox_record(problems),
-            "benchmarks": {
-                s.benchmark.name: {
-                    "accuracy_before": first["accuracy"],
-                    "accuracy_after": last["accuracy"],
-                    "gain": last["accuracy"] - first["accuracy"],
-                    "subset": subset_note(s.benchmark.name),  # an offline subset of the published set, or None
-                }
-            },
+            "sandbox": sandbox_record([p for ps in problems.values() for p in ps]),
+            # one entry per benchmark evaluated (`benchmark` first, then eval.benchmarks)
+            "benchmarks": {name: _benchmark_entry(name, ends[name]) for name in problems},
             "heldout_reverse_kl": {"before": first.get("heldout_reverse_kl"), "after": last.get("heldout_reverse_kl")},
             "accuracy_auc": accuracy_auc(history),
             "curve": history,
@@ -81,6 +81,25 @@ def train_metrics(s: TrainConfig, run_dir: Path, module, problems: list, *, step
             **module.step_means.means(),
             # HTML pages of what the method selects at the start and the end (dear/distill/selection_pages.py)
             "selection_pages": module.pages.written,
+            # each benchmark's last evaluation, problem by problem (`write_responses`)
+            "responses": {name: f"responses/{name}.jsonl" for name in module.curve.records},
             "skipped_steps": module.guard.skipped,  # non-finite loss, gradient or teacher logits (guards.py)
         },
     )
+
+
+def _benchmark_entry(name: str, ends: dict[str, dict]) -> dict:
+    before, after = ends.get("before") or {}, ends["after"]
+    return {
+        "accuracy_before": before.get("accuracy"),
+        "accuracy_after": after["accuracy"],
+        "gain": after["accuracy"] - before["accuracy"] if before else None,
+        "subset": subset_note(name),  # an offline subset of the published set, or None
+    }
+
+
+def write_responses(run_dir: Path, records: dict[str, list[dict]]) -> None:
+    """Each benchmark's last evaluation, one problem a line (prompt, reference, responses, correct), in
+    ``responses/<benchmark>.jsonl``: what a reader checks a score against."""
+    for name, rows in records.items():
+        write_text_atomic(run_dir / "responses" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

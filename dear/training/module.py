@@ -52,6 +52,7 @@ class DistillModule(L.LightningModule):
         vocab_size: int,
         evaluator: Evaluator,
         prompts: PromptStream | None = None,
+        others: list[Evaluator] = (),
     ):
         super().__init__()
         self.cfg, self.student, self._teacher = cfg, student, _Frozen(teacher)
@@ -62,7 +63,7 @@ class DistillModule(L.LightningModule):
         self.stop_reason: str | None = None  # set when a guard or a signal stops the run early
         self.streams = RandomStreams(cfg.seed)
         self.guard = NonFiniteGuard(teacher, cfg.guards.max_skipped_in_a_row, cfg.optim.grad_clip, cfg.batch_size)
-        self.curve = HeldOutCurve(evaluator, every=cfg.eval.every, seed=cfg.seed)
+        self.curve = HeldOutCurve(evaluator, every=cfg.eval.every, seed=cfg.seed, others=others)
         self.pages = SelectionPages(evaluator.prompts)
         # Optimisation is manual: a step runs its micro-batches' backward passes itself (distill_step).
         self.automatic_optimization = False
@@ -145,7 +146,7 @@ class DistillModule(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         if self.global_step == 0 or self.curve.due(self.global_step):  # a resumed run keeps the same curve
-            self.curve.evaluate(self)
+            self.curve.evaluate(self, end="before" if self.global_step == 0 else None)
         if self.global_step == 0:
             self.pages.draw(self)
 
@@ -155,18 +156,18 @@ class DistillModule(L.LightningModule):
 
     def on_train_end(self):
         if self.stop_reason is None and self.trainer.is_global_zero:  # a stopped run saves its state and goes
-            self.curve.evaluate(self)
+            self.curve.evaluate(self, end="after")
             self.pages.draw(self)
 
     # The step's own state (the guard's counters and the random streams are saved by their callbacks).
     def on_save_checkpoint(self, checkpoint):
         checkpoint["dear_prompts_seen"] = self.prompts_seen
         checkpoint["dear_run_sums"] = self.step_means.state_dict()
-        checkpoint["dear_history"] = list(self.curve.history)
+        checkpoint["dear_curve"] = self.curve.state_dict()
 
     def on_load_checkpoint(self, checkpoint):
         self.prompts_seen = checkpoint["dear_prompts_seen"]
         if self.prompts is not None:
             self.prompts.start = self.prompts_seen
         self.step_means.load_state_dict(checkpoint["dear_run_sums"])
-        self.curve.history = list(checkpoint["dear_history"])
+        self.curve.load_state_dict(checkpoint.get("dear_curve") or {"history": checkpoint["dear_history"]})
