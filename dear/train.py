@@ -12,7 +12,8 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
-from dear.config.schema import TrainConfig
+from dear.config.presets import benchmarks
+from dear.config.schema import BenchmarkConfig, TrainConfig
 from dear.data.prompts import prompt_loader, training_problems
 from dear.distill.teacher_view import TeacherPrompts, templates_differ
 from dear.errors import DearError
@@ -29,7 +30,7 @@ from dear.models.precision import resolve_precision
 from dear.preflight.settings import train_config
 from dear.training.benchmark import build_evaluator, eval_problems
 from dear.training.loggers import build_loggers
-from dear.training.metrics import train_metrics
+from dear.training.metrics import train_metrics, write_responses
 from dear.training.module import DistillModule
 from dear.training.preemption import Preemption, resume_command
 
@@ -46,14 +47,14 @@ def train(cfg, run_dir: Path) -> dict | None:
     s = train_config(cfg)  # every setting checked before anything is loaded
     seed(s)
 
-    log.info("Loading the %s benchmark and the %s prompts", s.benchmark.name, s.data.name)
-    problems = eval_problems(s)  # before any model: a set that cannot be had fails at once
+    evaluated = benchmarks(s)  # `benchmark` (the curve's) and eval.benchmarks: evaluated before and after training
+    log.info("Loading the %s prompts and the benchmarks %s", s.data.name, ", ".join(b.name for b in evaluated))
+    sets = [(b, eval_problems(s, b)) for b in evaluated]  # before any model: a set that cannot be had fails at once
     train_problems = training_problems(s.data, s.seed) if s.data.name != "toy" else None
     log.info("Loading student %s and teacher %s", s.model.name, s.teacher.name)
-    student, teacher, vocab_size = load_models(s, problems, train_problems)
+    student, teacher, vocab_size = load_models(s, sets, train_problems)
 
-    log.info("Preparing prompts (%s) and the %s benchmark", s.data.name, s.benchmark.name)
-    data, module = build(s, student, teacher, vocab_size, problems, train_problems)
+    data, module = build(s, student, teacher, vocab_size, sets, train_problems)
     preemption = Preemption(run_dir / "checkpoints" / "last.ckpt")
     trainer = build_trainer(s, run_dir, preemption)
 
@@ -62,6 +63,7 @@ def train(cfg, run_dir: Path) -> dict | None:
     if not trainer.is_global_zero:  # data parallel: rank 0 evaluates and writes the student and metrics.json
         return None
 
+    problems = {b.name: ps for b, ps in sets}
     return write(s, run_dir, student, module, problems, steps=int(trainer.global_step), wall_time_s=wall)
 
 
@@ -72,12 +74,15 @@ def seed(s: TrainConfig) -> None:
         torch.set_num_threads(s.trainer.threads)
 
 
-def load_models(s: TrainConfig, problems: list, train_problems: list | None) -> tuple[LoadedModel, LoadedModel, int]:
+def load_models(
+    s: TrainConfig, sets: list[tuple[BenchmarkConfig, list]], train_problems: list | None
+) -> tuple[LoadedModel, LoadedModel, int]:
     """Student and teacher, each checked for room (prompt and response must fit its context), and the vocabulary
     size they share."""
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
     room = s.model.context_length
-    check_room(student, problems, s.benchmark.max_new_tokens, room, f"{s.benchmark.name} (benchmark.max_new_tokens)")
+    for b, problems in sets:
+        check_room(student, problems, b.max_new_tokens, room, f"{b.name} ({b.name}'s max_new_tokens)")
     check_room(student, train_problems, s.rollout.max_new_tokens, room, f"{s.data.name} (rollout.max_new_tokens)")
     teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
     # the teacher reads each prompt in its own format, then the student's response
@@ -99,10 +104,11 @@ def build(
     student: LoadedModel,
     teacher: LoadedModel,
     vocab_size: int,
-    problems: list,
+    sets: list[tuple[BenchmarkConfig, list]],
     train_problems: list | None,
 ) -> tuple[DataLoader, DistillModule]:
-    """The training prompts' loader and the module (with its evaluator on the benchmark's ``problems``)."""
+    """The training prompts' loader and the module, with an evaluator of each benchmark's problems (``sets``:
+    the curve's benchmark first)."""
     data = prompt_loader(
         s.data,
         s.toy_task,
@@ -113,11 +119,13 @@ def build(
         seed=s.seed,
         problems=train_problems,  # loaded once, before the models
     )
+    (first, problems), *rest = sets
     evaluator = build_evaluator(
-        s, student, problems, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts, teacher=teacher
+        s, student, problems, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts, teacher=teacher, benchmark=first
     )
+    others = [build_evaluator(s, student, ps, vocab_size=vocab_size, benchmark=b) for b, ps in rest]
     module = DistillModule(
-        s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator, prompts=data.dataset
+        s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator, prompts=data.dataset, others=others
     )
     if templates_differ(student, teacher):  # the teacher reads each training prompt in its own format
         module.teacher_prompts = TeacherPrompts.for_problems(train_problems or [], student, teacher)
@@ -129,6 +137,7 @@ def build_trainer(s: TrainConfig, run_dir: Path, preemption: Preemption) -> L.Tr
     return L.Trainer(
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
+        num_nodes=s.trainer.num_nodes,
         strategy=s.trainer.strategy,
         precision=resolve_precision(s.trainer.precision),
         max_steps=s.steps,
@@ -167,14 +176,16 @@ def write(
     run_dir: Path,
     student: LoadedModel,
     module: DistillModule,
-    problems: list,
+    problems: dict[str, list],
     *,
     steps: int,
     wall_time_s: float,
 ) -> dict:
-    """The trained student (student/) and metrics.json; returns the metrics."""
+    """The trained student (student/), each benchmark's responses (responses/) and metrics.json; returns the
+    metrics."""
     # In the preset's dtype (training held float32 weights); a run killed mid-export leaves the previous student/
     write_dir_atomic(run_dir / "student", lambda folder: export_model(student, folder))
+    write_responses(run_dir, module.curve.records)
     metrics = train_metrics(s, run_dir, module, problems, steps=steps, wall_time_s=wall_time_s)
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics

@@ -50,6 +50,44 @@ def test_two_ranks_keep_one_student_while_sampling_their_own_rollouts(tmp_path, 
     assert (run / "student" / "config.json").is_file()
 
 
+def test_two_nodes_train_one_student(tmp_path, toy_cache):
+    """trainer.num_nodes: two machines of one device each, as SLURM starts them (one dear-train per node, the node's
+    rank and the first node's address in the environment), rehearsed as two processes on this one."""
+    import socket
+
+    probe, run = tmp_path / "probe", tmp_path / "run"
+    probe.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, str(ROOT / "tests" / "ddp_probe.py"), *TINY_RUN, f"cache_dir={toy_cache}", "steps=3"]
+    cmd += ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", "trainer.threads=1"]
+    cmd += [f"hydra.run.dir={run}"]  # one run folder on a shared filesystem, as a SLURM job's
+    env = {**os.environ, "DEAR_PROBE_DIR": str(probe), "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1"}
+    env["MASTER_PORT"] = str(port)
+    nodes = [
+        subprocess.Popen(cmd, env={**env, "NODE_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for r in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0].decode()[-3000:] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    rank0, rank1 = read_rows(probe / "rank0.jsonl"), read_rows(probe / "rank1.jsonl")
+    assert {r["world"] for r in rank0 + rank1} == {2}
+    for a, b in zip(rank0, rank1, strict=True):
+        assert a["weights"] == b["weights"] and a["rollout"] != b["rollout"]
+    assert [h["step"] for h in json.loads((run / "metrics.json").read_text())["curve"]] == [0, 1, 2, 3]
+
+
+def test_more_nodes_than_one_need_a_data_parallel_strategy():
+    from dear.config.schema import ConfigError
+    from dear.preflight.settings import train_config
+
+    from conftest import TINY_MODELS, compose
+
+    with pytest.raises(ConfigError, match="trainer.num_nodes=2 needs a data-parallel strategy; use trainer=ddp"):
+        train_config(compose(TINY_MODELS + ["trainer.num_nodes=2"]), machine=False)
+
+
 def test_fsdp_with_chunked_logits_is_refused_in_one_line():
     from dear.config.schema import ConfigError
     from dear.preflight.settings import train_config
