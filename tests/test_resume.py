@@ -1,7 +1,7 @@
-"""Runs that survive: a killed run resumes to the same numbers, and SIGTERM/SIGUSR1 stop with a checkpoint.
+"""Runs that survive: a killed run resumes to the same numbers, and SIGTERM/SIGUSR1/Ctrl-C stop with a checkpoint.
 
-The kill and the signals are real: a ``dear-train`` subprocess gets SIGKILL or SIGTERM mid-run,
-and SIGUSR1 is sent to this process while ``train`` runs in it.
+The kill and the signals are real: a ``dear-train`` subprocess gets SIGKILL, SIGTERM or SIGINT mid-run,
+and SIGUSR1 (or SIGINT twice) is sent to this process while ``train`` runs in it.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def start_cli(tmp_path: Path, toy_cache: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it, even when this test runs where SIGINT is ignored (a background job)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -129,3 +131,74 @@ def test_sigusr1_stops_after_the_current_step_with_a_checkpoint(tmp_path, toy_ca
     assert saved_step(run_dir / "checkpoints" / "last.ckpt") == 3
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "student").exists()
     assert signal.getsignal(signal.SIGUSR1) == previous  # the handler is put back
+
+
+def wait_for_training(tmp_path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Until the run draws its step-0 selection page, the last thing before its first step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended before training: {proc.communicate()[1][-2000:]}"
+        if list((tmp_path / "outputs").glob("runs/*/selection/step_0.html")):
+            return
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"no training within {timeout} s")
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_says_how_to_resume(tmp_path, toy_cache):
+    """The first Ctrl-C is a SIGTERM: no periodic checkpoint here (checkpoint.every_steps=0), so last.ckpt is the
+    one the stop wrote, of the step it names."""
+    run_here(tmp_path, toy_cache, "steps=1", name="warm")  # fills the toy cache, so the subprocess only trains
+    proc = start_cli(tmp_path, toy_cache, "steps=200", "checkpoint.every_steps=0")
+    wait_for_training(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert "Detected KeyboardInterrupt" not in err + out and "Ctrl-C again to stop at once" in out + err
+    (line,) = [line for line in err.splitlines() if line.startswith("dear-train:")]
+    (ckpt,) = (tmp_path / "outputs").glob("runs/*/checkpoints/last.ckpt")
+    step = saved_step(ckpt)
+    assert f"stopped by SIGINT after step {step}; checkpoint {ckpt}" in line, line
+    assert "resume with: dear-train " in line and f"ckpt_path={ckpt.resolve()}" in line and "steps=200" in line
+    assert 1 <= step < 200
+    assert not list((tmp_path / "outputs").glob("runs/*/metrics.json")), "a stopped run wrote metrics.json"
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, toy_cache):
+    """Ctrl-C twice within a step: Python's KeyboardInterrupt, which Lightning ends the program on (exit status 1),
+    with no checkpoint and no metrics.json; the handler this process had comes back."""
+    from dear.training.module import DistillModule
+
+    run_dir = tmp_path / "twice"
+    run_dir.mkdir()
+    cfg = compose(RESUMABLE + [f"cache_dir={toy_cache}", "steps=200", "checkpoint.every_steps=0"])
+    step = DistillModule.training_step
+
+    def ctrl_c_twice_at_step_2(self, prompts, batch_idx):
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # noted: the run would stop after this step
+            os.kill(os.getpid(), signal.SIGINT)  # at once
+        return step(self, prompts, batch_idx)
+
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DistillModule, "training_step", ctrl_c_twice_at_step_2)
+        with pytest.raises(SystemExit) as stop:
+            train(cfg, run_dir)
+    assert stop.value.code == 1
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists() and not (run_dir / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGINT) == previous
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    """A run started with SIGINT ignored (nohup, a shell's background job) is not stopped by one."""
+    from dear.training.preemption import Preemption
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with Preemption(Path("last.ckpt")).handlers():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,10 +1,12 @@
-"""Stopping a run cleanly when the cluster says so: SIGTERM and SIGUSR1 save a checkpoint and stop.
+"""Stopping a run cleanly when the cluster or the user says so: SIGTERM, SIGUSR1 and a first Ctrl-C (SIGINT) save
+a checkpoint and stop; a second Ctrl-C stops at once, as Python's KeyboardInterrupt does.
 
 The signal handler only notes the signal; the `Preemption` callback acts at the end of the current
 training step, so the checkpoint holds a finished step (weights, optimizer, scheduler, prompt-stream
 position, random streams) and a resumed run continues exactly where this one stopped. Under SLURM
 (``SLURM_JOB_ID`` set) SIGUSR1 also asks ``scontrol`` to requeue the job; a requeued job that finds
-``checkpoints/last.ckpt`` in its own run directory resumes from it (see `dear.train.resume_path`).
+``checkpoints/last.ckpt`` in its own run directory resumes from it (see `dear.train.resume_path`). The command
+`resume_command` prints resumes into the same run directory (`dear.preflight.command.resume_in_place`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from pathlib import Path
 
 import lightning as L
 
+from dear.preflight.command import as_override
+
 log = logging.getLogger(__name__)
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preemption(L.Callback):
@@ -36,14 +40,19 @@ class Preemption(L.Callback):
         self.saved = False
 
     def notice(self, signum, _frame) -> None:
+        received = signal.Signals(signum)
+        if received == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # Ctrl-C while already stopping: stop at once, without a checkpoint
         if self.received is None:
-            log.warning("received %s: stopping after this step with a checkpoint", signal.Signals(signum).name)
-        self.received = signal.Signals(signum)
+            again = " (Ctrl-C again to stop at once, without one)" if received == signal.SIGINT else ""
+            log.warning("received %s: stopping after this step with a checkpoint%s", received.name, again)
+        self.received = received
 
     @contextlib.contextmanager
     def handlers(self) -> Iterator[None]:
-        """Route SIGTERM and SIGUSR1 to `notice` for the duration (the previous handlers come back after)."""
-        previous = {s: signal.signal(s, self.notice) for s in SIGNALS}
+        """Route SIGTERM, SIGUSR1 and SIGINT to `notice` for the duration (the previous handlers come back after).
+        A signal this process ignores stays ignored (``nohup``, a shell's background job: Ctrl-C is not theirs)."""
+        previous = {s: signal.signal(s, self.notice) for s in SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
         try:
             yield
         finally:
@@ -91,7 +100,8 @@ def requeue() -> None:
 
 
 def resume_command(last_ckpt: Path) -> str:
-    """The command that resumes this run: the same overrides, plus ``ckpt_path`` (replaced if given)."""
+    """The command that resumes this run: the same overrides, plus ``ckpt_path`` (replaced if given). Given a run's
+    ``checkpoints/last.ckpt``, dear-train runs in that run's folder (`dear.preflight.command.resume_in_place`)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -99,4 +109,4 @@ def resume_command(last_ckpt: Path) -> str:
     except ValueError:  # not under Hydra (a test calling train()): the command line as given
         overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
     overrides = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
-    return shlex.join(["dear-train", *overrides, f"ckpt_path={last_ckpt.resolve()}"])
+    return shlex.join(["dear-train", *overrides, as_override("ckpt_path", str(last_ckpt.resolve()))])
