@@ -2,7 +2,8 @@
 
 The config tree ships inside the package (``dear/conf``, linked as ``conf/`` at the repo root), so the installed
 scripts find it from any working directory. Before a Hydra app starts, `dear.preflight` checks every run the command
-line asks for. Mistakes a user can make end the program with one line on stderr and exit status 2;
+line asks for; ``--dry-run`` lists them and starts none. ``ckpt_path=<run>/checkpoints/last.ckpt`` goes on in
+``<run>``. Mistakes a user can make end the program with one line on stderr and exit status 2;
 ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
 
@@ -21,13 +22,17 @@ from omegaconf import DictConfig, OmegaConf
 from dear.errors import DearError
 from dear.preflight.command import (
     check_group_overrides,
+    dry_run,
     fail,
     is_sweep,
     one_process_per_job,
     preflight,
+    resume_in_place,
     runs_here,
+    take_flag,
     with_setup,
 )
+from dear.training.records import code_version
 
 log = logging.getLogger("dear")
 
@@ -95,23 +100,40 @@ def _eval_app(cfg: DictConfig) -> None:
 def train() -> None:
     from dear.preflight.settings import train_config
 
-    check_group_overrides("dear-train", sys.argv[1:])
-    sys.argv[1:], note = with_setup("dear-train", sys.argv[1:])  # Hydra's app reads sys.argv
-    sweep, here = is_sweep(sys.argv[1:]), runs_here(sys.argv[1:])
-    preflight(
-        "dear-train", "train", sys.argv[1:], lambda cfg: one_process_per_job(train_config(cfg, machine=here), sweep)
-    )
-    if note:
+    argv, dry = take_flag(sys.argv[1:], "--dry-run")
+    check_group_overrides("dear-train", argv)
+    argv, setup_note = with_setup("dear-train", argv)
+    argv, resume_note = resume_in_place("dear-train", argv)
+    sweep, here = is_sweep(argv), runs_here(argv)
+
+    def check(cfg):
+        return one_process_per_job(train_config(cfg, machine=here), sweep)
+
+    (dry_run if dry else preflight)("dear-train", "train", argv, check)
+    for note in filter(None, (setup_note, resume_note)):
         print(note, file=sys.stderr)
+    if dry:
+        return
+    code_version()  # the commit of the code that starts, whatever the tree holds when metrics.json is written
+    sys.argv[1:] = argv  # Hydra's app reads sys.argv
     _train_app()
 
 
 def evaluate() -> None:
     from dear.preflight.settings import eval_config
 
-    check_group_overrides("dear-eval", sys.argv[1:])
-    here = runs_here(sys.argv[1:])
-    preflight("dear-eval", "eval", sys.argv[1:], lambda cfg: eval_config(cfg, machine=here))
+    argv, dry = take_flag(sys.argv[1:], "--dry-run")
+    check_group_overrides("dear-eval", argv)
+    here = runs_here(argv)
+
+    def check(cfg):
+        return eval_config(cfg, machine=here)
+
+    (dry_run if dry else preflight)("dear-eval", "eval", argv, check)
+    if dry:
+        return
+    code_version()
+    sys.argv[1:] = argv
     _eval_app()
 
 

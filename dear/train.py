@@ -158,7 +158,7 @@ def fit(
     early (a signal, the guards) raises `RunStopped`, with the command that resumes it."""
     last_ckpt = preemption.last_ckpt
     t0 = time.perf_counter()
-    with preemption.handlers(), writing(last_ckpt.parent):  # SIGTERM/SIGUSR1: checkpoint, then stop
+    with preemption.handlers(), writing(last_ckpt.parent):  # SIGTERM/SIGUSR1/a first Ctrl-C: checkpoint, then stop
         try:
             trainer.fit(module, train_dataloaders=data, ckpt_path=s.ckpt_path or resume_path(run_dir))
         except SIGTERMException:  # Lightning's own SIGTERM handler ends fit after the step, as ours does

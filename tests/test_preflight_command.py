@@ -217,3 +217,81 @@ def test_the_student_s_source_is_read_from_its_preset_and_overrides(dear_train):
     assert choose_setup(["model.source=hub"]) == "real-math"  # the default student, made a hub one
     assert choose_setup(["model=smollm2-135m"]) == "real-math"  # not a toy
     assert dear_train.composed == []
+
+
+# --- --dry-run: every run checked and listed, none started ----------------------------------------------------
+
+
+def test_a_dry_run_lists_every_point_of_a_sweep_and_writes_nothing(tmp_path, tmp_path_factory):
+    """The real console script: Hydra's parser never sees --dry-run (it would refuse it), nothing starts."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = {**os.environ, "DEAR_CACHE": str(cache)}
+    for name in ("DEAR_OUTPUTS", "HYDRA_FULL_ERROR"):
+        env.pop(name, None)
+    argv = ["-m", "method=opd,dear", "seed=0,1", "--dry-run"]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "dear-train"), *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    *points, count = done.stdout.splitlines()
+    jobs = ["method=opd seed=0", "method=opd seed=1", "method=dear seed=0", "method=dear seed=1"]  # Hydra's order
+    assert points == [f"{i:>3}  {job}  ->  outputs/multirun/<time>_<id>/{i}" for i, job in enumerate(jobs)]
+    assert count == "dear-train --dry-run: 4 runs checked; none started, nothing written"
+    assert list(tmp_path.iterdir()) == [] and list(cache.iterdir()) == []
+
+
+def test_a_dry_run_composes_each_run_once_and_starts_none(dear_train, capsys):
+    dear_train("-m", "seed=0,1", "method=opd,dear", "--dry-run")
+    assert dear_train.composed == [
+        ["seed=0", "method=opd"],
+        ["seed=0", "method=dear"],
+        ["seed=1", "method=opd"],
+        ["seed=1", "method=dear"],
+    ]  # every combination, in Hydra's job order
+    assert not dear_train.started and len(capsys.readouterr().out.splitlines()) == 5
+
+
+def test_a_dry_run_shows_a_folder_hydra_is_told(dear_train, tmp_path, capsys):
+    dear_train(f"hydra.run.dir={tmp_path}/mine/${{model.name}}", "seed=3", "--dry-run")
+    assert capsys.readouterr().out.splitlines()[0] == f"  0  seed=3  ->  {tmp_path}/mine/toy-student"
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["-m", "steps=1,-1"], "dear-train: error: steps must be an integer >= 0, got -1"),
+        (["-m", "seed=0,1", "nope=1"], "dear-train: error: nope is not a setting of the config; valid keys: "),
+        (["-m", "model=nope"], "dear-train: error: unknown model preset 'nope'; choose from: "),
+        (["--cfg", "job"], "dear-train: error: --dry-run lists the runs a command starts, and with --cfg, --info or"),
+    ],
+    ids=["a bad value", "no such key", "no such preset", "nothing runs"],
+)
+def test_a_dry_run_s_mistake_is_one_line(dear_train, tmp_path, capsys, argv, line):
+    with pytest.raises(SystemExit) as stop:
+        dear_train(*argv, "--dry-run")
+    assert stop.value.code == 2 and not dear_train.started
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith(line), err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_dry_run_with_a_flag_hydra_refuses_says_so_as_hydra_does(dear_train, capsys):
+    with pytest.raises(SystemExit) as stop:
+        dear_train("--no-such-flag", "--dry-run")
+    assert stop.value.code == 2 and not dear_train.started
+    assert "dear-train: error: unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_dear_eval_s_dry_run_names_its_folder(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DEAR_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.setattr(cli, "_eval_app", lambda: pytest.fail("a dry run started dear-eval"))
+    monkeypatch.setattr(sys, "argv", ["dear-eval", "model=toy-student", "--dry-run"])
+    cli.evaluate()
+    point, count = capsys.readouterr().out.splitlines()
+    assert point == f"  0  model=toy-student  ->  {tmp_path}/outputs/eval/<time>_toy-student_toy_<id>"
+    assert count == "dear-eval --dry-run: 1 run checked; none started, nothing written"

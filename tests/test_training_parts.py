@@ -131,6 +131,7 @@ def test_the_module_state_round_trips_through_a_checkpoint():
     first.step_means.add({"train/grad_mass_coverage": 0.75}, seconds=1.0)  # a step whose kept share was not finite
     first.curve.history = [{"step": 0, "accuracy": 0.2}, {"step": 1, "accuracy": 0.3}]
     first.curve.ends = {"toy-long": {"before": {"accuracy": 0.1}}}  # an eval.benchmarks score before training
+    first.pages.written = ["run/selection/step_0.html"]  # drawn before the stop, listed after the resume
     checkpoint = {}
     first.on_save_checkpoint(checkpoint)
 
@@ -140,5 +141,6 @@ def test_the_module_state_round_trips_through_a_checkpoint():
     assert resumed.prompts_seen == 12 and stream.start == 12  # the prompt stream resumes where the run was
     assert resumed.curve.history == first.curve.history
     assert resumed.curve.ends == first.curve.ends  # not evaluated again on the trained student
+    assert resumed.pages.written == first.pages.written
     assert resumed.step_means.means() == {"grad_mass_coverage": 0.5, "kept_share": 0.5}
     assert resumed.configure_callbacks() == [resumed.guard, resumed.streams]

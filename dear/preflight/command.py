@@ -1,11 +1,14 @@
 """The preflight's command-line side: every run ``dear-train`` / ``dear-eval`` asks for, composed once and checked
 before Hydra writes anything; a mistake ends the program in one line on stderr, exit status 2, nothing written.
 
-In the order `dear.cli.train` calls them: `check_group_overrides` (a preset that does not exist), `with_setup` (a
-real student with no ``setup=`` gets ``setup=real-math``, chosen from the presets' files, not by composing), then
-`preflight`: where Hydra writes and launches, then each sweep point composed once and handed to
-`dear.preflight.train_config` / `eval_config`, which check the settings and this machine (dear/preflight/settings.py).
-Which words are overrides, and whether Hydra runs the task at all, is asked of Hydra's own argument parser.
+In the order `dear.cli.train` calls them: `take_flag` (``--dry-run``, which Hydra's parser must not see),
+`check_group_overrides` (a preset that does not exist), `with_setup` (a real student with no ``setup=`` gets
+``setup=real-math``, chosen from the presets' files, not by composing), `resume_in_place` (``ckpt_path=`` a run's
+``checkpoints/last.ckpt``: the run goes on in that run's folder), then `preflight`: where Hydra writes and launches,
+then each sweep point composed once and handed to `dear.preflight.train_config` / `eval_config`, which check the
+settings and this machine (dear/preflight/settings.py); or, with ``--dry-run``, `dry_run`: every run of the sweep
+checked and listed, none started. Which words are overrides, and whether Hydra runs the task at all, is asked of
+Hydra's own argument parser.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import functools
 import io
 import os
 import re
+import shlex
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dear.errors import DearError
 from dear.preflight.settings import LOCAL_LAUNCHERS, check_launcher, check_outputs
@@ -48,6 +53,7 @@ class Command:
     """What Hydra's parser reads in a command line."""
 
     overrides: list[str]  # the config's overrides; Hydra's own (hydra.*, hydra/<group>=) left out
+    hydra: list[str]  # Hydra's own overrides (hydra.run.dir=..., hydra/launcher=...)
     overrides_at: int  # where the overrides start in argv: Hydra's parse reads one run of them, after any flags
     launcher: str | None  # the hydra/launcher=<name> asked for, if any
     multirun: bool
@@ -82,6 +88,7 @@ def read_command(argv: list[str]) -> Command | None:
     launchers = [m["name"] for m in map(LAUNCHER.match, args.overrides) if m]
     return Command(
         overrides=[o for o in args.overrides if not _is_hydra_override(o)],
+        hydra=[o for o in args.overrides if _is_hydra_override(o)],
         overrides_at=argv.index(args.overrides[0]) if args.overrides else len(argv),
         launcher=launchers[-1] if launchers else None,
         multirun=args.multirun,
@@ -139,6 +146,23 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     for i, (o, vs) in enumerate(zip(parsed, values)):
         points += [firsts[:i] + [f"{o.get_key_element()}={v}"] + firsts[i + 1 :] for v in vs[1:]]
     return points
+
+
+def every_point(command: Command) -> list[list[str]]:
+    """The override lists of every run ``command`` starts, in the order of their job numbers: a multirun's as
+    Hydra's basic sweeper splits it (every combination), else the one run's."""
+    if not command.multirun:
+        return [command.overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(command.overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for job in batch]
+
+
+def take_flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
+    """``argv`` without ``flag`` (one of dear's own, which Hydra's parser would refuse), and whether it was there."""
+    return [a for a in argv if a != flag], flag in argv
 
 
 # --- presets and the setup a run needs ------------------------------------------------------------------------
@@ -228,16 +252,87 @@ def with_setup(prog: str, argv: list[str]) -> tuple[list[str], str | None]:
     )
 
 
+# --- a resumed run goes on in its own folder -----------------------------------------------------------------
+
+
+def resume_in_place(prog: str, argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` with ``hydra.run.dir=<run>`` among the overrides when ``ckpt_path`` is ``<run>/checkpoints/last.ckpt``
+    of an unfinished run, so the resumed run writes its metrics.json, curve, pages and checkpoints into the folder
+    that holds the steps before; and the line that says where it runs (None when nothing was added).
+
+    Everything else keeps Hydra's new timestamped folder (metrics.json records ``resumed_from``): a ``hydra.run.dir``
+    the user gave, a multirun (its jobs live in the sweep's folder, each resuming from the checkpoint), a checkpoint
+    that is not a run's ``checkpoints/last.ckpt``, and a finished run, whose results a new run must not overwrite.
+    A run folder is one Hydra made (``.hydra/``). A folder this process cannot write to ends the program here."""
+    command = read_command(argv)
+    if command is None or not command.runs or command.multirun:
+        return argv, None
+    if any(_key(o) == "hydra.run.dir" for o in command.hydra):
+        return argv, None
+    run = run_of_checkpoint(command.overrides)
+    if run is None:
+        return argv, None
+    if (run / "metrics.json").is_file():
+        return argv, f"{prog}: {run} holds a finished run; this one starts in a new folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=run, prefix=".dear-probe-"):
+            pass
+    except OSError as e:
+        fail(
+            prog,
+            f"cannot resume in {run}: it is not writable ({e.strerror or e}); make it writable, or give "
+            f"hydra.run.dir=/another/folder to go on there",
+        )
+    at = command.overrides_at
+    return [*argv[:at], as_override("hydra.run.dir", str(run)), *argv[at:]], (
+        f"{prog}: resuming in {run} (the folder of {run / 'checkpoints' / 'last.ckpt'})"
+    )
+
+
+def run_of_checkpoint(overrides: list[str]) -> Path | None:
+    """The run folder whose ``checkpoints/last.ckpt`` the ``ckpt_path`` override names, or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:  # preflight reports a bad override in its own words
+        return None
+    given = [o.value() for o in parsed if o.key_or_group == "ckpt_path"]
+    if not given or not isinstance(given[-1], str):
+        return None
+    ckpt = Path(given[-1]).expanduser().absolute()
+    run = ckpt.parent.parent
+    if ckpt.name != "last.ckpt" or ckpt.parent.name != "checkpoints" or not ckpt.is_file():
+        return None
+    return run if (run / ".hydra").is_dir() else None
+
+
+def as_override(key: str, value: str) -> str:
+    """``key=value`` as Hydra's override grammar reads it back: ``value`` as it is where it reads back as itself, else
+    quoted (a comma, ``=``, ``#``, ``~``, a quote, a letter beyond ASCII...): a quote, and a run of backslashes before a
+    quote or the end, escaped; ``${`` escaped, so OmegaConf does not take it for an interpolation."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    with contextlib.suppress(HydraException):
+        if OverridesParser.create().parse_override(f"{key}={value}").value() == value and "${" not in value:
+            return f"{key}={value}"
+    body = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value.replace("${", "\\${"))
+    return f"{key}='{body}'"
+
+
 # --- composing and checking each run --------------------------------------------------------------------------
 
 
-def compose(overrides: list[str], config_name: str) -> DictConfig:
-    """The config Hydra's app ``config_name`` composes from ``overrides`` (its own hydra node left out)."""
+def compose(overrides: list[str], config_name: str, *, hydra: bool = False) -> DictConfig:
+    """The config Hydra's app ``config_name`` composes from ``overrides`` (its own hydra node left out, unless
+    ``hydra``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
     with initialize_config_module(config_module="dear.conf", version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
 
 
 def not_a_key(overrides: list[str], config_name: str, message: str) -> str:
@@ -280,29 +375,77 @@ def preflight(prog: str, config_name: str, argv: list[str], check: Callable[[Dic
     command = read_command(argv)
     if command is None or not command.runs or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return
-    from hydra.errors import HydraException
+    check_where(prog, config_name, command)
+    for point in split_or_fail(prog, lambda: sweep_points(command.overrides)):
+        check_point(prog, config_name, point, check)
 
+
+def dry_run(prog: str, config_name: str, argv: list[str], check: Callable[[DictConfig], Any]) -> None:
+    """``--dry-run``: check every run ``argv`` asks for as `preflight` does (every combination of a sweep, not a
+    cover), then print one line per run (its overrides and its folder) and their count. Nothing is started or
+    written; a mistake ends the program as in `preflight`."""
+    command = read_command(argv)
+    if command is None:  # a flag Hydra's parser refuses: its own words, as without --dry-run
+        from hydra._internal.utils import get_args_parser
+
+        get_args_parser().parse_args(argv)
+        sys.exit(2)
+    if not command.runs:
+        fail(prog, "--dry-run lists the runs a command starts, and with --cfg, --info or --help it starts none")
+    check_where(prog, config_name, command)
+    points = split_or_fail(prog, lambda: every_point(command))
+    jobs = range(len(points)) if command.multirun else [None]
+    folders = [check_point(prog, config_name, p, check, hydra=command.hydra, job=j) for p, j in zip(points, jobs)]
+    for i, (point, folder) in enumerate(zip(points, folders)):
+        print(f"{i:>3}  {shlex.join(point) or '(the defaults)'}  ->  {folder}")
+    runs = f"{len(points)} run{'s' * (len(points) != 1)}"
+    print(f"{prog} --dry-run: {runs} checked; none started, nothing written")
+
+
+def check_where(prog: str, config_name: str, command: Command) -> None:
+    """The launcher a command asks for is installed, and Hydra can make run directories where it will."""
     try:
         if command.launcher:
             check_launcher(command.launcher, config_name)  # Hydra's own message prints its search path
         check_outputs()  # before Hydra makes the run directory there
     except DearError as e:
         fail(prog, str(e))
+
+
+def split_or_fail(prog: str, split: Callable[[], list[list[str]]]) -> list[list[str]]:
+    """The runs ``split()`` finds in a command line; an override Hydra cannot parse is one line."""
+    from hydra.errors import HydraException
+
     try:
-        points = sweep_points(command.overrides)
+        return split()
     except HydraException as e:
         fail(prog, str(e).strip().splitlines()[0])
-    for point in points:
-        check_point(prog, config_name, point, check)
 
 
-def check_point(prog: str, config_name: str, point: list[str], check: Callable[[DictConfig], Any]) -> None:
-    """Compose one sweep point and ``check`` it; a mistake is one line and exit status 2."""
+def check_point(
+    prog: str,
+    config_name: str,
+    point: list[str],
+    check: Callable[[DictConfig], Any],
+    *,
+    hydra: list[str] | None = None,
+    job: int | None = None,
+) -> str | None:
+    """Compose one sweep point and ``check`` it; a mistake is one line and exit status 2. Given ``hydra`` (the
+    command's own Hydra overrides, for `dry_run`), return the folder the point's run writes in (`run_folder`)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        check(compose(point, config_name))
+        if hydra is None:
+            check(compose(point, config_name))
+            return None
+        cfg = compose([*hydra, *point], config_name, hydra=True)
+        folder = run_folder(cfg, job)
+        with open_dict(cfg):
+            del cfg["hydra"]  # what `check` gets is what the run gets
+        check(cfg)
+        return folder
     except (HydraException, OmegaConfBaseException) as e:
         try:
             fail(prog, not_a_key(point, config_name, str(e)))
@@ -310,3 +453,27 @@ def check_point(prog: str, config_name: str, point: list[str], check: Callable[[
             fail(prog, str(one_line))
     except DearError as e:
         fail(prog, str(e))
+
+
+# What a run folder's name holds that is only known when the run starts: conf/hydra/default.yaml's start time and
+# random suffix, and a multirun job's number.
+AT_START = {r"\$\{now:[^}]*\}": "<time>", r"\$\{dear_run_id:\}": "<id>"}
+
+
+def run_folder(cfg: DictConfig, job: int | None) -> str:
+    """Where the run of ``cfg`` (composed with its hydra node) writes: ``hydra.run.dir``, or ``hydra.sweep.dir``/
+    ``subdir`` for job number ``job`` of a multirun, the start time and random suffix shown as ``<time>`` and
+    ``<id>``; left unresolved where it does not resolve before a run starts."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    where = OmegaConf.to_container(cfg.hydra.run if job is None else cfg.hydra.sweep, resolve=False)
+    text = where["dir"] if job is None else f"{where['dir']}/{where['subdir']}"
+    text = text.replace("${hydra.job.num}", str(job))
+    for pattern, shown in AT_START.items():
+        text = re.sub(pattern, shown, text)
+    with open_dict(cfg):
+        cfg.hydra.run.dir = text  # resolved in the config, as Hydra resolves it (${model.name} in dear-eval's)
+    try:
+        return str(cfg.hydra.run.dir)
+    except OmegaConfBaseException:
+        return text

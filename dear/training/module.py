@@ -164,10 +164,12 @@ class DistillModule(L.LightningModule):
         checkpoint["dear_prompts_seen"] = self.prompts_seen
         checkpoint["dear_run_sums"] = self.step_means.state_dict()
         checkpoint["dear_curve"] = self.curve.state_dict()
+        checkpoint["dear_pages"] = list(self.pages.written)  # a run resumed in its folder lists them all
 
     def on_load_checkpoint(self, checkpoint):
         self.prompts_seen = checkpoint["dear_prompts_seen"]
         if self.prompts is not None:
             self.prompts.start = self.prompts_seen
         self.step_means.load_state_dict(checkpoint["dear_run_sums"])
+        self.pages.written = list(checkpoint.get("dear_pages", []))
         self.curve.load_state_dict(checkpoint.get("dear_curve") or {"history": checkpoint["dear_history"]})
