@@ -67,18 +67,18 @@ def _train_app(cfg: DictConfig) -> None:
     metrics = guarded("dear-train", run_train, cfg, run_dir())
     if metrics is None:  # a data-parallel rank other than 0: rank 0 reports
         return
-    for name, b in metrics["benchmarks"].items():
+    kl = metrics["heldout_reverse_kl"]
+    for i, (name, b) in enumerate(metrics["benchmarks"].items()):  # the curve's benchmark first: its held-out KL
         log.info(
-            "student %s on %s: accuracy %.3f -> %.3f (%+.1f points); held-out reverse KL %.4f -> %.4f",
+            "student %s on %s: accuracy %.3f -> %.3f (%+.1f points)%s",
             cfg.model.name,
             name,
             b["accuracy_before"],
             b["accuracy_after"],
             100 * b["gain"],
-            _number(metrics["heldout_reverse_kl"]["before"]),
-            _number(metrics["heldout_reverse_kl"]["after"]),
+            f"; held-out reverse KL {_number(kl['before']):.4f} -> {_number(kl['after']):.4f}" if i == 0 else "",
         )
-    log.info("run directory: %s (metrics.json, config, checkpoints, student/, wandb/)", metrics["run_dir"])
+    log.info("run directory: %s (metrics.json, responses/, checkpoints/, student/, .hydra/)", metrics["run_dir"])
     if metrics.get("selection_pages"):
         log.info("what %s selects (start, end): %s", cfg.method.name, " ".join(metrics["selection_pages"]))
 
@@ -107,7 +107,7 @@ def train() -> None:
     sweep, here = is_sweep(argv), runs_here(argv)
 
     def check(cfg):
-        return one_process_per_job(train_config(cfg, machine=here), sweep)
+        return one_process_per_job(train_config(cfg, machine=here), sweep and here)  # SLURM starts each rank itself
 
     (dry_run if dry else preflight)("dear-train", "train", argv, check)
     for note in filter(None, (setup_note, resume_note)):

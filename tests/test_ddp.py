@@ -113,6 +113,7 @@ def test_a_sweep_of_data_parallel_runs_is_refused_before_anything_is_written(tmp
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "dear-train: error: trainer.strategy=ddp starts one process per device by running the command again, "
-        "which a -m sweep cannot do; run each point as its own dear-train"
+        "which a local -m sweep cannot do; run each point as its own dear-train, or sweep on SLURM "
+        "(hydra/launcher=slurm hydra.launcher.tasks_per_node=<devices>)"
     ]
     assert not (tmp_path / "outputs").exists()

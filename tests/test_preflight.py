@@ -206,6 +206,9 @@ def test_the_slurm_launcher_without_its_plugin_says_how_to_install_it(run, monke
     see_gpus(monkeypatch, 0)
     run.accepted("dear-train", *sweep, "trainer=gpu")
     run.refused("dear-train", "-m", "hydra/launcher=joblib", "seed=0,1", "trainer=gpu")
+    # a sweep of data-parallel runs: each SLURM job's tasks are its ranks; a local sweep would start itself again
+    run.accepted("dear-train", *sweep, "trainer=ddp", "trainer.num_nodes=2")
+    assert "a local -m sweep cannot do" in run.refused("dear-train", "-m", "seed=0,1", "trainer=ddp")
 
 
 # --- 7. a hub model that is neither cached nor reachable ----------------------------------------------------

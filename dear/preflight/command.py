@@ -106,8 +106,10 @@ def _runs_the_task(args: argparse.Namespace) -> bool:
 
 
 def _is_hydra_override(override: str) -> bool:
+    """Hydra's own settings, which composing a run does not read; not ``hydra.searchpath``, which says where config
+    groups are (dear-table's generated ``grid_run`` group, dear/tables/grid.py)."""
     key = _key(override)
-    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+    return key != "hydra.searchpath" and (key == "hydra" or key.startswith(("hydra.", "hydra/")))
 
 
 def _key(override: str) -> str:
@@ -355,12 +357,13 @@ def not_a_key(overrides: list[str], config_name: str, message: str) -> str:
 
 
 def one_process_per_job(settings: Any, sweep: bool) -> Any:
-    """A sweep's jobs each run in one process: Lightning starts DDP/FSDP ranks by running the command again,
-    which inside a sweep would start the whole sweep again."""
+    """A local sweep's jobs each run in one process: Lightning starts DDP/FSDP ranks by running the command again,
+    which inside a sweep would start the whole sweep again (on SLURM, each job's tasks are its ranks: allowed)."""
     if sweep and settings.trainer.strategy != "auto":
         raise DearError(
             f"trainer.strategy={settings.trainer.strategy} starts one process per device by running the command "
-            f"again, which a -m sweep cannot do; run each point as its own dear-train"
+            f"again, which a local -m sweep cannot do; run each point as its own dear-train, or sweep on SLURM "
+            f"(hydra/launcher=slurm hydra.launcher.tasks_per_node=<devices>)"
         )
     return settings
 
