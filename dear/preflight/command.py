@@ -29,10 +29,10 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dear.config.presets import CONF_DIR, choices
 from dear.errors import DearError
 from dear.preflight.settings import LOCAL_LAUNCHERS, check_launcher, check_outputs
 
-CONF_DIR = Path(__file__).parents[1] / "conf"
 LOCAL_CONFIG = CONF_DIR / "local" / "default.yaml"  # train.yaml's `optional local`: it may name another student
 GROUPS = ("model", "teacher", "method", "data", "benchmark", "trainer", "logger", "experiment", "toy_task", "setup")
 OVERRIDE = re.compile(r"^[+~]{0,2}(?P<group>[a-z_]+)=(?P<value>[^=]*)$")
@@ -168,10 +168,6 @@ def take_flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
 
 
 # --- presets and the setup a run needs ------------------------------------------------------------------------
-
-
-def choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def check_group_overrides(prog: str, argv: list[str]) -> None:
