@@ -413,6 +413,7 @@ class LoggerConfig(Schema):
     entity: str | None = None
     offline: bool | None = None
     group: str | None = None  # W&B group: the runs of one sweep or table (dear-table sets it to the grid's name)
+    run_name: str | None = None  # W&B run name; None: dear-<method>[-<what the sweep varies>]-s<seed>
 
     def check(self) -> None:
         if self.name == "wandb" and (self.project is None or self.offline is None):

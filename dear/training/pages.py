@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning.pytorch.loggers import WandbLogger
+
 from dear.distill.selection_pages import selection_page
 from dear.files import write_text_atomic
 
@@ -43,7 +45,7 @@ class SelectionPages:
         path = Path(module.trainer.default_root_dir) / "selection" / f"step_{step}.html"
         write_text_atomic(path, page)
         self.written.append(str(path))
-        if type(module.logger).__name__ == "WandbLogger":
+        if isinstance(module.logger, WandbLogger):
             import wandb
 
             module.logger.experiment.log({"selection": wandb.Html(page)}, step=step)
