@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from pathlib import Path
@@ -29,10 +28,13 @@ from dear.models.load import (
 from dear.models.precision import resolve_precision
 from dear.preflight.settings import train_config
 from dear.training.benchmark import build_evaluator, eval_problems
+from dear.training.checkpoints import PeriodicCheckpoint
 from dear.training.loggers import build_loggers
 from dear.training.metrics import train_metrics, write_responses
 from dear.training.module import DistillModule
 from dear.training.preemption import Preemption, resume_command
+from dear.training.progress import StepBar
+from dear.training.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +123,16 @@ def build(
     )
     (first, problems), *rest = sets
     evaluator = build_evaluator(
-        s, student, problems, vocab_size=vocab_size, kl_prompts=s.eval.kl_prompts, teacher=teacher, benchmark=first
+        s,
+        student,
+        problems,
+        vocab_size=vocab_size,
+        kl_prompts=s.eval.kl_prompts,
+        teacher=teacher,
+        benchmark=first,
+        progress=True,  # a bar on a terminal (dear/eval/runner.py: progress_bar)
     )
-    others = [build_evaluator(s, student, ps, vocab_size=vocab_size, benchmark=b) for b, ps in rest]
+    others = [build_evaluator(s, student, ps, vocab_size=vocab_size, benchmark=b, progress=True) for b, ps in rest]
     module = DistillModule(
         s, student.model, teacher.model, student.tokenizer, vocab_size, evaluator, prompts=data.dataset, others=others
     )
@@ -133,7 +142,8 @@ def build(
 
 
 def build_trainer(s: TrainConfig, run_dir: Path, preemption: Preemption) -> L.Trainer:
-    """The Lightning trainer: devices, precision, logger, checkpoints every so often and on a signal."""
+    """The Lightning trainer: devices, precision, logger, checkpoints every so often and on a signal, a step bar."""
+    quiet_libraries()  # one console line per event (dear/training/quiet.py), before the Trainer logs its first
     return L.Trainer(
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
@@ -143,7 +153,8 @@ def build_trainer(s: TrainConfig, run_dir: Path, preemption: Preemption) -> L.Tr
         max_steps=s.steps,
         logger=build_loggers(s, run_dir),
         default_root_dir=str(run_dir),
-        callbacks=[checkpoints(s, run_dir), preemption],
+        callbacks=[checkpoints(s, run_dir), preemption, StepBar()],
+        enable_checkpointing=False,  # no Lightning ModelCheckpoint: checkpoints/last.ckpt is ours
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -191,15 +202,12 @@ def write(
     return metrics
 
 
-def checkpoints(s: TrainConfig, run_dir: Path) -> L.pytorch.callbacks.ModelCheckpoint:
+def checkpoints(s: TrainConfig, run_dir: Path) -> PeriodicCheckpoint:
     """``checkpoints/last.ckpt`` every ``checkpoint.every_steps`` steps or ``every_minutes`` minutes."""
     c = s.checkpoint
-    every = (
-        {"train_time_interval": datetime.timedelta(minutes=c.every_minutes)}
-        if c.every_minutes
-        else {"every_n_train_steps": c.every_steps or max(1, s.steps)}
+    return PeriodicCheckpoint(
+        run_dir / "checkpoints" / "last.ckpt", every_steps=c.every_steps, every_minutes=c.every_minutes
     )
-    return L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, **every)
 
 
 def resume_path(run_dir: Path) -> str | None:

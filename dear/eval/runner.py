@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +29,27 @@ from dear.distill.teacher_view import teacher_view
 from dear.eval.grading import grade
 
 log = logging.getLogger(__name__)
+
+# One style for the console's bars (training steps, evaluated problems): what they count, then how far
+BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} |{bar:24}| {elapsed}<{remaining}, {rate_fmt}{postfix}"
+
+
+def progress_bar(desc: str, total: int, *, unit: str, initial: int = 0, enabled: bool = True, leave: bool = False):
+    """A tqdm bar ``<desc> <done>/<total>`` on stderr, shown only when stderr is a terminal: a log file gets no bar
+    (the run's log lines say how far it is)."""
+    terminal = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        bar_format=BAR_FORMAT,
+        disable=not (enabled and terminal),
+        leave=leave,
+        dynamic_ncols=True,
+        mininterval=0,  # every update drawn: a few per evaluation or step, and the last one always shows
+        file=sys.stderr,
+    )
 
 
 @dataclass
@@ -52,7 +74,7 @@ class Evaluator:
     teacher_tokenizer: object | None = None
     vocab_size: int | None = None
     step: StepConfig | None = None  # how the held-out KL scores rollouts: the training step's micro-batches and logits
-    progress: bool = False
+    progress: bool = False  # a bar over the problems generated for, on a terminal
     grade_workers: int = 4
     # Kinds whose record says so (math) are graded in worker processes, where math-verify's signal
     # timeouts bound pathological inputs (they are off on threads: dear/eval/math.py); code runs in
@@ -126,18 +148,20 @@ class Evaluator:
     def _generate(self, model) -> list[str]:
         out: list[str] = []
         greedy = self.temperature == 0
-        batches = range(0, len(self.prompts), self.batch_size)
-        for start in tqdm(batches, desc=f"eval {self.name}", disable=not self.progress, leave=False):
-            r = generate(
-                model,
-                self.tokenizer,
-                self.prompts[start : start + self.batch_size],
-                n=self.samples,
-                temperature=self.temperature or 1.0,
-                max_new_tokens=self.max_new_tokens,
-                greedy=greedy,
-            )
-            out.extend(r.texts)
+        with progress_bar(f"eval {self.name}", len(self.prompts), unit="problem", enabled=self.progress) as bar:
+            for start in range(0, len(self.prompts), self.batch_size):
+                prompts = self.prompts[start : start + self.batch_size]
+                r = generate(
+                    model,
+                    self.tokenizer,
+                    prompts,
+                    n=self.samples,
+                    temperature=self.temperature or 1.0,
+                    max_new_tokens=self.max_new_tokens,
+                    greedy=greedy,
+                )
+                out.extend(r.texts)
+                bar.update(len(prompts))
         return out
 
     def heldout_reverse_kl(self, model, teacher, temperature: float = 1.0) -> float:

@@ -10,7 +10,10 @@ model is then read by the same ``AutoModelForCausalLM`` / ``AutoTokenizer`` call
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,13 +97,17 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     preset = as_preset(preset, group)
-    where, kwargs = resolve_weights(preset, cache_dir, toy_task, progress=progress, group=group)
+    # A toy or tuned model is built into the cache on first use; its bars show on a terminal only
+    terminal = sys.stderr.isatty()
+    with transient_bars():
+        where, kwargs = resolve_weights(preset, cache_dir, toy_task, progress=progress and terminal, group=group)
     # A model that trains holds float32 weights whatever the preset's dtype (dear/models/precision.py): a bfloat16
     # weight rounds an AdamW step of ~1e-6 away. Mixed precision computes in bf16 around them.
     dtype = torch.float32 if trainable else DTYPES[preset.dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+        with transient_bars():
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except OSError as e:
         raise ModelUnavailable(
             f"{preset.name}: cannot load '{where}' (not cached and the hub is not reachable); download it with "
@@ -123,11 +130,32 @@ def export_model(loaded: LoadedModel, folder: Path) -> None:
 
     model = loaded.model
     state = {k: v.detach().to(loaded.dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    model.save_pretrained(folder, state_dict=state)
+    with transient_bars():
+        model.save_pretrained(folder, state_dict=state)
     config = copy.deepcopy(model.config)  # save_pretrained writes the in-memory dtype; the files hold this one
     config.dtype = loaded.dtype
     config.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
+
+
+@contextlib.contextmanager
+def transient_bars() -> Iterator[None]:
+    """transformers' own bars ("Loading weights", "Writing model shards") drawn only on a terminal, and wiped when
+    done: a log file gets none. Hub downloads keep their bars (huggingface_hub's, not these)."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):  # older transformers: its bars as they are
+        yield
+        return
+
+    def hook(factory, args, kwargs):
+        return factory(*args, **{**kwargs, "leave": False, "disable": kwargs.get("disable") or None})
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 class NoRoom(DearError):

@@ -140,7 +140,7 @@ class DistillModule(L.LightningModule):
         self.teacher.eval()
 
     # Evaluation and pages are rank 0's, and module hooks: Lightning calls these after every callback's, so a
-    # checkpoint of step k (ModelCheckpoint, Preemption) is written before step k's evaluation, which a run
+    # checkpoint of step k (PeriodicCheckpoint, Preemption) is written before step k's evaluation, which a run
     # resumed from it then runs and logs itself.
     def on_train_start(self):
         if not self.trainer.is_global_zero:
