@@ -52,7 +52,7 @@ plan-check: setup
 	$(OFFLINE) $(BIN)/python bench/plan_check.py $(ARGS)
 
 reproduce-table: setup
-	$(OFFLINE) $(BIN)/dear-table --run conf/table/toy.yaml $(ARGS)
+	$(OFFLINE) $(BIN)/dear-table --run toy $(ARGS)
 
 # Mutation testing (not in CI: minutes per module): mutmut mutates dear/objective/, rollout.py,
 # step.py and eval/code.py, runs the fast tests that reach each mutant (settings in setup.cfg) and

@@ -62,6 +62,16 @@ def test_nothing_is_checked_where_hydra_runs_nothing(argv, capsys):
     assert capsys.readouterr().out == ""  # --version prints once, when Hydra's app reads it
 
 
+def test_each_run_is_composed_with_the_searchpath_and_without_hydra_s_other_settings():
+    """``hydra.searchpath`` says where config groups are (dear-table's generated ``grid_run``, dear/tables/grid.py),
+    so a run composes only with it; Hydra's other settings (its folders, its launcher) are no part of the config."""
+    argv = ["-m", "hydra.searchpath=[file:///x]", "+grid_run=a,b", "hydra.run.dir=/x", "hydra/launcher=joblib"]
+    command = preflight_argv.read_command(argv)
+    assert command.overrides == ["hydra.searchpath=[file:///x]", "+grid_run=a,b"]
+    assert command.hydra == ["hydra.run.dir=/x", "hydra/launcher=joblib"]
+    assert user_overrides(argv) == command.overrides
+
+
 def test_a_rerun_runs_a_pickled_config_which_no_override_changes():
     assert user_overrides(["--experimental-rerun", "outputs/x/.hydra/config.pickle", "seed=1"]) is None
 

@@ -1,7 +1,8 @@
 """dear-table (dear/tables/): one grid format, one renderer. Collation of a grid from fabricated run directories
 with a hand-computed interval, of the finished runs found under folders (rows: what differs besides the seed),
 reuse of finished runs, every one-line error, the paper's grid as a dry run, and (slow) a real joblib sweep
-that a second call reuses."""
+that a second call reuses. The launch itself (one multirun, --no-wait, a launch in flight) is tests/test_grid_launch.py;
+tables of several benchmarks and what a row pools, tests/test_grid_tables.py."""
 
 from __future__ import annotations
 
@@ -84,6 +85,40 @@ def fabricate_all(grid):
             (grid.run_dir(run) / "checkpoints" / "last.ckpt").write_text("")
 
 
+class Launcher:
+    """``subprocess.Popen`` as dear-table's launch sees it: each command (and how it was started) is kept in
+    ``calls``, and ``runs`` (a function: the runs it finishes) happens; its process has ended, with ``returncode``,
+    by the time it is waited for."""
+
+    def __init__(self, returncode: int = 0):
+        self.returncode, self.calls, self.runs = returncode, [], lambda: None
+
+    def __call__(self, cmd, **kwargs):
+        self.calls.append((cmd, kwargs))
+        self.runs()
+        return self
+
+    pid = 2**22 + 1  # above Linux's pid_max: no process has it, so the launcher is never found alive
+
+    def wait(self) -> int:
+        return self.returncode
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+@pytest.fixture
+def launcher(monkeypatch) -> Launcher:
+    """The launch (one multirun), its process faked."""
+    fake = Launcher()
+    monkeypatch.setattr(subprocess, "Popen", fake)
+    return fake
+
+
+def no_launch(monkeypatch, why: str) -> None:
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail(why))
+
+
 def test_t_quantiles_and_a_paired_interval_by_hand():
     for df, ref in [(1, 12.706205), (2, 4.302653), (9, 2.262157), (19, 2.093024)]:
         assert t_quantile(0.975, df) == pytest.approx(ref, abs=1e-6)
@@ -122,25 +157,26 @@ def csv_rows(path: Path):
         yield from csv.DictReader(f)
 
 
-def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, monkeypatch, capsys):
+def test_finished_runs_are_reused_and_interrupted_ones_resumed(tmp_path, launcher, capsys):
     grid = make_grid(tmp_path)
     fabricate_all(grid)
     # shared runs are run once: opd appears in both tables, 3 + 2 seeds -> seeds 0, 1, 2
     assert len(grid.runs()) == 3 * 3 + 2 * 2
     todo = grids.pending(grid)
     assert [(r.row, r.seed) for r in todo] == [("random", 2)]  # the interrupted one only
-    calls = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    launcher.runs = lambda: fabricate(grid, todo[0], 0.6)
     main(["--run", str(tmp_path / "fab.yaml")])
-    (cmd,) = calls  # one dear-train -m for the one unfinished run, into its own directory (it resumes there)
-    assert cmd[1] == "-m" and "method=random" in cmd and "seed=2" in cmd and "hydra/launcher=joblib" in cmd
-    assert "++logger.group=fab" in cmd
-    assert f"hydra.sweep.dir='{grid.runs_dir / todo[0].slug}'" in cmd and "hydra.sweep.subdir=seed_${seed}" in cmd
-    assert "| dear |" in capsys.readouterr().out
-    fabricate(grid, todo[0], 0.6)
-    calls.clear()
+    ((cmd, _),) = launcher.calls  # one dear-train -m for the one unfinished run, into its own directory (it resumes)
+    assert cmd[1] == "-m" and f"+grid_run={todo[0].key}" in cmd and "hydra/launcher=joblib" in cmd
+    assert "++logger.group=fab" in cmd and f"hydra.sweep.dir={grid.runs_dir}" in cmd
+    config = yaml.safe_load((grid.runs_dir / ".launch" / "grid_run" / f"{todo[0].key}.yaml").read_text())
+    assert config["defaults"] == [{"override /method": "random"}] and config["seed"] == 2
+    assert grid.runs_dir / config["hydra"]["sweep"]["subdir"] == grid.run_dir(todo[0])
+    assert "| random | 3/3 |" in capsys.readouterr().out
+    assert not (grid.runs_dir / ".launch" / "launcher.json").exists()  # the launcher ended: no launch in flight
+    launcher.calls.clear()
     main(["--run", str(tmp_path / "fab.yaml")])
-    assert calls == []  # everything finished: nothing runs again
+    assert launcher.calls == []  # everything finished: nothing runs again
     # a changed shared override is a different run
     assert grids.read(tmp_path / "fab.yaml", ["steps=5"]).runs()[0].slug != todo[0].slug.replace("random", "opd")
     assert not set(r.slug for r in grids.read(tmp_path / "fab.yaml", ["steps=5"]).runs()) & set(
@@ -156,7 +192,7 @@ def test_wandb_runs_are_grouped_by_grid_and_tagged_with_method_and_pair(tmp_path
 
     logger = build_loggers(train_config(compose(["method=opd", "++logger.group=toy"])), tmp_path)
     init = logger._wandb_init
-    assert init["group"] == "toy" and init["tags"] == ["method=opd", "pair=toy-student<-toy-teacher"]
+    assert init["group"] == "toy" and {"method=opd", "pair=toy-student<-toy-teacher"} <= set(init["tags"])
 
 
 def table_error(argv: list[str], capsys) -> str:
@@ -189,12 +225,19 @@ BAD_GRIDS = [
     ("tables: {t: {rows: {a: [x=1]}, baseline: nope}}\n", "tables.t.baseline must name a row of the table"),
     ("tables: {t: {rows: {a: [x=1]}, baseline: {nope: a}}}\n", "tables.t.baseline must name a row of the table"),
     ("tables: {t: {rows: {a: [x=1]}, curve: x}}\n", "tables.t.curve must be one of its sweep keys"),
+    # a row is one run per seed, its overrides a config file's settings that the shared ones leave alone
+    ("tables: {t: {rows: {a: ['method=opd,dear']}}}\n", "tables.t.rows.a: method=opd,dear sweeps; a table's rows"),
+    ("overrides: [seed=3]\n" + ROWS, "overrides: seed=3 sets the seed; a table's seeds: says them"),
+    ("tables: {t: {rows: {a: ['~loss']}}}\n", "tables.t.rows.a: ~loss cannot differ between runs (put it in launch:)"),
+    ("tables: {t: {rows: {a: [hydra/launcher=joblib]}}}\n", "hydra/launcher=joblib cannot differ between runs"),
+    ("overrides: [method=opd]\ntables: {t: {rows: {a: [method=dear]}}}\n", "tables.t.rows.a sets method, which the"),
+    ("tables: {t: {rows: {a: ['x=[1']}}}\n", "tables.t.rows.a: x=[1 is not an override Hydra reads"),
 ]
 
 
 @pytest.mark.parametrize("text, says", BAD_GRIDS, ids=[s for _, s in BAD_GRIDS])
 def test_a_bad_grid_file_is_one_line_before_anything_runs_or_is_written(tmp_path, capsys, monkeypatch, text, says):
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a bad grid file started runs"))
+    no_launch(monkeypatch, "a bad grid file started runs")
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"
     grid.write_text(text)
@@ -207,22 +250,28 @@ FLAG = "(overrides are key=value, and only taken with --run)"
 
 
 def test_the_command_lines_dear_table_refuses(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a refused command started runs"))
+    no_launch(monkeypatch, "a refused command started runs")
+    monkeypatch.chdir(tmp_path)
     grid = tmp_path / "fab.yaml"
     grid.write_text(yaml.safe_dump({**GRID, "output": str(tmp_path / "tables")}))
     (tmp_path / "empty").mkdir()
     cases = [
-        (["--run", str(tmp_path / "none.yaml")], f"no grid file {tmp_path / 'none.yaml'}"),
+        (["--run", str(tmp_path / "none.yaml")], f"no grid file {tmp_path / 'none.yaml'}; give a grid file or a "),
+        (["--run", "nope"], "no packaged grid nope; choose from: paper, toy (or give a grid file's path)"),
         (["--run", str(grid), "outputs/"], "--run takes overrides (key=value) for the grid's runs, not outputs/"),
         (["--run", str(grid), "--seed", "1"], f"unknown arguments --seed {FLAG}"),
+        (["--run", str(grid), "--dryrun"], f"unknown arguments --dryrun {FLAG}"),
+        (["--run", str(grid), "--dry"], f"unknown arguments --dry {FLAG}"),  # no abbreviations: --dry is not --dry-run
+        (["--run", str(grid), "--no"], f"unknown arguments --no {FLAG}"),
+        ([str(tmp_path), "--no-wait"], "--no-wait launches a grid's runs: give the grid, e.g. dear-table --run toy"),
         ([str(tmp_path), "--seed", "1"], f"unknown arguments --seed 1 {FLAG}"),
         ([str(tmp_path), "seed=1"], "no folder seed=1 (overrides are only taken with --run)"),
         ([str(tmp_path / "nowhere")], f"no folder {tmp_path / 'nowhere'}; give the folders that hold the runs"),
         ([str(tmp_path / "empty")], f"no finished runs (metrics.json) under {tmp_path / 'empty'}"),
     ]
     for argv, says in cases:
-        assert table_error(argv, capsys) == f"dear-table: error: {says}"
-    assert not (tmp_path / "tables").exists()
+        assert table_error(argv, capsys).startswith(f"dear-table: error: {says}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "fab.yaml"]  # nothing written, nothing launched
 
 
 def test_a_broken_metrics_file_and_an_unwritable_out_are_one_line(tmp_path, capsys):
@@ -240,7 +289,7 @@ def test_a_broken_metrics_file_and_an_unwritable_out_are_one_line(tmp_path, caps
 def test_failed_runs_are_one_line_after_the_tables_are_written(tmp_path, capsys, monkeypatch):
     grid = make_grid(tmp_path)
     fabricate_all(grid)  # random's seed 2 is unfinished, and its run fails
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1))
+    monkeypatch.setattr(subprocess, "Popen", Launcher(returncode=1))
     out = tmp_path / "t.md"
     with pytest.raises(SystemExit) as e:
         main(["--run", str(tmp_path / "fab.yaml"), "--out", str(out)])
@@ -252,13 +301,16 @@ def test_failed_runs_are_one_line_after_the_tables_are_written(tmp_path, capsys,
     assert "| random | 2/3 |" in out.read_text() and (grid.output / "fab.md").read_text() == out.read_text()
 
 
-def test_overrides_after_the_grid_file_reach_every_run(tmp_path, monkeypatch, capsys):
-    make_grid(tmp_path)
-    calls = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+def test_overrides_after_the_grid_file_reach_every_run(tmp_path, launcher, capsys):
+    grid = make_grid(tmp_path)
+    bigger = grids.read(tmp_path / "fab.yaml", ["steps=5", "++eval.every=2"])
+    launcher.runs = lambda: [fabricate(bigger, run, 0.5) for run in bigger.runs()]
     main(["--run", str(tmp_path / "fab.yaml"), "steps=5", "++eval.every=2", "--out", str(tmp_path / "t.md")])
-    assert len(calls) == 3 + 2  # main's three rows, ratio's two swept ones (its opd is main's)
-    assert all("steps=5" in cmd and "++eval.every=2" in cmd for cmd in calls)
+    ((cmd, _),) = launcher.calls  # every run of the grid in one multirun: main's 3 rows x 3 seeds, ratio's 2 x 2
+    runs = bigger.runs()
+    assert len(runs) == 3 * 3 + 2 * 2 and f"+grid_run={','.join(r.key for r in runs)}" in cmd
+    assert "steps=5" in cmd and "++eval.every=2" in cmd
+    assert {r.slug for r in runs}.isdisjoint(r.slug for r in grid.runs())  # other settings, other runs
     assert (tmp_path / "t.md").read_text() == capsys.readouterr().out  # --out holds what was printed
 
 
@@ -338,10 +390,15 @@ def test_folder_rows_are_the_runs_that_differ_only_by_seed(tmp_path, capsys):
         "| 0.750 ± 0.000 | 0.360 ± 0.000 |",
     ]
     assert out.read_text() == printed.out
-    assert printed.err.strip() == (
+    assert printed.err.strip().splitlines() == [
         f"dear-table: 1 run(s) repeat the settings and seed of a run found before them and are left out: "
-        f"{tmp_path / 'd' / '1' / 'metrics.json'}"
-    )
+        f"{tmp_path / 'd' / '1' / 'metrics.json'}",
+        "dear-table: warning: row method=dear, method.decision_ratio=0.2 pools runs that ran differently besides the "
+        "seed (cache_dir, logger.group, trainer.threads differ); give the folders of one kind of run to keep them "
+        "apart",
+        "dear-table: warning: row method=opd pools runs that ran differently besides the seed (cache_dir, "
+        "logger.group differ); give the folders of one kind of run to keep them apart",
+    ]
 
 
 def test_folder_rows_name_the_presets_that_differ_and_the_tables_mark_an_offline_subset(tmp_path, capsys):
@@ -381,17 +438,21 @@ PAPER_BENCHMARKS = (
     "humaneval",
     "apps",
 )
+EVALUATED = "eval.benchmarks=[" + ",".join(PAPER_BENCHMARKS[1:]) + "]"
 
 
-def test_the_paper_grid_as_a_dry_run(capsys):
-    main(["--run", str(ROOT / "conf" / "table" / "paper.yaml"), "--dry-run"])
+def test_the_paper_grid_trains_once_per_pair_method_and_seed(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the packaged grid by name, from any folder
+    main(["--run", "paper", "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
     runs = [line for line in lines if line.startswith(("todo", "done"))]
-    assert len(runs) == 3 * 4 * 9 and lines[-1].startswith("108 runs")
+    assert len(runs) == 3 * 4 and lines[-1].startswith("12 runs, 12 to run")
     for pair in ("qwen-1.5b-14b", "qwen-1.5b-qwen3-4b", "qwen3-1.7b-4b"):
         for method in ("offline_kd", "opd", "entropy", "dear"):
-            for bench in PAPER_BENCHMARKS:
-                assert sum(f"experiment={pair} method={method} benchmark={bench} seed=0" in r for r in runs) == 1
+            said = f"benchmark=math500 '{EVALUATED}' experiment={pair} method={method} seed=0"
+            assert sum(said in r for r in runs) == 1
+    g = grids.read(grids.find("paper"))
+    assert all(t.baseline == {f"method={m}": "method=opd" for m in ("offline_kd", "entropy", "dear")} for t in g.tables)
     for bench in PAPER_BENCHMARKS:  # every benchmark is a preset
         assert (ROOT / "conf" / "benchmark" / f"{bench}.yaml").is_file()
 

@@ -21,28 +21,59 @@ seeds::
         curve: method.decision_ratio # plotted as a sensitivity curve against this key
 
 A one-off sweep is a table too: ``tables: {sweep: {seeds: 2, sweep: {method: [opd, dear]}}}`` (a
-``sweep:`` at the top of the file is refused with that hint).
+``sweep:`` at the top of the file is refused with that hint). The grids shipped in the package
+(dear/conf/table/) are found by name from any folder: ``dear-table --run toy``.
 
 A run is identified by its overrides (the shared ones and its row's, seed aside): it lives in
 ``runs/<slug>/seed_<s>``, so two tables that need the same run share it, and a run whose directory
 holds a finished ``metrics.json`` is never run again. An interrupted run resumes from its own
-``checkpoints/last.ckpt`` (dear/train.py), so re-running the grid resumes the reproduction.
+``checkpoints/last.ckpt`` (dear/train.py), so re-running the grid resumes the reproduction. A row is one
+run per seed: its overrides sweep nothing, leave the seed to ``seeds:``, and set no key the shared
+overrides set (the shared ones would win).
+
+Launching: every unfinished run goes to Hydra's launcher at once, as one ``dear-train -m``. Its rows differ in
+more than one key, which a Cartesian sweep cannot say, so each run becomes a generated config,
+``runs/.launch/grid_run/<key>.yaml`` (its row's presets as ``defaults:`` overrides, its settings, its seed and
+its folder as ``hydra.sweep.subdir``), and the multirun sweeps over them::
+
+    dear-train -m hydra.searchpath=[file://<runs>/.launch] +grid_run=<key>,<key>,... <shared overrides>
+        <launch> ++logger.group=<grid name> hydra.sweep.dir=<runs>
+
+(`launch_command`). dear-train's preflight composes and checks each of its runs (the command line's
+``hydra.searchpath`` included) before Hydra starts any. The launcher's pid is kept in ``runs/.launch/launcher.json``
+while it runs: a second ``dear-table --run`` of the grid launches nothing then, and collates what finished.
+
+``--no-wait`` starts that launcher in its own session, its output in ``runs/.launch/launch-<time>.log``, and
+returns at once; the same command, later, collates what finished. With a cluster launcher
+(``launch: [hydra/launcher=slurm]``) this is the way to run a grid: the multirun submits the jobs and waits
+for them on the login node, where it outlives the shell that started it, and a requeued job finds its
+generated config again (a run's key names its identity, so relaunching rewrites the same files).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+import dear
+from dear.config.presets import CONF_DIR
 from dear.errors import DearError
+from dear.files import write_text_atomic, writing
+
+PACKAGED = Path(dear.__file__).parent / "conf" / "table"  # the grids shipped with dear, found by name
+LAUNCH = ".launch"  # under runs/: the generated grid_run group, the launcher's record and its logs
 
 
 @dataclass(frozen=True)
@@ -54,6 +85,11 @@ class Run:
 
     def command_overrides(self, shared: list[str]) -> list[str]:
         return [*shared, *self.overrides, f"seed={self.seed}"]
+
+    @property
+    def key(self) -> str:
+        """The run's option in the generated ``grid_run`` group: its identity (the slug's digest) and seed."""
+        return f"{self.slug.rsplit('-', 1)[-1]}_seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +134,19 @@ def slug(shared: list[str], overrides: tuple[str, ...]) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(overrides))[:80] or "defaults"
     digest = hashlib.sha1(json.dumps([list(shared), list(overrides)]).encode()).hexdigest()[:8]
     return f"{readable}-{digest}"
+
+
+def find(name: str) -> Path:
+    """A grid file: the path given, or the packaged grid of that name (``toy`` -> dear/conf/table/toy.yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+    if name in packaged:
+        return PACKAGED / f"{name}.yaml"
+    if "/" in name or name.endswith((".yaml", ".yml")):
+        raise DearError(f"no grid file {name}; give a grid file or a packaged grid: {', '.join(packaged)}")
+    raise DearError(f"no packaged grid {name}; choose from: {', '.join(packaged)} (or give a grid file's path)")
 
 
 def _fail(grid_file: Path, message: str) -> DearError:
@@ -164,13 +213,57 @@ def read(grid_file: Path, overrides: list[str] = ()) -> Grid:
     if unknown:
         raise _fail(grid_file, f"unknown keys {', '.join(sorted(unknown))} (a grid has {', '.join(sorted(GRID_KEYS))})")
     tables = [_table(grid_file, name, t) for name, t in spec["tables"].items()]
-    return Grid(
+    grid = Grid(
         name=str(spec.get("name", grid_file.stem)),
         output=Path(spec.get("output", "outputs/tables")),
         overrides=_str_list(grid_file, "overrides", spec.get("overrides")) + list(overrides),
         launch=_str_list(grid_file, "launch", spec.get("launch")),
         tables=tables,
     )
+    _check_overrides(grid_file, grid)
+    return grid
+
+
+def _check_overrides(grid_file: Path, grid: Grid) -> None:
+    """Each run of the grid is one run: no override sweeps or sets the seed, and a row's overrides are settings a
+    config file can hold (its generated ``grid_run`` config) that the shared overrides leave alone."""
+    shared = [_parsed(grid_file, "overrides", o) for o in grid.overrides]
+    for o in shared:
+        _one_run(grid_file, "overrides", o)
+    for table in grid.tables:
+        for row, overrides in table.rows.items():
+            where = f"tables.{table.name}.rows.{row}"
+            for o in (_parsed(grid_file, where, text) for text in overrides):
+                _one_run(grid_file, where, o)
+                key = o.key_or_group
+                if o.is_delete() or key == "hydra" or key.startswith(("hydra.", "hydra/")):
+                    raise _fail(grid_file, f"{where}: {o.input_line} cannot differ between runs (put it in launch:)")
+                if key in {s.key_or_group for s in shared}:
+                    raise _fail(grid_file, f"{where} sets {key}, which the shared overrides set for every run")
+
+
+def _parse(override: str):
+    """One override as Hydra's parser reads it (a ``hydra.core.override_parser.types.Override``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(override)
+
+
+def _parsed(grid_file: Path, where: str, override: str):
+    """`_parse`, its refusal one line that names where the grid file says it."""
+    from hydra.errors import HydraException
+
+    try:
+        return _parse(override)
+    except HydraException as e:
+        raise _fail(grid_file, f"{where}: {override} is not an override Hydra reads ({str(e).splitlines()[0]})") from e
+
+
+def _one_run(grid_file: Path, where: str, o) -> None:
+    if o.is_sweep_override():
+        raise _fail(grid_file, f"{where}: {o.input_line} sweeps; a table's rows (or its sweep:) say each run")
+    if o.key_or_group == "seed":
+        raise _fail(grid_file, f"{where}: {o.input_line} sets the seed; a table's seeds: says them")
 
 
 def finished(run_dir: Path) -> bool:
@@ -185,27 +278,146 @@ def pending(grid: Grid) -> list[Run]:
     return [run for run in grid.runs() if not finished(grid.run_dir(run))]
 
 
-def launch(grid: Grid, runs: list[Run]) -> list[str]:
-    """Run the given runs: one ``dear-train -m`` per row over its seeds (jobs run in parallel under a
-    parallel launcher such as ``hydra/launcher=joblib``). Returns the rows whose sweep failed."""
-    by_row: dict[str, list[Run]] = {}
+# --- launching ------------------------------------------------------------------------------------------------
+
+
+def _dear_train() -> str:
+    return str(Path(sys.executable).parent / "dear-train")
+
+
+def _quoted(value: str) -> str:
+    """A string as Hydra's override grammar reads it: quoted where it holds more than letters, digits and ``_./:-``
+    (a row's folder holds = and ,)."""
+    if re.fullmatch(r"[\w./:-]+", value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def run_config(grid: Grid, run: Run) -> str:
+    """The generated ``grid_run/<key>.yaml`` of one run: its row's presets as ``defaults:`` overrides (and the
+    setup a real student needs, as dear-train picks it), its row's settings, its seed and its folder."""
+    defaults, values = [], {}
+    for o in map(_parse, run.overrides):  # read() has checked them
+        if "." not in o.key_or_group and (CONF_DIR / o.key_or_group).is_dir():  # a preset: model=qwen-1.5b
+            group = o.key_or_group + (f"@{o.package}" if o.package else "")
+            defaults.append({f"{'' if o.is_add() else 'override '}/{group}": o.value()})
+        else:
+            *parents, leaf = o.key_or_group.split(".")
+            node = values
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = o.value()
+    setup = _setup((*grid.overrides, *run.overrides))
+    if setup:
+        defaults.insert(0, {"override /setup": setup})
+    config = {"defaults": defaults, **values, "seed": run.seed}
+    loggers = [o.split("=", 1)[1] for o in (*grid.overrides, *run.overrides) if o.lstrip("+").startswith("logger=")]
+    if (loggers or ["wandb"])[-1] == "wandb":  # conf/train.yaml's default logger
+        config.setdefault("logger", {})["run_name"] = wandb_name(run)
+    config["hydra"] = {"sweep": {"subdir": f"{run.slug}/seed_{run.seed}"}}  # the run's folder: Grid.run_dir
+    note = f"# {grid.name}, row {run.row}: {shlex.join(run.command_overrides([]))} (written by dear-table)\n"
+    return "# @package _global_\n" + note + yaml.safe_dump(config, sort_keys=False)
+
+
+def wandb_name(run: Run) -> str:
+    """The run's W&B name as dear-train names a sweep's jobs (dear/training/loggers.py): ``dear-``, its row's values
+    (a preset by its name, a setting as ``key=value`` by its last key), ``-s<seed>``: ``dear-qwen-1.5b-14b-opd-s0``."""
+    parts = []
+    for o in map(_parse, run.overrides):
+        preset = "." not in o.key_or_group and (CONF_DIR / o.key_or_group).is_dir()
+        parts.append(str(o.value()) if preset else f"{o.key_or_group.rsplit('.', 1)[-1]}={o.value()}")
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "-".join(["dear", *parts, f"s{run.seed}"]))
+
+
+@functools.cache
+def _setup(overrides: tuple[str, ...]) -> str | None:
+    """The setup dear-train would add to a run with these overrides (`dear.preflight.command.choose_setup`)."""
+    from dear.preflight.command import choose_setup
+
+    try:
+        return choose_setup(list(overrides))
+    except Exception:  # noqa: BLE001  (a bad override: dear-train's preflight reports it in its own words)
+        return None
+
+
+def launch_command(grid: Grid, runs: list[Run]) -> list[str]:
+    """The one ``dear-train -m`` that runs ``runs``: a sweep over their generated ``grid_run`` configs, written here."""
+    group = grid.runs_dir / LAUNCH / "grid_run"
     for run in runs:
-        by_row.setdefault(run.slug, []).append(run)
-    failed = []
-    for row_slug, rs in by_row.items():
-        seeds = ",".join(str(r.seed) for r in rs)
-        cmd = [
-            str(Path(sys.executable).parent / "dear-train"),
-            "-m",
-            *grid.overrides,
-            *rs[0].overrides,
-            f"seed={seeds}",
-            *grid.launch,
-            f"++logger.group={grid.name}",  # one W&B group per grid
-            f"hydra.sweep.dir='{grid.runs_dir / row_slug}'",
-            "hydra.sweep.subdir=seed_${seed}",
-        ]  # quoted: = ,
-        print(f"running {len(rs)} run(s) of {rs[0].row}:", " ".join(cmd), file=sys.stderr, flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            failed.append(rs[0].row)
-    return failed
+        write_text_atomic(group / f"{run.key}.yaml", run_config(grid, run))
+    return [
+        _dear_train(),
+        "-m",
+        f"hydra.searchpath=[{_quoted('file://' + str(group.parent.resolve()))}]",
+        f"+grid_run={','.join(run.key for run in runs)}",
+        *grid.overrides,
+        *grid.launch,
+        f"++logger.group={grid.name}",  # one W&B group per grid
+        f"hydra.sweep.dir={_quoted(str(grid.runs_dir))}",
+    ]
+
+
+def launch(grid: Grid, runs: list[Run], wait: bool = True) -> dict:
+    """Hand ``runs`` to the launcher as one multirun (`launch_command`), recorded in ``runs/.launch/launcher.json``
+    while it runs; wait for it, or
+    (``wait=False``) leave it running in its own session with its output in a log. Returns its record."""
+    cmd = launch_command(grid, runs)
+    print(f"running {len(runs)} run(s):", shlex.join(cmd), file=sys.stderr, flush=True)
+    folder = grid.runs_dir / LAUNCH
+    with writing(folder):  # where the record goes: writable before anything starts
+        folder.mkdir(parents=True, exist_ok=True)
+    log = None if wait else folder / f"launch-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    proc = subprocess.Popen(cmd) if wait else _detached(cmd, log)
+    record = {
+        "pid": proc.pid,
+        "started": _started(proc.pid),
+        "log": str(log) if log else None,
+        "runs": [str(grid.run_dir(run)) for run in runs],
+        "command": cmd,
+    }
+    write_text_atomic(folder / "launcher.json", json.dumps(record, indent=1) + "\n")
+    if wait:
+        try:
+            proc.wait()
+        finally:
+            if proc.poll() is not None:
+                (folder / "launcher.json").unlink(missing_ok=True)
+    return record
+
+
+def _detached(cmd: list[str], log: Path) -> subprocess.Popen:
+    """``cmd`` started in a session of its own (a closed terminal does not stop it), its output in ``log``."""
+    with writing(log):
+        out = log.open("ab")
+    with out:
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def in_flight(grid: Grid) -> dict | None:
+    """The record of the grid's launcher while its process is alive (`launch`), else None."""
+    try:
+        record = json.loads((grid.runs_dir / LAUNCH / "launcher.json").read_text())
+        pid = int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, and someone else's: a pid reused by another user's process shows in its start time
+    started = _started(pid)
+    return record if started == record.get("started") and started != "zombie" else None
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), which a later process given the same pid
+    does not share; "zombie" for one that ended unreaped; None where /proc does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (name)": state is field 3, starttime field 22
+    return "zombie" if fields[0] in ("Z", "X") else fields[19]

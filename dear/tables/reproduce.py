@@ -6,7 +6,9 @@ differ only by seed). Each row reports, over its seeds, mean ± std of held-out 
 training, the gain, accuracy AUC, held-out reverse KL after, gradient-mass coverage and kept share; and,
 when its table names a baseline row, its difference from that row in accuracy and AUC, paired by seed,
 with a 95% t-interval (`dear.tables.stats`). A row "beats" its baseline only when the accuracy interval
-lies above 0.
+lies above 0. Accuracy there is on a run's first benchmark (the one its curve follows); runs evaluated on
+more (``eval.benchmarks``) add, under the table, accuracy after and gain per benchmark, and the paired
+difference from the baseline per benchmark (CSV: ``<benchmark>_accuracy_after_mean``, … columns).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dear.files import write_text_atomic, writing
@@ -32,12 +34,15 @@ METRICS = (
     ("kept_share", "kept share"),
 )
 PAIRED = (("accuracy_after", "accuracy"), ("accuracy_auc", "AUC"))
+PER_BENCHMARK = ("accuracy_before", "accuracy_after", "gain")  # each benchmark's numbers (CSV: all of them)
+BENCHMARK_GRIDS = (("accuracy_after", "accuracy after"), ("gain", "gain"))  # markdown (before: the same student's)
 
 Section = tuple[Table, list["Row"]]  # a table and its collated rows, in display order
 
 
 def run_values(metrics: dict) -> dict:
-    """The numbers a table reads from one run's metrics.json."""
+    """The numbers a table reads from one run's metrics.json: the first benchmark's (the curve's) beside the
+    run's, and every benchmark's under ``benchmarks``."""
     name, bench = next(iter(metrics["benchmarks"].items()))
     return {
         "benchmark": name,
@@ -50,6 +55,10 @@ def run_values(metrics: dict) -> dict:
         "grad_mass_coverage": metrics.get("grad_mass_coverage"),
         "kept_share": metrics.get("kept_share"),
         "curve": metrics.get("curve", []),
+        "benchmarks": {
+            b: {**{k: e.get(k) for k in PER_BENCHMARK}, "subset": e.get("subset")}
+            for b, e in metrics["benchmarks"].items()
+        },
     }
 
 
@@ -60,9 +69,15 @@ class Row:
     by_seed: dict[int, dict]  # seed -> run_values of the finished runs
     baseline: str | None
     diffs: dict[str, Paired]  # metric -> paired difference from the baseline
+    bench_diffs: dict[str, Paired] = field(default_factory=dict)  # benchmark -> paired difference in accuracy after
+    ran_differently: tuple[str, ...] = ()  # how its pooled runs differ besides the seed (folders' tables)
 
     def values(self, key: str) -> dict[int, float]:
         return {s: v[key] for s, v in self.by_seed.items()}
+
+    def bench_values(self, bench: str, key: str) -> dict[int, float]:
+        """One benchmark's ``key`` per seed, of the seeds evaluated on it."""
+        return {s: v["benchmarks"][bench][key] for s, v in self.by_seed.items() if bench in v["benchmarks"]}
 
     @property
     def beats(self) -> str:
@@ -79,7 +94,16 @@ def pair(rows: list[Row]) -> list[Row]:
         if row.baseline:
             base = by_name[row.baseline]
             row.diffs = {k: paired(row.values(k), base.values(k)) for k, _ in PAIRED}
+            row.bench_diffs = {
+                b: paired(row.bench_values(b, "accuracy_after"), base.bench_values(b, "accuracy_after"))
+                for b in benchmarks(rows)
+            }
     return rows
+
+
+def benchmarks(rows: list[Row]) -> list[str]:
+    """The benchmarks the rows' runs were evaluated on, each run's first (its curve's) leading."""
+    return list(dict.fromkeys(b for r in rows for v in r.by_seed.values() for b in v["benchmarks"]))
 
 
 def collate(grid: Grid, table: Table) -> list[Row]:
@@ -100,15 +124,21 @@ def cell(values: list, digits: int = 3) -> str:
     mean, std, n = mean_std(values)
     if n == 0:
         return "-"
-    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return _fixed(mean, f".{digits}f") if n == 1 else f"{_fixed(mean, f'.{digits}f')} ± {std:.{digits}f}"
 
 
 def _diff(d: Paired | None) -> str:
     if d is None or d.n == 0:
         return "-"
     if d.n < 2:
-        return f"{d.mean:+.3f}"
-    return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+        return _fixed(d.mean, "+.3f")
+    return f"{_fixed(d.mean, '+.3f')} [{_fixed(d.low, '+.3f')}, {_fixed(d.high, '+.3f')}]"
+
+
+def _fixed(x: float, spec: str) -> str:
+    """``x`` formatted; a value that rounds to zero without a minus sign (a mean of -0.1, 0 and 0.1 is 0.000)."""
+    text = format(x, spec)
+    return text.replace("-", "+" if "+" in spec else "", 1) if float(text) == 0 else text
 
 
 def markdown(title: str, sections: list[Section]) -> str:
@@ -132,8 +162,12 @@ def _section(table: Table, rows: list[Row]) -> list[str]:
     compared = PAIRED if base else ()
     verdict = ["beats"] if base else []
     out = [f"## {table.name} ({len(table.seeds)} seeds{'; baseline ' + ', '.join(base) if base else ''})", ""]
-    subsets = sorted({f"{v['benchmark']}: {v['subset']}" for r in rows for v in r.by_seed.values() if v["subset"]})
+    ends = [(b, e) for r in rows for v in r.by_seed.values() for b, e in v["benchmarks"].items()]
+    subsets = sorted({f"{b}: {e['subset']}" for b, e in ends if e["subset"]})
     out += [f"Benchmark is an offline subset: {s}." for s in subsets] + ([""] if subsets else [])
+    if len(benchmarks(rows)) > 1:
+        curves = ", ".join(dict.fromkeys(v["benchmark"] for r in rows for v in r.by_seed.values()))
+        out += [f"Accuracy on {curves}, the benchmark of the held-out curve; every benchmark below.", ""]
     head = ["row", "seeds", *(t for _, t in METRICS), *(f"Δ {t}" for _, t in compared), *verdict]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -145,7 +179,25 @@ def _section(table: Table, rows: list[Row]) -> list[str]:
             *([r.beats] if verdict else []),
         ]
         out.append("| " + " | ".join(cells) + " |")
-    return out + [""]
+    return out + [""] + _per_benchmark(table, rows)
+
+
+def _per_benchmark(table: Table, rows: list[Row]) -> list[str]:
+    """Where runs were evaluated on more than one benchmark: a benchmark per column, for accuracy after, the gain
+    and (with a baseline) the paired difference in accuracy after."""
+    names = benchmarks(rows)
+    if len(names) < 2:
+        return []
+    out = []
+    grids = [(title, lambda r, b, k=k: cell(list(r.bench_values(b, k).values()))) for k, title in BENCHMARK_GRIDS]
+    if any(r.baseline for r in rows):
+        grids.append(("Δ accuracy after", lambda r, b: _diff(r.bench_diffs.get(b))))
+    for title, value in grids:
+        out += [f"### {table.name}: {title}, per benchmark", "", "| row | " + " | ".join(names) + " |"]
+        out += ["|" + "---|" * (len(names) + 1)]
+        out += ["| " + " | ".join([r.name, *(value(r, b) for b in names)]) + " |" for r in rows]
+        out.append("")
+    return out
 
 
 def csv_text(sections: list[Section]) -> str:
@@ -158,7 +210,13 @@ def csv_text(sections: list[Section]) -> str:
         head += [f"{k}_mean", f"{k}_std"]
     for k, _ in PAIRED:
         head += [f"diff_{k}_mean", f"diff_{k}_low", f"diff_{k}_high"]
-    w.writerow(head + ["baseline", "beats"])
+    head += ["baseline", "beats"]
+    extra = benchmarks([r for _, rows in sections for r in rows])
+    extra = extra if len(extra) > 1 else []  # one benchmark: its numbers are the columns above
+    for b in extra:
+        head += [f"{b}_{k}_{stat}" for k in PER_BENCHMARK for stat in ("mean", "std")]
+        head += [f"diff_{b}_accuracy_after_{stat}" for stat in ("mean", "low", "high")]
+    w.writerow(head)
     for table, rows in sections:
         for r in rows:
             line = [table.name, r.name, " ".join(r.overrides), len(r.by_seed)]
@@ -168,7 +226,14 @@ def csv_text(sections: list[Section]) -> str:
             for k, _ in PAIRED:
                 d = r.diffs.get(k)
                 line += [_num(d.mean), _num(d.low), _num(d.high)] if d else ["", "", ""]
-            w.writerow(line + [r.baseline or "", r.beats])
+            line += [r.baseline or "", r.beats]
+            for b in extra:
+                for k in PER_BENCHMARK:
+                    mean, std, _n = mean_std(list(r.bench_values(b, k).values()))
+                    line += [_num(mean), _num(std)]
+                d = r.bench_diffs.get(b)
+                line += [_num(d.mean), _num(d.low), _num(d.high)] if d else ["", "", ""]
+            w.writerow(line)
     return buf.getvalue()
 
 
