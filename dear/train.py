@@ -50,7 +50,12 @@ def train(cfg, run_dir: Path) -> dict | None:
     seed(s)
 
     evaluated = benchmarks(s)  # `benchmark` (the curve's) and eval.benchmarks: evaluated before and after training
-    log.info("Loading the %s prompts and the benchmarks %s", s.data.name, ", ".join(b.name for b in evaluated))
+    log.info(
+        "Loading the %s prompts and the benchmark%s %s",
+        s.data.name,
+        "s" * (len(evaluated) > 1),
+        ", ".join(b.name for b in evaluated),
+    )
     sets = [(b, eval_problems(s, b)) for b in evaluated]  # before any model: a set that cannot be had fails at once
     train_problems = training_problems(s.data, s.seed) if s.data.name != "toy" else None
     log.info("Loading student %s and teacher %s", s.model.name, s.teacher.name)
