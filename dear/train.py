@@ -89,7 +89,8 @@ def load_models(
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True)
     room = s.model.context_length
     for b, problems in sets:
-        check_room(student, problems, b.max_new_tokens, room, f"{b.name} ({b.name}'s max_new_tokens)")
+        key = "benchmark.max_new_tokens" if b is s.benchmark else "eval.benchmarks: its max_new_tokens"
+        check_room(student, problems, b.max_new_tokens, room, f"{b.name} ({key})")
     check_room(student, train_problems, s.rollout.max_new_tokens, room, f"{s.data.name} (rollout.max_new_tokens)")
     teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher")
     # the teacher reads each prompt in its own format, then the student's response
