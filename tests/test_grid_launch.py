@@ -1,7 +1,8 @@
 """dear-table's launch (dear/tables/grid.py): every unfinished run of a grid as one ``dear-train -m`` over generated
 ``grid_run`` configs, each composing to what its own command line composed and landing in `Grid.run_dir`, and
-passing dear-train's preflight; ``--no-wait`` and a launch in flight; packaged grids by name from any folder; and
-(slow) a real joblib multirun that a second call reuses."""
+passing dear-train's preflight; ``--no-wait`` and a launch in flight; packaged grids by name from any folder. A real
+multirun through joblib that a second call reuses is tests/test_table.py's (slow); tests/test_cli.py runs one
+through the basic launcher."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import dear.preflight.command as command_line
 from dear.tables import grid as grids
 from dear.tables.collate import main
 
-from conftest import ROOT, TINY_RUN
+from conftest import ROOT
 
 
 def as_its_command_line(grid: grids.Grid, run: grids.Run) -> list[str]:
@@ -251,28 +252,6 @@ def test_a_dry_run_word_that_is_not_a_flag_launches_nothing(tmp_path, monkeypatc
         "dear-table: error: unknown arguments --dryrun (overrides are key=value, and only taken with --run)"
     )
     assert not (tmp_path / "tables").exists()
-
-
-@pytest.mark.slow
-def test_a_real_multirun_runs_the_grid_into_its_folders_and_a_second_call_reuses_it(tmp_path, toy_cache, monkeypatch):
-    """The one multirun for real, through the installed dear-train (its preflight, then Hydra's joblib launcher)."""
-    spec = {
-        "name": "tiny",
-        "output": str(tmp_path / "tables"),
-        "overrides": [*TINY_RUN, "steps=1", f"cache_dir={toy_cache}"],
-        "launch": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1"],
-        "tables": {"main": {"seeds": 1, "baseline": "opd", "rows": {"opd": ["method=opd"], "dear": ["method=dear"]}}},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    monkeypatch.chdir(tmp_path)
-    main(["--run", str(path)])
-    grid = grids.read(path)
-    assert all(grids.finished(grid.run_dir(r)) for r in grid.runs())
-    stamps = {r: (grid.run_dir(r) / "metrics.json").stat().st_mtime for r in grid.runs()}
-    main(["--run", str(path)])
-    assert stamps == {r: (grid.run_dir(r) / "metrics.json").stat().st_mtime for r in grid.runs()}
-    assert "| dear | 1/1 |" in (tmp_path / "tables" / "tiny.md").read_text()
 
 
 def test_each_grid_run_has_its_own_wandb_name_after_its_row():
