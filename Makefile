@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # Offline by design: nothing in a default run or a test may reach a model or data hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: setup run lint test test-slow soak bench plan-check reproduce-table mutate clean
+.PHONY: setup run lint test test-slow soak bench plan-check reproduce-table toy-weights mutate clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,11 @@ plan-check: setup
 
 reproduce-table: setup
 	$(OFFLINE) $(BIN)/dear-table --run toy $(ARGS)
+
+# The toy models ship built (dear/models/toy_weights/, checked by sha256 on load). After changing a toy preset's recipe:
+# rebuild what the presets need (from the cache, training what it lacks: minutes on 2 cores) and ship it.
+toy-weights: setup
+	$(OFFLINE) $(BIN)/python -m dear.models.toy $(ARGS)
 
 # Mutation testing (not in CI: minutes per module): mutmut mutates dear/objective/, rollout.py,
 # step.py and eval/code.py, runs the fast tests that reach each mutant (settings in setup.cfg) and

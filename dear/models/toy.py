@@ -1,4 +1,9 @@
-"""Build the toy teacher and student on first use: small Qwen2 models trained from scratch.
+"""The toy teacher and student: small Qwen2 models trained from scratch, shipped built with the package.
+
+Every toy preset of conf/model/ ships built in ``dear/models/toy_weights/<key>/`` (a few MB, each file checked against
+``MANIFEST.json`` by its sha256 when it is loaded), so a run uses the same toy pair on every machine and builds
+nothing. A recipe that is not shipped (a changed preset, ``model.toy.seed=11``) is built on first use and cached under
+``cache_dir``; ``python -m dear.models.toy`` (``make toy-weights``) rebuilds what the presets need and ships it.
 
 Both are trained by cross-entropy on worked solutions of the toy task (``dear/data/toy.py``)
 whose branches are drawn uniformly, so the teacher learns a calibrated distribution over the
@@ -122,12 +127,32 @@ def _train_toy_model(name: str, spec: ToyModelSpec, task: ToyTask, tokenizer, pr
     return model
 
 
+SHIPPED = Path(__file__).parent / "toy_weights"  # the built toy presets, one folder per key, and MANIFEST.json
+SHIPPED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "dear_toy.json",
+)
+
+
 def ensure_toy_model(
-    name: str, spec: ToyModelSpec, task_cfg: ToyTaskConfig, cache_dir: str | Path, progress: bool = True
+    name: str,
+    spec: ToyModelSpec,
+    task_cfg: ToyTaskConfig,
+    cache_dir: str | Path,
+    progress: bool = True,
+    shipped: bool = True,
 ) -> Path:
-    """The folder of the toy model ``name``, training and caching it first if needed."""
+    """The folder of the toy model ``name``: the shipped build of its recipe (checked), else the one in the cache,
+    trained and cached first if needed. ``shipped=False`` passes over the shipped builds."""
+    key = spec_key(name, spec, task_cfg)
+    if shipped and (SHIPPED / key / "config.json").exists():
+        return check_shipped(SHIPPED / key)
     cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / spec_key(name, spec, task_cfg)
+    target = cache_dir / key
     if (target / "config.json").exists():
         return target
     try:
@@ -155,3 +180,66 @@ def ensure_toy_model(
 
 class CacheNotWritable(DearError):
     """The cache directory cannot be created or written."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_shipped(folder: Path) -> Path:
+    """A shipped toy model's folder, once each of its files matches MANIFEST.json's sha256."""
+    try:
+        expected = json.loads((SHIPPED / "MANIFEST.json").read_text())[folder.name]
+    except (OSError, ValueError, KeyError):
+        raise DearError(
+            f"the shipped toy model {folder.name} is not in {SHIPPED / 'MANIFEST.json'}; reinstall dear"
+        ) from None
+    for file, digest in expected.items():
+        if not (folder / file).is_file() or _sha256(folder / file) != digest:
+            raise DearError(
+                f"the shipped toy model {folder.name} does not match its manifest ({file}); reinstall dear, or rebuild "
+                f"the shipped toy models with `make toy-weights`"
+            )
+    return folder
+
+
+def presets() -> list:
+    """Every toy preset of conf/model/, as `ModelPreset`."""
+    from omegaconf import OmegaConf
+
+    from dear.config.presets import CONF_DIR
+    from dear.config.schema import ModelPreset, load
+
+    found = []
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # as Hydra reads it (3e-3 a number)
+        if data.get("source") == "toy":
+            found.append(load(ModelPreset, data, "model."))
+    return found
+
+
+def ship(cache_dir: str | Path) -> list[str]:
+    """Put a build of every toy preset (from ``cache_dir``, trained there first if missing) in `SHIPPED`, write its
+    MANIFEST.json and drop shipped builds no preset uses; returns the keys shipped."""
+    task = ToyTaskConfig()
+    manifest = {}
+    for preset in presets():
+        built = ensure_toy_model(preset.name, preset.toy, task, cache_dir, shipped=False)
+        shutil.rmtree(SHIPPED / built.name, ignore_errors=True)
+        (SHIPPED / built.name).mkdir(parents=True)
+        for file in SHIPPED_FILES:
+            shutil.copy2(built / file, SHIPPED / built.name / file)
+        manifest[built.name] = {file: _sha256(SHIPPED / built.name / file) for file in SHIPPED_FILES}
+    for stale in SHIPPED.iterdir():
+        if stale.is_dir() and stale.name not in manifest:
+            shutil.rmtree(stale)
+    (SHIPPED / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return sorted(manifest)
+
+
+if __name__ == "__main__":  # python -m dear.models.toy [cache_dir]: (re)build and ship every toy preset
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for key in ship(sys.argv[1] if len(sys.argv) > 1 else "~/.cache/dear"):
+        print(f"shipped {SHIPPED / key}")
