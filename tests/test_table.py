@@ -257,7 +257,7 @@ def test_the_command_lines_dear_table_refuses(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     cases = [
         (["--run", str(tmp_path / "none.yaml")], f"no grid file {tmp_path / 'none.yaml'}; give a grid file or a "),
-        (["--run", "nope"], "no packaged grid nope; choose from: paper, toy (or give a grid file's path)"),
+        (["--run", "nope"], "no packaged grid nope; choose from: builds, paper, toy (or give a grid file's path)"),
         (["--run", str(grid), "outputs/"], "--run takes overrides (key=value) for the grid's runs, not outputs/"),
         (["--run", str(grid), "--seed", "1"], f"unknown arguments --seed {FLAG}"),
         (["--run", str(grid), "--dryrun"], f"unknown arguments --dryrun {FLAG}"),
