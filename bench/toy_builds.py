@@ -11,9 +11,9 @@ over the three build means (df = 2: the answer when the build itself is the unit
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
-from pathlib import Path
 
 from dear.tables import grid as grids
 from dear.tables.reproduce import run_values
@@ -22,8 +22,6 @@ from dear.tables.stats import paired, t_quantile
 
 def accuracies(grid: grids.Grid, table: grids.Table, row: str) -> dict[int, float]:
     """Final accuracy on the curve's benchmark of each finished seed of ``row``."""
-    import json
-
     out = {}
     for run in grid.runs(table):
         path = grid.run_dir(run) / "metrics.json"
@@ -57,5 +55,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main(sys.argv[1:])

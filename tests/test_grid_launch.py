@@ -82,9 +82,11 @@ def test_each_run_composes_through_its_generated_config_as_through_its_own_comma
     assert cmd[:3] == [cmd[0], "-m", f"hydra.searchpath=[file://{(grid.runs_dir / '.launch').resolve()}]"]
     for run in runs:
         through_grid, expected = config(through_its_grid_run(cmd, run)), config(as_its_command_line(grid, run))
-        if through_grid["logger"]["name"] == "wandb":  # the one difference: its W&B run named after its row
-            assert (through_grid["logger"]["run_name"], expected["logger"]["run_name"]) == (grids.wandb_name(run), None)
-            through_grid["logger"]["run_name"] = None
+        # the one difference: its W&B run named after its row
+        assert (through_grid["logger"].pop("run_name"), expected["logger"].pop("run_name", None)) == (
+            grids.wandb_name(run),
+            None,
+        )
         assert through_grid == expected, run.row
     folder = compose(through_its_grid_run(cmd, run), return_hydra_config=True).hydra.sweep  # where Hydra puts it
     assert Path(folder.dir) / folder.subdir == grid.run_dir(run)
@@ -102,6 +104,7 @@ def test_a_grid_run_config_says_the_rows_presets_settings_seed_and_folder(tmp_pa
         "defaults": [{"override /experiment": "qwen-1.5b-14b"}],
         "method": {"decision_ratio": 0.4, "extra": 0.001},
         "seed": 3,
+        "logger": {"run_name": "dear-qwen-1.5b-14b-decision_ratio=0.4-extra=0.001-s3"},
         "hydra": {"sweep": {"subdir": f"{run.slug}/seed_3"}},
     }
     pair = next(r for r in grid.runs() if r.row == "pair")

@@ -11,7 +11,6 @@ from dear.data.benchmarks import Problem
 from dear.data.toy import build_tokenizer
 from dear.eval.runner import EvalResult, Evaluator
 from dear.tables.collate import main as table_main
-from dear.tables.reproduce import cell
 from dear.training.metrics import accuracy_auc
 
 from conftest import TINY_RUN, compose
@@ -60,15 +59,6 @@ def test_metrics_json_reports_gain_kl_and_auc_from_the_evaluations(tmp_path, toy
 
 
 # --- the table ----------------------------------------------------------------------------
-
-
-def test_a_cell_is_mean_and_sample_std_over_seeds():
-    # mean 0.3; squared deviations 0.04 + 0.01 + 0.09 = 0.14 over n-1 = 2: std √0.07 = 0.2646
-    assert cell([0.1, 0.2, 0.6]) == "0.300 ± 0.265"
-    assert cell([0.5]) == "0.500"
-    assert cell([0.5, None, float("nan")]) == "0.500"
-    assert cell([None, float("nan")]) == "-"
-    assert cell([0.25, 0.25]) == "0.250 ± 0.000"
 
 
 def record(

@@ -192,7 +192,7 @@ def test_wandb_runs_are_grouped_by_grid_and_tagged_with_method_and_pair(tmp_path
 
     logger = build_loggers(train_config(compose(["method=opd", "++logger.group=toy"])), tmp_path)
     init = logger._wandb_init
-    assert init["group"] == "toy" and {"method=opd", "pair=toy-student<-toy-teacher"} <= set(init["tags"])
+    assert init["group"] == "toy" and init["tags"] == ["pair=toy-student<-toy-teacher", "method=opd", "seed=0"]
 
 
 def table_error(argv: list[str], capsys) -> str:

@@ -9,6 +9,7 @@ and is evaluated on many. Each is its file in conf/benchmark/, with ``${model.â€
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from dear.config.schema import BenchmarkConfig, ConfigError, TrainConfig, check_fits, load
@@ -50,3 +51,11 @@ def benchmarks(s: TrainConfig) -> list[BenchmarkConfig]:
         if name not in (b.name for b in out):
             out.append(benchmark_preset(name, s))
     return out
+
+
+def run_name(settings: list[tuple[str, str]], seed: int) -> str:
+    """A run's W&B name from the settings that tell it apart (dear-train's sweep jobs, dear-table's grid rows):
+    ``dear-<each setting>-s<seed>``, a preset by its name (``qwen-1.5b``), any other value as ``<last key>=<value>``
+    (``decision_ratio=0.4``)."""
+    parts = [value if (CONF_DIR / key).is_dir() else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in settings]
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "-".join(["dear", *parts, f"s{seed}"]))

@@ -68,7 +68,7 @@ from pathlib import Path
 import yaml
 
 import dear
-from dear.config.presets import CONF_DIR
+from dear.config.presets import CONF_DIR, run_name
 from dear.errors import DearError
 from dear.files import write_text_atomic, writing
 
@@ -311,22 +311,15 @@ def run_config(grid: Grid, run: Run) -> str:
     if setup:
         defaults.insert(0, {"override /setup": setup})
     config = {"defaults": defaults, **values, "seed": run.seed}
-    loggers = [o.split("=", 1)[1] for o in (*grid.overrides, *run.overrides) if o.lstrip("+").startswith("logger=")]
-    if (loggers or ["wandb"])[-1] == "wandb":  # conf/train.yaml's default logger
-        config.setdefault("logger", {})["run_name"] = wandb_name(run)
+    config.setdefault("logger", {})["run_name"] = wandb_name(run)  # read by logger=wandb only
     config["hydra"] = {"sweep": {"subdir": f"{run.slug}/seed_{run.seed}"}}  # the run's folder: Grid.run_dir
     note = f"# {grid.name}, row {run.row}: {shlex.join(run.command_overrides([]))} (written by dear-table)\n"
     return "# @package _global_\n" + note + yaml.safe_dump(config, sort_keys=False)
 
 
 def wandb_name(run: Run) -> str:
-    """The run's W&B name as dear-train names a sweep's jobs (dear/training/loggers.py): ``dear-``, its row's values
-    (a preset by its name, a setting as ``key=value`` by its last key), ``-s<seed>``: ``dear-qwen-1.5b-14b-opd-s0``."""
-    parts = []
-    for o in map(_parse, run.overrides):
-        preset = "." not in o.key_or_group and (CONF_DIR / o.key_or_group).is_dir()
-        parts.append(str(o.value()) if preset else f"{o.key_or_group.rsplit('.', 1)[-1]}={o.value()}")
-    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "-".join(["dear", *parts, f"s{run.seed}"]))
+    """The run's W&B name after its row's settings (`dear.config.presets.run_name`): ``dear-qwen-1.5b-14b-opd-s0``."""
+    return run_name([(o.key_or_group, str(o.value())) for o in map(_parse, run.overrides)], run.seed)
 
 
 @functools.cache

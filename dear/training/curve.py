@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 class HeldOutCurve:
     """When the run evaluates, and what it found: one row per evaluation of the curve's benchmark (step, accuracy,
-    heldout_reverse_kl...), and each benchmark's summary before and after training (``ends``)."""
+    heldout_reverse_kl...), and each other benchmark's summary before and after training (``ends``)."""
 
     def __init__(self, evaluator: Evaluator, *, every: int, seed: int, others: list[Evaluator] = ()) -> None:
         self.evaluator = evaluator
@@ -27,7 +27,7 @@ class HeldOutCurve:
         self.every = every
         self.seed = seed
         self.history: list[dict] = []
-        self.ends: dict[str, dict[str, dict]] = {}  # benchmark -> {"before": summary, "after": summary}
+        self.ends: dict[str, dict[str, dict]] = {}  # other benchmark -> {"before": summary, "after": summary}
         self.records: dict[str, list[dict]] = {}  # benchmark -> its latest evaluation's per-problem records
 
     def due(self, step: int) -> bool:
@@ -44,8 +44,7 @@ class HeldOutCurve:
             if module.logger is not None:
                 module.logger.log_metrics({f"eval/{k}": v for k, v in result.summary.items()}, step=step)
         row = self.history[-1]
-        if end is not None:
-            self.ends.setdefault(self.evaluator.name, {})[end] = {k: v for k, v in row.items() if k != "step"}
+        if end is not None:  # the curve's own ends are its first and last rows
             for other in self.others:
                 if end in self.ends.get(other.name, {}):
                     continue  # a resumed run does not evaluate the untouched student twice

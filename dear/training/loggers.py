@@ -9,12 +9,12 @@ the run open, and the next job of a sweep run in the same process would log into
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from dear.config.presets import run_name
 from dear.config.schema import TrainConfig
 from dear.training.records import config_record
 
@@ -88,25 +88,19 @@ def job_identity(settings: TrainConfig) -> tuple[str, str | None]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    method, seed = settings.method.name, f"s{settings.seed}"
+    own = [("method", settings.method.name)]
     try:
         hc = HydraConfig.get()
     except ValueError:  # not under Hydra (train() called from Python)
-        return settings.logger.run_name or _name([method, seed]), None
+        return settings.logger.run_name or run_name(own, settings.seed), None
     if hc.mode != RunMode.MULTIRUN:
-        return settings.logger.run_name or _name([method, seed]), None
+        return settings.logger.run_name or run_name(own, settings.seed), None
     sweep_dir = Path(hc.runtime.cwd) / hc.sweep.dir
     if settings.logger.run_name:  # given: a dear-table grid names each run after its row
         return settings.logger.run_name, sweep_dir.name
     values = _overrides(list(hc.overrides.task))
     swept = [key for key in _swept_keys(sweep_dir / "multirun.yaml") if key not in ("method", "seed")]
-    groups = set(hc.runtime.choices)
-    parts = [values[k] if k in groups else f"{k.rsplit('.', 1)[-1]}={values[k]}" for k in swept if k in values]
-    return _name([method, *parts, seed]), sweep_dir.name
-
-
-def _name(parts: list[str]) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "-".join(["dear", *parts]))
+    return run_name(own + [(k, values[k]) for k in swept if k in values], settings.seed), sweep_dir.name
 
 
 def _overrides(overrides: list[str]) -> dict[str, str]:

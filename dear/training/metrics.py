@@ -63,7 +63,10 @@ def train_metrics(
     (benchmark name -> its problems; the curve's benchmark first)."""
     history = module.curve.history
     first, last = history[0], history[-1]
-    ends = {**module.curve.ends, s.benchmark.name: {"before": first, "after": last}}  # the curve's ends: its rows
+    ends = {
+        **module.curve.ends,
+        s.benchmark.name: {"before": first, "after": last},
+    }  # the curve's: its first, last rows
     return run_record(
         s,
         run_dir,
