@@ -205,6 +205,8 @@ def write(
     write_responses(run_dir, module.curve.records)
     metrics = train_metrics(s, run_dir, module, problems, steps=steps, wall_time_s=wall_time_s)
     write_json_atomic(run_dir / "metrics.json", metrics)
+    if not s.checkpoint.keep:  # the run is finished and written: its checkpoint is only the optimizer's state now
+        (run_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
     return metrics
 
 

@@ -230,6 +230,20 @@ class TuneRecipe(Schema):
     seed: Count  # fixes the training problems, their order and the initialisation of the run
 
 
+def tune_recipe(preset: str, where: str) -> TuneRecipe:
+    """The ``tune:`` recipe of model preset ``preset`` (conf/model/<preset>.yaml); a ConfigError naming ``where``
+    when there is no such preset or it is not fine-tuned."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parents[1] / "conf" / "model" / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{where}={preset} names no model preset (conf/model/{preset}.yaml)")
+    recipe = OmegaConf.to_container(OmegaConf.load(path)).get("tune")
+    if recipe is None:
+        raise ConfigError(f"{where}={preset}: that model is not fine-tuned here (its preset has no tune: recipe)")
+    return load(TuneRecipe, recipe, f"{where}={preset}: tune.")
+
+
 @dataclass(frozen=True)
 class ModelPreset(Schema):
     """Where a model's weights come from and how prompts are formatted for it (conf/model/)."""
@@ -375,6 +389,12 @@ class BenchmarkConfig(Schema):
     temperature: NonNegative  # 0 = greedy
     limit: Count | None = None
     options: dict | None = None
+    # The problems' seed: null draws them by the run's seed (each seed its own problems); a number gives every run
+    # the same problems, so runs pair problem by problem and the untouched student is evaluated once.
+    seed: Count | None = None
+    # A fine-tuned model preset (conf/model/<name>.yaml with a tune: recipe): the problems it was tuned on are left
+    # out, and so are repeats, so the benchmark holds `limit` distinct problems that model never saw.
+    unseen_by: str | None = None
 
     def check(self) -> None:
         if self.samples > 1 and not self.temperature:
@@ -382,6 +402,8 @@ class BenchmarkConfig(Schema):
                 f"benchmark.samples={self.samples} needs benchmark.temperature > 0 "
                 f"(greedy decoding gives one answer per problem)"
             )
+        if self.unseen_by is not None:
+            tune_recipe(self.unseen_by, "benchmark.unseen_by")
 
 
 @dataclass(frozen=True)
@@ -466,6 +488,9 @@ class EvalSettings(Schema):
     # More benchmark presets (conf/benchmark/ names) evaluated before and after training, besides `benchmark`
     # (the one the curve follows): a run trains once and is evaluated on many (dear/config/presets.py)
     benchmarks: list = dataclasses.field(default_factory=list)
+    # Keep the untouched student's greedy answers under cache_dir/evals and read them back in every later run
+    # whose student, benchmark and generation settings are the same (dear/eval/runner.py: Evaluator.answers_key)
+    reuse_before: bool = True
 
     def check(self) -> None:
         bad = [b for b in self.benchmarks if not isinstance(b, str) or not b]
@@ -483,6 +508,9 @@ class CheckpointSettings(Schema):
 
     every_steps: Count  # every this many optimizer steps; 0 = not by steps
     every_minutes: NonNegative  # every this many minutes of training; 0 = not by time
+    # Keep last.ckpt once the run has finished (its metrics.json written); false removes it then (a finished run
+    # keeps its student/, the checkpoint's weights, and loses only the optimizer state: 3x the student on disk)
+    keep: bool = True
 
     def check(self) -> None:
         if self.every_steps and self.every_minutes:

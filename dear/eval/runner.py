@@ -9,6 +9,8 @@ smooth measure of distillation progress that does not wait for answers to flip.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import multiprocessing
 import sys
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +30,7 @@ from dear.distill.rollout import generate
 from dear.distill.step import rollout_reverse_kl
 from dear.distill.teacher_view import teacher_view
 from dear.eval.grading import grade
+from dear.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +94,11 @@ class Evaluator:
         ]
 
     @torch.no_grad()
-    def evaluate(self, model, teacher=None) -> EvalResult:
-        texts = self._generate(model)
+    def evaluate(self, model, teacher=None, reuse: Path | None = None) -> EvalResult:
+        """Generate, grade and summarise. ``reuse``: a folder of greedy answers kept by `answers_key`; answers a
+        model with these very weights already gave here are read back instead of generated again."""
+        texts, correct = self._answers(model, reuse)
         k = self.samples
-        flat = [(p, t) for i, p in enumerate(self.problems) for t in texts[i * k : (i + 1) * k]]
-        correct = self.grade_all(flat)
         records, n_right, n_any = [], 0, 0
         for i, problem in enumerate(self.problems):
             ok = correct[i * k : (i + 1) * k]
@@ -114,6 +118,46 @@ class Evaluator:
         if teacher is not None and self.kl_prompts > 0:
             summary["heldout_reverse_kl"] = self.heldout_reverse_kl(model, teacher)
         return EvalResult(summary, records)
+
+    def _answers(self, model, reuse: Path | None) -> tuple[list[str], list[bool]]:
+        """Every response (``samples`` per problem, grouped) and whether each is right."""
+        kept = None
+        if reuse is not None and self.temperature == 0:  # greedy: the same weights give the same answers
+            kept = Path(reuse) / f"{self.name}-{self.answers_key(model)}.json"
+            if kept.is_file():
+                saved = json.loads(kept.read_text())
+                log.info("%s: the answers of these weights are kept in %s; not generated again", self.name, kept)
+                return saved["responses"], saved["correct"]
+        texts = self._generate(model)
+        k = self.samples
+        correct = self.grade_all([(p, t) for i, p in enumerate(self.problems) for t in texts[i * k : (i + 1) * k]])
+        if kept is not None:
+            write_json_atomic(kept, {"benchmark": self.name, "responses": texts, "correct": correct})
+        return texts, correct
+
+    def answers_key(self, model) -> str:
+        """A digest of everything greedy answers depend on: the model's weights, the prompts and references, how
+        they are generated (lengths, batch, dtype, device, threads) and the versions of the code that does it."""
+        import transformers
+
+        h = hashlib.sha256()
+        for name, tensor in model.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        settings = {
+            "prompts": self.prompts,
+            "references": [p.reference for p in self.problems],
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,
+            "samples": self.samples,
+            "dtype": str(next(model.parameters()).dtype),
+            "device": next(model.parameters()).device.type,
+            "threads": torch.get_num_threads(),
+            "versions": [torch.__version__, transformers.__version__],
+            "code": _code_digest(),  # dear's prompting, generation and grading as they are now
+        }
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        return h.hexdigest()[:16]
 
     def grade_all(self, pairs: list[tuple[Problem, str]]) -> list[bool]:
         """Grade (problem, response) pairs in parallel: math in worker processes, the rest on threads."""
@@ -187,3 +231,14 @@ class Evaluator:
             total += kl_sum
             count += tokens
         return total / max(1, count)
+
+
+def _code_digest() -> str:
+    """A digest of dear's own code that turns a model into graded answers: prompts and benchmarks (dear/data),
+    generation (dear/distill/rollout.py) and grading (dear/eval)."""
+    root = Path(__file__).parents[1]
+    h = hashlib.sha256()
+    for path in sorted([*root.glob("data/*.py"), root / "distill" / "rollout.py", *root.glob("eval/**/*.py")]):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

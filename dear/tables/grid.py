@@ -117,11 +117,12 @@ class Grid:
         return self.runs_dir / run.slug / f"seed_{run.seed}"
 
     def runs(self, table: Table | None = None) -> list[Run]:
-        """Every run of one table (or of all, each once), in table and row order."""
+        """Every run of one table (or of all, each once), table by table, seed by seed, in row order: a grid
+        stopped part way has whole seeds, every row's run of a seed, to pair."""
         seen, out = set(), []
         for t in [table] if table else self.tables:
-            for row, overrides in t.rows.items():
-                for seed in t.seeds:
+            for seed in t.seeds:
+                for row, overrides in t.rows.items():
                     run = Run(row, overrides, seed, slug(self.overrides, overrides))
                     if (run.slug, seed) not in seen or table:
                         seen.add((run.slug, seed))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from dear.config.schema import BenchmarkConfig, EvalConfig, TrainConfig
+from dear.config.schema import BenchmarkConfig, ConfigError, EvalConfig, TrainConfig
 from dear.eval.runner import Evaluator
 
 log = logging.getLogger(__name__)
@@ -21,10 +21,40 @@ def eval_problems(settings: TrainConfig | EvalConfig, benchmark: BenchmarkConfig
     options = dict(b.options or {})
     if b.name in BENCHMARKS and BENCHMARKS[b.name].kind == "toy":
         options["task"] = asdict(settings.toy_task)
-    problems = load_benchmark(b.name, limit=b.limit, seed=settings.seed, **options)
+    seed = settings.seed if b.seed is None else b.seed
+    if b.unseen_by is None:
+        problems = load_benchmark(b.name, limit=b.limit, seed=seed, **options)
+    else:
+        problems = unseen_problems(b, seed, options)
     if subset_note(b.name):  # metrics.json and the tables say it too
         log.warning("benchmark %s is an offline subset: %s", b.name, subset_note(b.name))
     return problems
+
+
+def unseen_problems(b: BenchmarkConfig, seed: int, options: dict) -> list:
+    """The first ``b.limit`` distinct problems of ``b`` that model ``b.unseen_by`` was not fine-tuned on (by their
+    question's text). Loads grow until enough are found: a load's first problems do not depend on its limit."""
+    from dear.config.schema import tune_recipe
+    from dear.data.benchmarks import load_benchmark
+    from dear.models.tuned import training_problems
+
+    seen = {p.question for p in training_problems(tune_recipe(b.unseen_by, "benchmark.unseen_by"))}
+    size = max(1, b.limit or 0) * 2
+    while True:
+        loaded = load_benchmark(b.name, limit=None if b.limit is None else size, seed=seed, **options)
+        kept, questions = [], set(seen)
+        for p in loaded:
+            if p.question not in questions:
+                questions.add(p.question)
+                kept.append(p)
+        if b.limit is None or len(kept) >= b.limit:
+            return kept[: b.limit]
+        if len(loaded) < size or size >= 64 * b.limit:
+            raise ConfigError(
+                f"benchmark {b.name} has {len(kept)} distinct problems that {b.unseen_by} was not tuned on "
+                f"among the first {len(loaded)}; lower benchmark.limit={b.limit}"
+            )
+        size *= 2
 
 
 def build_evaluator(

@@ -9,6 +9,7 @@ responses/ (`dear.training.metrics.write_responses`).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -21,8 +22,11 @@ class HeldOutCurve:
     """When the run evaluates, and what it found: one row per evaluation of the curve's benchmark (step, accuracy,
     heldout_reverse_kl...), and each other benchmark's summary before and after training (``ends``)."""
 
-    def __init__(self, evaluator: Evaluator, *, every: int, seed: int, others: list[Evaluator] = ()) -> None:
+    def __init__(
+        self, evaluator: Evaluator, *, every: int, seed: int, others: list[Evaluator] = (), reuse: Path | None = None
+    ) -> None:
         self.evaluator = evaluator
+        self.reuse = reuse  # where the untouched student's greedy answers are kept for every run that starts alike
         self.others = list(others)  # evaluated at the ends only (eval.benchmarks)
         self.every = every
         self.seed = seed
@@ -38,7 +42,7 @@ class HeldOutCurve:
         ("before" or "after" training) every other benchmark too."""
         step = int(module.global_step)
         if not (self.history and self.history[-1]["step"] == step):
-            result = self._run(module, self.evaluator, teacher=module.teacher)
+            result = self._run(module, self.evaluator, teacher=module.teacher, end=end)
             self.history.append({"step": step, **result.summary})
             log.info("step %d: %s", step, _shown(result.summary))
             if module.logger is not None:
@@ -48,21 +52,22 @@ class HeldOutCurve:
             for other in self.others:
                 if end in self.ends.get(other.name, {}):
                     continue  # a resumed run does not evaluate the untouched student twice
-                result = self._run(module, other, teacher=None)  # the held-out KL is the curve's measure
+                result = self._run(module, other, teacher=None, end=end)  # the held-out KL is the curve's measure
                 self.ends.setdefault(other.name, {})[end] = result.summary
                 log.info("%s training, %s: %s", end, other.name, _shown(result.summary))
                 if module.logger is not None:
                     module.logger.log_metrics({f"eval/{other.name}/{k}": v for k, v in result.summary.items()}, step)
         return row
 
-    def _run(self, module, evaluator: Evaluator, *, teacher):
+    def _run(self, module, evaluator: Evaluator, *, teacher, end: str | None = None):
         # Evaluation samples (the held-out KL) from its own seed, so it neither shifts the training
         # stream nor differs between a continuous run and one resumed from a checkpoint.
         step = int(module.global_step)
         with torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else []):
             torch.manual_seed(self.seed * 1_000_003 + step)
             with module.step_precision():
-                result = evaluator.evaluate(module.student, teacher=teacher)
+                reuse = self.reuse if end == "before" else None  # a trained student's answers are its own
+                result = evaluator.evaluate(module.student, teacher=teacher, reuse=reuse)
         self.records[evaluator.name] = result.records
         return result
 

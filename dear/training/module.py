@@ -11,6 +11,7 @@ non-finite guards (guards.py), the random streams a resumed run restores (rng.py
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -63,7 +64,8 @@ class DistillModule(L.LightningModule):
         self.stop_reason: str | None = None  # set when a guard or a signal stops the run early
         self.streams = RandomStreams(cfg.seed)
         self.guard = NonFiniteGuard(teacher, cfg.guards.max_skipped_in_a_row, cfg.optim.grad_clip, cfg.batch_size)
-        self.curve = HeldOutCurve(evaluator, every=cfg.eval.every, seed=cfg.seed, others=others)
+        reuse = Path(cfg.cache_dir).expanduser() / "evals" if cfg.eval.reuse_before else None
+        self.curve = HeldOutCurve(evaluator, every=cfg.eval.every, seed=cfg.seed, others=others, reuse=reuse)
         self.pages = SelectionPages(evaluator.prompts)
         # Optimisation is manual: a step runs its micro-batches' backward passes itself (distill_step).
         self.automatic_optimization = False
