@@ -40,6 +40,7 @@ TINY_RUN = TINY_MODELS + [
     "benchmark.limit=8",
     "benchmark.max_new_tokens=24",
     "eval.kl_prompts=4",
+    "eval.reuse_before=false",  # each test generates its own answers (some script them); test_smollm2_table.py reuses
     "logger=csv",
 ]
 

@@ -45,7 +45,9 @@ def test_metrics_json_reports_gain_kl_and_auc_from_the_evaluations(tmp_path, toy
             {"accuracy": 0.75, "heldout_reverse_kl": 0.0},
         ]
     )
-    monkeypatch.setattr(Evaluator, "evaluate", lambda self, model, teacher=None: EvalResult(dict(next(scripted))))
+    monkeypatch.setattr(
+        Evaluator, "evaluate", lambda self, model, teacher=None, reuse=None: EvalResult(dict(next(scripted)))
+    )
     from dear.train import train
 
     cfg = compose(TINY_RUN + [f"cache_dir={toy_cache}", "steps=2", "eval.every=1", "method=opd"])

@@ -257,7 +257,10 @@ def test_the_command_lines_dear_table_refuses(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     cases = [
         (["--run", str(tmp_path / "none.yaml")], f"no grid file {tmp_path / 'none.yaml'}; give a grid file or a "),
-        (["--run", "nope"], "no packaged grid nope; choose from: builds, paper, toy (or give a grid file's path)"),
+        (
+            ["--run", "nope"],
+            "no packaged grid nope; choose from: builds, paper, smollm2, toy (or give a grid file's path)",
+        ),
         (["--run", str(grid), "outputs/"], "--run takes overrides (key=value) for the grid's runs, not outputs/"),
         (["--run", str(grid), "--seed", "1"], f"unknown arguments --seed {FLAG}"),
         (["--run", str(grid), "--dryrun"], f"unknown arguments --dryrun {FLAG}"),
@@ -321,10 +324,10 @@ def test_a_one_off_sweep_is_a_table(tmp_path):
     g = grids.read(path, ["steps=5"])
     assert [(r.row, r.seed) for r in g.runs()] == [
         ("method=opd,loss.normalize=all", 0),
-        ("method=opd,loss.normalize=all", 1),
         ("method=dear,loss.normalize=all", 0),
+        ("method=opd,loss.normalize=all", 1),
         ("method=dear,loss.normalize=all", 1),
-    ]
+    ]  # seed by seed
     assert g.runs()[0].command_overrides(g.overrides) == ["steps=5", "method=opd", "loss.normalize=all", "seed=0"]
 
 

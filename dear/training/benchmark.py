@@ -39,7 +39,7 @@ def unseen_problems(b: BenchmarkConfig, seed: int, options: dict) -> list:
     from dear.models.tuned import training_problems
 
     seen = {p.question for p in training_problems(tune_recipe(b.unseen_by, "benchmark.unseen_by"))}
-    size = max(1, b.limit or 0) * 2
+    size, found = max(1, b.limit or 0) * 2, -1
     while True:
         loaded = load_benchmark(b.name, limit=None if b.limit is None else size, seed=seed, **options)
         kept, questions = [], set(seen)
@@ -49,12 +49,12 @@ def unseen_problems(b: BenchmarkConfig, seed: int, options: dict) -> list:
                 kept.append(p)
         if b.limit is None or len(kept) >= b.limit:
             return kept[: b.limit]
-        if len(loaded) < size or size >= 64 * b.limit:
+        if len(loaded) < size or len(kept) == found:  # the set is spent, or twice the draws found nothing new
             raise ConfigError(
-                f"benchmark {b.name} has {len(kept)} distinct problems that {b.unseen_by} was not tuned on "
+                f"benchmark {b.name} has only {len(kept)} distinct problems that {b.unseen_by} was not tuned on "
                 f"among the first {len(loaded)}; lower benchmark.limit={b.limit}"
             )
-        size *= 2
+        size, found = size * 2, len(kept)
 
 
 def build_evaluator(
