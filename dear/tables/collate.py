@@ -223,8 +223,9 @@ def _launch(g: grids.Grid, total: int, todo: list[grids.Run], wait: bool) -> lis
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="dear-table", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("roots", nargs="*", help="folders searched for metrics.json (default: outputs)")
+    packaged = ", ".join(grids.packaged_grids())
     parser.add_argument(
-        "--run", help="a grid: a packaged one's name (toy, paper) or a grid file; run what it lacks, write its tables"
+        "--run", help=f"a grid: a packaged one's name ({packaged}) or a grid file; run what it lacks, write its tables"
     )
     parser.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     parser.add_argument("--dry-run", action="store_true", help="with --run: list the grid's runs, run nothing")

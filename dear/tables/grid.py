@@ -137,12 +137,17 @@ def slug(shared: list[str], overrides: tuple[str, ...]) -> str:
     return f"{readable}-{digest}"
 
 
+def packaged_grids() -> list[str]:
+    """The names of the grids shipped in dear/conf/table/."""
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
 def find(name: str) -> Path:
     """A grid file: the path given, or the packaged grid of that name (``toy`` -> dear/conf/table/toy.yaml)."""
     path = Path(name)
     if path.is_file():
         return path
-    packaged = sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+    packaged = packaged_grids()
     if name in packaged:
         return PACKAGED / f"{name}.yaml"
     if "/" in name or name.endswith((".yaml", ".yml")):
