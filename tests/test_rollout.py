@@ -295,3 +295,28 @@ def test_a_micro_batch_is_its_rows_at_the_batchs_full_width(tok):
     for name in ("input_ids", "attention_mask", "position_ids", "response_mask"):
         assert torch.equal(getattr(part, name), getattr(r, name)[1:3]), name
     assert part.prompt_width == r.prompt_width and part.texts == r.texts[1:3] == ["34567", ""]
+
+
+def test_a_shared_prefix_runs_once_and_answers_as_the_whole_prompts_do(toy_student):
+    """share_prefix (evaluation): the prompts' common first tokens run once for every row, then each row's own tokens
+    after its padding; the greedy answers and a forward pass over the rollout agree with the plain layout."""
+    m, tok = toy_student.model, toy_student.tokenizer
+    prompts = ["1+2+3+4?", "1+2+5?", "1+2+3+4+5+6?"]  # "1+2+" is common
+    plain = generate(m, tok, prompts, n=2, greedy=True, max_new_tokens=12)
+    calls = []
+    hook = m.register_forward_pre_hook(lambda _m, _a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        shared = generate(m, tok, prompts, n=2, greedy=True, max_new_tokens=12, share_prefix=True)
+    finally:
+        hook.remove()
+    assert shared.texts == plain.texts and torch.equal(shared.response_mask.sum(1), plain.response_mask.sum(1))
+    assert calls[0] == (1, 4), "the prefix is run once, for one row"
+    assert calls[1] == (6, len("1+2+3+4+5+6?") - 4), "then each row's own tokens only"
+    width = shared.prompt_width
+    assert shared.input_ids[2, :width].tolist()[:4] == ids(tok, "1+2+")  # the prefix first, then padding
+    assert shared.attention_mask[2, 4:width].tolist() == [0] * (width - 4 - 2) + [1, 1]  # "1+2+5?": its own 2
+    assert not shared.response_mask[:, :width].any()
+    with torch.no_grad():
+        logits = m(input_ids=shared.input_ids, attention_mask=shared.attention_mask, position_ids=shared.position_ids)
+    mask = shared.target_mask
+    assert torch.equal(logits.logits[:, :-1].argmax(-1)[mask], shared.input_ids[:, 1:][mask])

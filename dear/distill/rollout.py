@@ -7,11 +7,14 @@ return the same ``Rollout``.
 Layout: prompts are left-padded, responses right-padded, so a batch is ``[B, L]`` with every
 response starting at column ``P`` (the padded prompt width). ``response_mask`` is True on the
 sampled tokens up to and including the first end-of-text token: never on the prompt, never on
-padding. Position ids count only real tokens, matching what ``generate`` used.
+padding. Position ids count only real tokens, matching what ``generate`` used. With
+``share_prefix`` the tokens every prompt starts with (a chat template's system turn, an
+instruction) come first, computed once, and each prompt's padding sits between them and its own part.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -73,12 +76,16 @@ def generate(
     greedy: bool = False,
     cache: str = "dynamic",
     compile: bool = False,
+    share_prefix: bool = False,
 ) -> Rollout:
     """Sample ``n`` responses per prompt (grouped: prompt i's samples are rows i*n … i*n+n-1).
 
     ``cache``: the KV cache Hugging Face generation keeps: ``dynamic`` (grows per token), ``static``
     (preallocated for the whole length, what ``torch.compile`` needs) or ``auto`` (static on a GPU).
     ``compile``: with a static cache on a GPU, generation compiles the model's forward once per shape.
+    ``share_prefix``: the prompts' common first tokens are run once and their keys and values copied to every row
+    (with the dynamic cache), so prefill costs only each prompt's own tokens; the answers are the same up to
+    floating-point rounding (evaluation uses it: a chat template's system turn is half a short prompt).
     """
     device = next(model.parameters()).device
     if cache == "auto":
@@ -86,12 +93,15 @@ def generate(
     if cache not in ("dynamic", "static"):
         raise ValueError(f"cache must be one of auto, dynamic, static; got {cache!r}")
     fast = {"cache_implementation": "static", "disable_compile": not compile} if cache == "static" else {}
-    enc = encode_prompts(tokenizer, [p for p in prompts for _ in range(n)], device)
+    rows = [p for p in prompts for _ in range(n)]
+    enc = encode_prompts(tokenizer, rows, device)
     was_training = model.training
     model.eval()
     # no_grad as a block, not a decorator: mutmut (`make mutate`) leaves decorated functions alone
     try:
         with torch.no_grad():
+            if share_prefix and cache == "dynamic" and len(rows) > 1:
+                enc, fast = _prefilled(model, tokenizer, rows, device)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -117,6 +127,35 @@ def generate(
     response_mask = torch.cat([torch.zeros_like(enc["input_ids"], dtype=torch.bool), keep], dim=1)
     texts = tokenizer.batch_decode(response, skip_special_tokens=True)
     return Rollout(input_ids, attention_mask, position_ids(attention_mask), response_mask, width, texts)
+
+
+def _prefilled(model, tokenizer, rows: list[str], device) -> tuple[dict, dict]:
+    """``rows`` encoded as ``[common prefix | padding | own tokens]`` and ``generate``'s arguments for a cache that
+    holds the prefix's keys and values for every row (run once, copied). No common prefix: plain left padding."""
+    from transformers import DynamicCache
+
+    ids = [tokenizer(r, add_special_tokens=False).input_ids for r in rows]
+    shortest = min(len(x) for x in ids)
+    p = 0
+    while p < shortest - 1 and all(x[p] == ids[0][p] for x in ids):  # each row keeps one token of its own
+        p += 1
+    if p == 0:
+        return encode_prompts(tokenizer, rows, device), {}
+    width = max(len(x) for x in ids) - p
+    input_ids = torch.full((len(ids), p + width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    input_ids[:, :p] = torch.tensor(ids[0][:p])
+    attention_mask[:, :p] = 1
+    for i, x in enumerate(ids):
+        input_ids[i, p + width - (len(x) - p) :] = torch.tensor(x[p:])
+        attention_mask[i, p + width - (len(x) - p) :] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    kv = DynamicCache(config=model.config)
+    # the cache's argument: `cache` in newer transformers, `past_key_values` (deprecated there) before
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    model(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], use_cache=True, **{name: kv})
+    kv.batch_repeat_interleave(len(ids))
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, {name: kv}
 
 
 def concat(parts: list[Rollout], pad_token_id: int) -> Rollout:

@@ -203,6 +203,7 @@ class Evaluator:
                     temperature=self.temperature or 1.0,
                     max_new_tokens=self.max_new_tokens,
                     greedy=greedy,
+                    share_prefix=True,
                 )
                 out.extend(r.texts)
                 bar.update(len(prompts))
@@ -220,6 +221,7 @@ class Evaluator:
                 n=1,
                 temperature=temperature,
                 max_new_tokens=self.max_new_tokens,
+                share_prefix=True,
             )
             seen = None
             if self.teacher_format is not None:  # the teacher reads each prompt in its own format
