@@ -1,4 +1,4 @@
-"""Peak memory of the distillation loss + backward from hidden states: ours against TRL's GKD loss.
+"""Peak memory of the distillation loss + backward from hidden states: ours against TRL's DistillationTrainer's.
 
     python bench/bench_loss_memory.py [--rows 8] [--seq 512] [--vocab 151936] [--hidden 64] [--json PATH]
     python bench/bench_loss_memory.py --quick        # [2, 64, 32000], seconds
@@ -9,16 +9,19 @@ at every position, weight 1, averaged over positions.
 
 - ours: ``dear.objective.distill_loss(HeadLogits(h_s, W_s), HeadLogits(h_t, W_t), ones, kind="reverse_kl")``,
   then ``backward``: logit rows are computed a chunk of positions at a time and never exist whole.
-- TRL: the logits materialised from the same hidden states and heads (``h @ Wᵀ``, the teacher's under
-  ``no_grad``), then ``GKDTrainer.generalized_jsd_loss(student_logits, teacher_logits, labels, beta=1)``
-  (``trl.experimental.gkd``; β = 1 is the reverse KL; every label valid), then ``backward``.
+- TRL: the loss ``trl.DistillationTrainer`` computes (``_chunked_divergence_loss`` of
+  ``trl.trainer.distillation_trainer`` with ``beta=1``, the reverse KL, every position in the completion
+  mask) on the same hidden states and heads, then ``backward``: its chunked kernel
+  (``trl.kernels.chunked_divergence``), here on the CPU in its torch fallback (no Triton) on float32 tiles
+  of ``[min(B*T, 4096), 32768]``.
 
 Each runs in a fresh process under an address-space limit (90% of MemAvailable), so a shape that does not
 fit fails with an allocation error instead of waking the OOM killer; if TRL's does not fit at ``--rows``,
-both are measured again at half the rows (and so on down to 1) and the result says so. The peak is
-`common.PeakRSS` (VmHWM reset with clear_refs, minus VmRSS before) around loss + backward, after the
-inputs exist and TRL is imported. The loss values and gradient norms of both are reported as a check
-that both compute the same thing.
+both are measured again at half the rows (and so on down to 1) and the result says so. Two probes around
+loss + backward, after the inputs exist and TRL is imported: `common.AllocationTrace` (the peak of tensor
+bytes alive at once, from the CPU allocator's own accounting: the figure) and `common.PeakRSS` (VmHWM reset
+with clear_refs, minus VmRSS before: what the process held, freed heap included). The loss values and
+gradient norms of both are reported as a check that both compute the same thing.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PeakRSS, available_gib, emit, report, run_child, set_address_limit  # noqa: E402
+from common import AllocationTrace, PeakRSS, available_gib, emit, report, run_child, set_address_limit  # noqa: E402
 
 IMPLS = ("ours", "trl")
 
@@ -43,9 +46,7 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     if "trl" in args.impl:
-        from trl.experimental.gkd import GKDTrainer
-
-        trl_loss = GKDTrainer.generalized_jsd_loss
+        from trl.trainer.distillation_trainer import _chunked_divergence_loss as trl_loss
     from dear.objective import HeadLogits, distill_loss
 
     b, t, v, h = args.rows, args.seq, args.vocab, args.hidden
@@ -62,32 +63,31 @@ def child(args) -> None:
         probe.start()
         start = time.perf_counter()
         try:
-            if impl == "ours":
-                loss, _ = distill_loss(HeadLogits(h_s, w_s), HeadLogits(h_t, w_t), torch.ones(b, t), kind="reverse_kl")
-            else:
-                student_logits = h_s @ w_s.T  # [B, T, V]
-                with torch.no_grad():
-                    teacher_logits = h_t @ w_t.T
-                labels = torch.zeros(b, t, dtype=torch.long)  # every position counts (no -100)
-                loss = trl_loss(student_logits, teacher_logits, labels=labels, beta=1.0)
-            loss.backward()
+            with AllocationTrace() as trace:
+                with trace.phase("loss"):
+                    if impl == "ours":
+                        weights = torch.ones(b, t)
+                        loss, _ = distill_loss(HeadLogits(h_s, w_s), HeadLogits(h_t, w_t), weights, kind="reverse_kl")
+                    else:
+                        mask = torch.ones(b, t, dtype=torch.long)  # every position is a completion token
+                        loss, _, _ = trl_loss(h_s, h_t, w_s, w_t, mask, beta=1.0)
+                    loss.backward()
         except (RuntimeError, MemoryError) as err:  # an allocation failed under the address-space limit
             results[impl] = {"impl": impl, "rows": b, "oom": True, "error": str(err).splitlines()[0][:160]}
             break
-        finally:
-            student_logits = teacher_logits = None  # noqa: F841  (TRL's logits go before the next impl)
         seconds = time.perf_counter() - start
         peak = probe.stop()
         results[impl] = {
             "impl": impl,
             "rows": b,
-            "peak_bytes": peak,
+            "peak_bytes": trace.peaks["loss"],
+            "rss_peak_bytes": peak,
             "rss_before_bytes": probe.base_bytes,
             "seconds": seconds,
             "loss": float(loss),
             "grad_norm_hidden": float(h_s.grad.double().norm()),
             "grad_norm_head": float(w_s.grad.double().norm()),
-            "how": probe.how,
+            "how": f"tensors: the CPU allocator's accounting (torch.profiler); RSS: {probe.how}",
         }
         del loss
     emit({"results": results})
@@ -136,6 +136,7 @@ def measure(args) -> dict:
             out["ours_at_asked_rows"] = _run(args, ["ours"], args.rows)["ours"]  # ours at the shape asked for
         out["ours"], out["trl"] = ours, trl
         out["ratio"] = ours["peak_bytes"] / max(trl["peak_bytes"], 1)
+        out["rss_ratio"] = ours["rss_peak_bytes"] / max(trl["rss_peak_bytes"], 1)
         out["loss_rel_diff"] = abs(ours["loss"] - trl["loss"]) / max(abs(trl["loss"]), 1e-12)
         out["grad_rel_diff"] = abs(ours["grad_norm_hidden"] - trl["grad_norm_hidden"]) / max(
             trl["grad_norm_hidden"], 1e-12

@@ -1,14 +1,18 @@
-"""Time one training step per method on the embedded default, side by side on the same batch.
+"""Time one training step per method, side by side on the same batch.
 
-    python bench/bench_step.py [--repeats 20] [--methods opd dear ...] [--threads N] [--json PATH] [overrides ...]
+    python bench/bench_step.py [--repeats 20] [--warmup 1] [--methods opd dear ...] [--threads N] [--json PATH]
+                               [overrides ...]
 
-One rollout batch is sampled once (same prompts, same samples for every method); then each
-method's step (`dear.distill.step.distill_step`: student forward with hidden states, teacher forward, signals,
-selection, loss, backward) is timed in interleaved rounds, the order reversed every other round, so
-drift on a shared machine hits all methods alike. The rollout itself (identical for every method) is
-timed separately. Reported: median ms per step (wall and CPU time of this process) and the ratio to the
-first method, both as the ratio of medians and as the median of the per-round ratios.
-``--budget-s`` stops the rounds early (after at least 5) once that many seconds of rounds have passed.
+The overrides compose the run as ``dear-train`` would (the embedded toy pair without any; `bench/pairs.py`
+gives those of the real-vocabulary pairs), and the prompts are the first batch of its prompt stream,
+formatted as ``dear-train`` formats them. One rollout batch is sampled once (same prompts, same samples for
+every method); then each method's step (`dear.distill.step.distill_step`: student forward with hidden
+states, teacher forward, signals, selection, loss, backward) is timed in interleaved rounds, the order
+reversed every other round, so drift on a shared machine hits all methods alike. The rollout itself
+(identical for every method) is timed separately. Reported: median ms per step (wall and CPU time of this
+process) and the ratio to the first method, both as the ratio of medians and as the median of the
+per-round ratios. ``--warmup`` steps of each method go first, untimed. ``--budget-s`` stops the rounds
+early (after at least 5) once that many seconds of rounds have passed.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import compose, report  # noqa: E402
+from pairs import step_prompts  # noqa: E402
 
 MIN_ROUNDS = 5
 
 
-def measure(methods: list[str], repeats: int, overrides: list[str], threads: int, budget_s: float | None) -> dict:
-    from dear.data.prompts import prompt_loader
+def measure(
+    methods: list[str], repeats: int, overrides: list[str], threads: int, budget_s: float | None, warmup: int = 1
+) -> dict:
     from dear.distill.rollout import generate
     from dear.distill.step import distill_step
     from dear.models.load import check_compatible, load_model
@@ -42,9 +48,7 @@ def measure(methods: list[str], repeats: int, overrides: list[str], threads: int
     student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True, progress=False)
     teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher", progress=False)
     vocab = check_compatible(student, teacher)
-    prompts = next(
-        iter(prompt_loader(s.data, s.toy_task, student.tokenizer, chat_template=False, batch_size=s.batch_size, seed=0))
-    )
+    prompts = step_prompts(s, student.tokenizer)
     t0 = time.perf_counter()
     rollout = generate(
         student.model,
@@ -77,8 +81,9 @@ def measure(methods: list[str], repeats: int, overrides: list[str], threads: int
 
     wall: dict[str, list[float]] = {m: [] for m in methods}
     cpu: dict[str, list[float]] = {m: [] for m in methods}
-    for m in methods:  # warm-up
-        step(m)
+    for _ in range(warmup):
+        for m in methods:
+            step(m)
     begin = time.perf_counter()
     for k in range(repeats):
         for m in methods if k % 2 == 0 else methods[::-1]:
@@ -95,6 +100,10 @@ def measure(methods: list[str], repeats: int, overrides: list[str], threads: int
             "response_tokens": int(mask.sum()),
         },
         "rollout_ms": rollout_ms,
+        "model": s.model.name,
+        "vocab": vocab,
+        "logits": s.step.logits,
+        "micro_batch_size": s.step.micro_batch_size,
         "threads": torch.get_num_threads(),
         "rounds": len(wall[base]),
         "methods": {},
@@ -113,6 +122,7 @@ def measure(methods: list[str], repeats: int, overrides: list[str], threads: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each method first")
     parser.add_argument("--methods", nargs="+", default=["opd", "dear", "entropy", "tip", "random"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: trainer.threads or 2)")
     parser.add_argument("--budget-s", type=float, default=None, help="stop the rounds after this many seconds")
@@ -122,7 +132,7 @@ def main() -> None:
         from dear.preflight.settings import train_config
 
         args.threads = train_config(compose(overrides)).trainer.threads or 2
-    r = measure(args.methods, args.repeats, overrides, args.threads, args.budget_s)
+    r = measure(args.methods, args.repeats, overrides, args.threads, args.budget_s, args.warmup)
     if report(r, args.json):
         return
     b = r["batch"]

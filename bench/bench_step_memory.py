@@ -12,11 +12,16 @@ right-padded to 128 (the 8-rollout batch is the first 8 rows of the 32-rollout o
 Each configuration runs in a fresh process (``--quick``: both in one): build the models and AdamW,
 take one warm-up step on one micro-batch (so the optimizer's moments exist), drop the gradients, then
 measure one full step (`dear.distill.step.distill_step` with ``StepConfig(micro_batch_size, logits="chunked")``
-over every micro-batch, gradient clipping, AdamW step, gradients dropped) with `common.PeakRSS`: glibc
-``malloc_trim(0)``, reset ``VmHWM`` via ``/proc/self/clear_refs``, step, then ``VmHWM`` minus the
-``VmRSS`` just before. What was resident before (weights, moments, the rollout, the libraries) is not
-counted; the step's gradients, activations, chunk workspaces and optimizer temporaries are. Reported:
-the peak of each configuration and the ratio of the largest to the smallest number of rollouts (flat = 1.0).
+over every micro-batch, gradient clipping, AdamW step, gradients dropped) twice, with two probes:
+
+- `common.PeakRSS` (the process's view): glibc ``malloc_trim(0)``, reset ``VmHWM`` via ``/proc/self/clear_refs``,
+  step, then ``VmHWM`` minus the ``VmRSS`` just before. Freed heap that glibc keeps resident counts.
+- `common.AllocationTrace` (the tensors' view), on the second step: the most bytes of tensors alive at once
+  during the step, from the CPU allocator's own accounting of every allocation and free.
+
+What was there before the step (weights, moments, the rollout, the libraries) is not counted; the step's
+gradients, activations, chunk workspaces and optimizer temporaries are. Reported: each probe's peak per
+configuration and its ratio of the largest to the smallest number of rollouts (flat = 1.0).
 """
 
 from __future__ import annotations
@@ -30,9 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import PeakRSS, compose, emit, offline_env, report, run_child  # noqa: E402
-
-QWEN_VOCAB = 151936
+from common import AllocationTrace, PeakRSS, compose, emit, offline_env, report, run_child  # noqa: E402
+from pairs import QWEN_VOCAB  # noqa: E402
 
 
 def random_qwen2(vocab: int, hidden: int, layers: int, seed: int, context: int):
@@ -125,9 +129,14 @@ def child(args) -> None:
         loss = train_step(rollout)
         seconds = time.perf_counter() - start
         peak = probe.stop()
+        with AllocationTrace() as trace:
+            with trace.phase("step"):
+                train_step(rollout)
         runs[str(n)] = {
             "rollouts": n,
             "peak_bytes": peak,
+            "tensor_peak_bytes": trace.peaks["step"],
+            "tensor_step_seconds": trace.seconds["step"],
             "rss_before_bytes": probe.base_bytes,
             "weights_bytes": weights,
             "optimizer_state_bytes": moments,
@@ -173,6 +182,7 @@ def measure(args) -> dict:
         return out
     lo, hi = out["runs"][str(min(args.rollouts))], out["runs"][str(max(args.rollouts))]
     out["ratio"] = hi["peak_bytes"] / max(lo["peak_bytes"], 1)
+    out["tensor_ratio"] = hi["tensor_peak_bytes"] / max(lo["tensor_peak_bytes"], 1)
     out["how"] = lo["how"]
     return out
 

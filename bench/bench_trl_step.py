@@ -1,33 +1,34 @@
-"""Full on-policy training steps, ours (``method=opd``) against TRL's ``GKDTrainer``, interleaved.
+"""Full on-policy training steps, ours (``method=opd``) against TRL's ``DistillationTrainer``, interleaved.
 
     python bench/bench_trl_step.py [--repeats 5] [--warmup 1] [--threads N] [--json PATH] [overrides ...]
 
-Three participants, each in its own process (TRL's trainers share Accelerate's process-wide state, so
-two differently configured ones cannot live in one process), each with its own copy of the embedded
-toy student and teacher, all on the same prompts:
+The overrides compose the run as ``dear-train`` would (`bench/pairs.py` gives the real-vocabulary pairs');
+the prompts are the first batch of its prompt stream, formatted as ``dear-train`` formats them. Three
+participants, each in its own process (TRL's trainers share Accelerate's process-wide state, so two
+differently configured ones cannot live in one process), each with its own copy of the student and the
+teacher, all on the same prompts:
 
 - ``ours``: what ``dear-train method=opd`` does in a step, in plain torch: sample ``rollout.n``
-  responses per prompt (`dear.distill.sources.training_rollout`), `dear.distill.step.distill_step` (student and teacher
-  forward, signals, loss, backward), the finiteness check, gradient clipping, AdamW step, schedule
-  step. Lightning's own per-step overhead is not included.
-- ``trl-defaults``: ``GKDTrainer`` with `GKDConfig`'s defaults except what has to match: the batch
-  (the same prompts, each repeated ``rollout.n`` times, one per row: GKD samples one completion per
-  row), ``max_new_tokens``, the sampling temperature (ours, 1.0), ``lmbda=1`` (always the student's
-  samples), ``beta=1`` (reverse KL), no evaluation, no saving, no reporting, no progress bar, CPU.
-  Its defaults include bf16 mixed precision and gradient checkpointing, which also turns the KV cache
-  off in its generation. Its dataset rows are the prompt plus a worked solution (`dear.distill.sources`), in
-  the collator's ``input_ids``/``completion_mask`` form (the toy tokenizer has no chat template): GKD
-  replaces the completion with its own sample, but the Trainer counts the loss's tokens in the
-  dataset's completions, and a prompt-only row makes that count 0 and the loss infinite.
-- ``trl-tuned``: the same with our settings: fp32, no gradient checkpointing (so generation keeps its
-  KV cache).
+  responses per prompt (`dear.distill.sources.training_rollout`), `dear.distill.step.distill_step` (student and
+  teacher forward, signals, loss, backward) with the run's ``step`` settings, the finiteness check, gradient
+  clipping, AdamW step, schedule step. Lightning's own per-step overhead is not included.
+- ``trl-defaults``: ``trl.DistillationTrainer`` with `DistillationConfig`'s defaults except what has to match:
+  the batch (each prompt repeated ``rollout.n`` times, one row each, in order: the trainer samples one
+  completion per row), ``max_completion_length``, the sampling temperature, ``beta`` (1: the reverse KL, as
+  ``method=opd``), no shuffling, no evaluation, saving, reporting or progress bar; CPU. Its defaults include bf16
+  mixed precision and gradient checkpointing (which it turns off while generating, so generation keeps its KV
+  cache). Its loss is always its chunked divergence kernel (`trl.kernels.chunked_divergence`): on a device
+  without Triton (the CPU) the torch fallback on ``[min(N, 4096), 32768]`` float32 tiles, every completion
+  position projected, padding included.
+- ``trl-tuned``: the same as a careful user would run it: fp32 (``bf16=False``), no gradient checkpointing.
 
-A step is timed from ``on_step_begin`` to ``on_step_end`` for TRL (generation, teacher, loss, backward,
-clipping, optimizer and schedule) and from the rollout to the schedule step for ours. The processes
-take turns, one step each, passing a baton (a semaphore ring): exactly one participant computes at a
-time, TRL's between-step work (logging, the next batch) included, so load on the machine hits all
-three alike. The first ``--warmup`` steps of each are not counted. Reported: median seconds per step
-and TRL's over ours, with the mean response tokens per step on each side (the samples differ).
+The prompts are handed over as text already in the chat template (what ``dear-train`` samples from), so both
+sides see the same prompt token ids. A step is timed from ``on_step_begin`` to ``on_step_end`` for TRL
+(generation, teacher, loss, backward, clipping, optimizer and schedule) and from the rollout to the schedule
+step for ours. The processes take turns, one step each, passing a baton (a semaphore ring): exactly one
+participant computes at a time, TRL's between-step work (logging, the next batch) included, so load on the
+machine hits all three alike. The first ``--warmup`` steps of each are not counted. Reported: median seconds
+per step and TRL's over ours, with the mean response tokens per step on each side (the samples differ).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import compose, report  # noqa: E402
+from pairs import load_pair, load_tokenizer, step_prompts  # noqa: E402
 
 ROLES = ("ours", "trl-defaults", "trl-tuned")
 MIN_REPEATS = 3  # timed rounds before --budget-s may stop them
@@ -66,16 +68,6 @@ class Baton:
         self.sems[(self.index + 1) % len(self.sems)].release()
 
 
-def _load_pair(overrides: list[str]):
-    from dear.models.load import check_compatible, load_model
-    from dear.preflight.settings import train_config
-
-    s = train_config(compose(overrides + ["method=opd"]))
-    student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True, progress=False)
-    teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher", progress=False)
-    return s, student, teacher, check_compatible(student, teacher)
-
-
 def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps, budget_s: float | None) -> dict:
     import torch
 
@@ -83,7 +75,7 @@ def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps, budget_s: 
     from dear.distill.step import distill_step
     from dear.models.schedule import lr_factor
 
-    s, student, teacher, vocab = _load_pair(args.overrides)
+    s, student, teacher, vocab = load_pair(args.overrides)
     model = student.model
     o = s.optim
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
@@ -131,33 +123,22 @@ def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps, budget_s: 
     return {"seconds": times, "response_tokens": tokens, "rows": int(rollout.input_ids.shape[0])}
 
 
+BETA = {"reverse_kl": 1.0, "forward_kl": 0.0}  # DistillationConfig.beta of our divergences
+
+
 def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps) -> dict:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
+    from trl import DistillationConfig, DistillationTrainer
+    from trl.kernels import chunked_divergence
+    from trl.kernels.chunked_logprob import _use_triton
 
-    from dear.distill.sources import reference_solutions
-
-    s, student, teacher, _ = _load_pair(args.overrides)
-    tok = student.tokenizer
+    s, student, teacher, _ = load_pair(args.overrides)
+    if s.loss.kind not in BETA:
+        raise ValueError(f"loss.kind={s.loss.kind} has no DistillationTrainer beta here; use reverse_kl")
     rows = [p for p in prompts for _ in range(s.rollout.n)]  # our grouping: prompt i's samples side by side
-    # Each row is a prompt and a worked solution (`dear.distill.sources`): GKD samples its own completion (lmbda=1), but
-    # the Trainer counts the loss's tokens (num_items_in_batch) in the dataset's completions, so a row without one
-    # gives a loss of x/0 = inf and NaN weights after the first step.
-    solutions = reference_solutions(prompts, s.rollout.n, s.toy_task, seed=s.seed, offset=0)
-    examples = []
-    for p, solution in zip(rows, solutions):
-        prompt_ids = tok(p, add_special_tokens=False).input_ids
-        completion_ids = tok(solution, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        examples.append(
-            {
-                "prompt": p,
-                "input_ids": prompt_ids + completion_ids,
-                "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
-            }
-        )
-    data = Dataset.from_list(examples)
+    data = Dataset.from_list([{"prompt": p} for p in rows])
     times: list[float] = []
     tokens: list[int] = []
 
@@ -184,19 +165,19 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps) 
                 baton.pass_on()
                 self.holding = False
 
-    class Counting(GKDTrainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            tokens.append(int((inputs["labels"] != -100).sum()))  # the sampled completion tokens
-            return loss
+    class Counting(DistillationTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            tokens.append(int(out["completion_mask"].sum()))  # the sampled completion tokens
+            return out
 
     must_match = dict(
         per_device_train_batch_size=len(rows),
         max_steps=steps.value,
-        max_new_tokens=s.rollout.max_new_tokens,
+        max_completion_length=s.rollout.max_new_tokens,
         temperature=s.rollout.temperature,
-        lmbda=1.0,
-        beta=1.0,
+        beta=BETA[s.loss.kind],
+        shuffle_dataset=False,
         eval_strategy="no",
         save_strategy="no",
         report_to="none",
@@ -206,24 +187,28 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps) 
     )
     tuned = dict(bf16=False, gradient_checkpointing=False) if role == "trl-tuned" else {}
     with tempfile.TemporaryDirectory() as out:
-        config = GKDConfig(output_dir=out, **must_match, **tuned)
+        config = DistillationConfig(output_dir=out, **must_match, **tuned)
         trainer = Counting(
             model=student.model,
             teacher_model=teacher.model,
             args=config,
             train_dataset=data,
-            processing_class=tok,
+            processing_class=student.tokenizer,
             callbacks=[Turns()],
         )
         torch.set_num_threads(args.threads)  # the Trainer may have set its own
         barrier.wait(timeout=BATON_TIMEOUT)
         trainer.train()
+    device = next(student.model.parameters()).device
     settings = {
         "bf16": bool(config.bf16),
         "gradient_checkpointing": bool(config.gradient_checkpointing),
         "learning_rate": config.learning_rate,
         "optim": str(config.optim),
-        "generation_use_cache": bool(trainer.generation_config.use_cache),
+        "beta": config.beta,
+        "generation_use_cache": trainer.generation_config.use_cache,  # None: the model's own (True)
+        "loss_kernel": "triton" if _use_triton(device) else "torch tiles (no Triton on this device)",
+        "loss_tile": [chunked_divergence.TOKEN_CHUNK_SIZE, chunked_divergence.VOCAB_CHUNK_SIZE],
     }
     return {"seconds": times, "response_tokens": tokens, "rows": len(rows), "settings": settings}
 
@@ -247,13 +232,21 @@ def participant(args, role: str, index: int, prompts, sems, barrier, steps, queu
 
 
 def _prompts(overrides: list[str]) -> tuple[list[str], dict]:
-    from dear.data.prompts import prompt_loader
+    """The step's prompts (read with the student's tokenizer, as dear-train formats them) and its shape."""
     from dear.preflight.settings import train_config
 
-    s = train_config(compose(overrides + ["method=opd"]))
-    loader = prompt_loader(s.data, s.toy_task, None, chat_template=False, batch_size=s.batch_size, seed=s.seed)
-    shape = {"prompts": s.batch_size, "samples_per_prompt": s.rollout.n, "max_new_tokens": s.rollout.max_new_tokens}
-    return list(next(iter(loader))), shape
+    s = train_config(compose(["method=opd", *overrides]))
+    tokenizer = load_tokenizer(s)
+    shape = {
+        "model": s.model.name,
+        "prompts": s.batch_size,
+        "samples_per_prompt": s.rollout.n,
+        "max_new_tokens": s.rollout.max_new_tokens,
+        "vocab": len(tokenizer),
+        "ours_logits": s.step.logits,
+        "ours_micro_batch_size": s.step.micro_batch_size,
+    }
+    return step_prompts(s, tokenizer), shape
 
 
 def measure(args) -> dict:

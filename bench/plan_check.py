@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import AllocationTrace  # noqa: E402
 
 MIB = 2**20
 TOLERANCE = 0.20  # |predicted / measured - 1| allowed per phase
@@ -137,104 +140,6 @@ QUICK = [
 # ---------------------------------------------------------------------------------------------
 # The allocator's accounting
 # ---------------------------------------------------------------------------------------------
-
-
-class AllocationTrace:
-    """Peak of allocated bytes per named window, from the profiler's memory events (CPU allocator).
-
-    ``with trace: ... with trace.phase("name"): ...``; after the ``with``, ``trace.peaks[name]`` is the
-    largest running total of allocations minus frees inside that window, counted from the trace's start.
-    """
-
-    def __init__(self, explain: bool = False):
-        from torch.profiler import ProfilerActivity, profile
-
-        self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self.peaks: dict[str, int] = {}
-        self.end = 0
-        self.explain = explain  # also keep, per window, what was alive at its peak (by allocating op)
-        self.alive: dict[str, dict[int, tuple[int, str]]] = {}
-
-    def __enter__(self):
-        self._profile.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._profile.__exit__(*exc)
-        if exc[0] is None:
-            self._collect()
-
-    def phase(self, name: str):
-        from torch.profiler import record_function
-
-        return record_function(f"plan::{name}")
-
-    def _collect(self) -> None:
-        results = self._profile.profiler.kineto_results
-        if self.explain:  # the event tree: each allocation with its address and the op that made it (slow)
-            allocations, windows = self._from_tree(results)
-        else:  # the flat event list: "[memory]" events carry the signed size
-            windows, allocations = {}, []
-            for e in results.events():
-                name = e.name()
-                if name == "[memory]":
-                    allocations.append((e.start_ns(), e.nbytes(), 0, ""))
-                elif name.startswith("plan::"):
-                    windows[name.removeprefix("plan::")] = (e.start_ns(), e.end_ns())
-            allocations.sort()
-        running, live = 0, {}
-        self.peaks = {name: 0 for name in windows}
-        self.seconds = {name: (end - start) / 1e9 for name, (start, end) in windows.items()}
-        for t, size, ptr, path in allocations:
-            running += size
-            if self.explain:
-                if size > 0:
-                    live[ptr] = (size, path)
-                else:
-                    live.pop(ptr, None)
-            for name, (start, end) in windows.items():
-                if start <= t <= end and running > self.peaks[name]:
-                    self.peaks[name] = running
-                    if self.explain:
-                        self.alive[name] = dict(live)
-        self.end = running
-
-    @staticmethod
-    def _from_tree(results) -> tuple[list, dict]:
-        from torch._C._profiler import _EventType
-
-        nodes, stack = [], list(results.experimental_event_tree())
-        while stack:
-            node = stack.pop()
-            nodes.append(node)
-            stack.extend(node.children)
-        windows = {
-            n.name.removeprefix("plan::"): (n.start_time_ns, n.end_time_ns)
-            for n in nodes
-            if n.name.startswith("plan::")
-        }
-        allocations = sorted(
-            (n.start_time_ns, n.typed[1].alloc_size, n.typed[1].ptr, _op_path(n))
-            for n in nodes
-            if n.typed[0] == _EventType.Allocation
-        )
-        return allocations, windows
-
-    def explanation(self, name: str, top: int = 12) -> list[str]:
-        """The largest groups of allocations alive at window ``name``'s peak, by allocating op."""
-        groups: dict[str, list[int]] = {}
-        for size, path in self.alive.get(name, {}).values():
-            groups.setdefault(path, []).append(size)
-        ranked = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]
-        return [f"    {sum(v) / MIB:9.2f} MiB  x{len(v):<4d} {path}" for path, v in ranked]
-
-
-def _op_path(node, depth: int = 4) -> str:
-    names, p = [], node.parent
-    while p is not None and len(names) < depth:
-        names.append(p.name.removeprefix("plan::"))
-        p = p.parent
-    return " < ".join(names)
 
 
 def self_test() -> None:
