@@ -41,7 +41,7 @@ test-slow: setup
 soak: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q -s -m slow tests/test_soak.py $(ARGS)
 
-# Performance figures, each a ratio measured side by side in one run, against goals (at most 10 minutes on
+# Performance figures, each a ratio measured side by side in one run, against goals (at most an hour on
 # 2 CPU cores): writes outputs/bench/latest.json and prints the table. `make bench ARGS=--quick`: tiny shapes.
 bench: setup
 	$(OFFLINE) $(BIN)/python bench/run.py $(ARGS)
