@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import compose, report  # noqa: E402
-from pairs import step_prompts  # noqa: E402
+from pairs import load_pair, step_prompts  # noqa: E402
 
 MIN_ROUNDS = 5
 
@@ -39,15 +39,11 @@ def measure(
 ) -> dict:
     from dear.distill.rollout import generate
     from dear.distill.step import distill_step
-    from dear.models.load import check_compatible, load_model
     from dear.preflight.settings import train_config
 
-    s = train_config(compose(overrides))
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    student = load_model(s.model, s.cache_dir, s.toy_task, trainable=True, progress=False)
-    teacher = load_model(s.teacher, s.cache_dir, s.toy_task, trainable=False, group="teacher", progress=False)
-    vocab = check_compatible(student, teacher)
+    s, student, teacher, vocab = load_pair(overrides)
     prompts = step_prompts(s, student.tokenizer)
     t0 = time.perf_counter()
     rollout = generate(

@@ -36,27 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import AllocationTrace, PeakRSS, compose, emit, offline_env, report, run_child  # noqa: E402
-from pairs import QWEN_VOCAB  # noqa: E402
+from pairs import QWEN_VOCAB, qwen2_config  # noqa: E402
 
 
 def random_qwen2(vocab: int, hidden: int, layers: int, seed: int, context: int):
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    heads = max(1, hidden // 16)
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=context,
-        tie_word_embeddings=False,
-        pad_token_id=0,
+    return Qwen2ForCausalLM(
+        qwen2_config(vocab, hidden, layers, head_dim=16, context=context, tie=False, pad_token_id=0)
     )
-    return Qwen2ForCausalLM(config)
 
 
 def random_rollout(rows: int, prompt: int, response: int, vocab: int, seed: int = 0):

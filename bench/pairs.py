@@ -48,22 +48,19 @@ def build_qwen151k(folder: Path, cache_dir: Path, hidden: int, layers: int) -> d
     """Save a random-weight Qwen2 student (seed 0) and teacher (seed 1) at V = 151,936 under ``folder``, each
     with SmolLM2's tokenizer grown to V ids; returns ``{"student": path, "teacher": path}``."""
     import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     from dear.models.packaged import SMOLLM2_DIRNAME
 
     tokenizer = AutoTokenizer.from_pretrained(cache_dir / SMOLLM2_DIRNAME)
     tokenizer.add_tokens([f"<|q{i}|>" for i in range(len(tokenizer), QWEN_VOCAB)], special_tokens=True)
-    heads = max(1, hidden // 64)
-    config = Qwen2Config(
-        vocab_size=QWEN_VOCAB,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=8192,  # the smollm2-135m preset's context_length, which the run checks
-        tie_word_embeddings=True,
+    config = qwen2_config(
+        QWEN_VOCAB,
+        hidden,
+        layers,
+        head_dim=64,
+        context=8192,  # the smollm2-135m preset's context_length, which the run checks
+        tie=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -76,6 +73,24 @@ def build_qwen151k(folder: Path, cache_dir: Path, hidden: int, layers: int) -> d
         tokenizer.save_pretrained(path)
         paths[role] = str(path)
     return paths
+
+
+def qwen2_config(vocab: int, hidden: int, layers: int, *, head_dim: int, context: int, tie: bool, **ids):
+    """A small Qwen2 configuration (random weights are drawn from it): ``hidden // head_dim`` heads, no grouping."""
+    from transformers import Qwen2Config
+
+    heads = max(1, hidden // head_dim)
+    return Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=context,
+        tie_word_embeddings=tie,
+        **ids,
+    )
 
 
 def pair_overrides(pair: str, cache_dir: Path, quick: bool, qwen: dict[str, str] | None = None) -> list[str]:
