@@ -235,7 +235,9 @@ def tune_recipe(preset: str, where: str) -> TuneRecipe:
     when there is no such preset or it is not fine-tuned."""
     from omegaconf import OmegaConf
 
-    path = Path(__file__).parents[1] / "conf" / "model" / f"{preset}.yaml"
+    from dear.config.presets import CONF_DIR  # presets reads this module: imported here, when called
+
+    path = CONF_DIR / "model" / f"{preset}.yaml"
     if not path.is_file():
         raise ConfigError(f"{where}={preset} names no model preset (conf/model/{preset}.yaml)")
     recipe = OmegaConf.to_container(OmegaConf.load(path)).get("tune")

@@ -94,13 +94,14 @@ def generate(
         raise ValueError(f"cache must be one of auto, dynamic, static; got {cache!r}")
     fast = {"cache_implementation": "static", "disable_compile": not compile} if cache == "static" else {}
     rows = [p for p in prompts for _ in range(n)]
-    enc = encode_prompts(tokenizer, rows, device)
+    shared = share_prefix and cache == "dynamic" and len(rows) > 1
+    enc = None if shared else encode_prompts(tokenizer, rows, device)
     was_training = model.training
     model.eval()
     # no_grad as a block, not a decorator: mutmut (`make mutate`) leaves decorated functions alone
     try:
         with torch.no_grad():
-            if share_prefix and cache == "dynamic" and len(rows) > 1:
+            if shared:  # the rows are encoded once, around their common prefix
                 enc, fast = _prefilled(model, tokenizer, rows, device)
             out = model.generate(
                 **enc,
