@@ -16,7 +16,8 @@ The state, held through the whole run (dear/train.py, dear/training/module.py, d
 Each phase adds, at its widest moment (``B`` rows, ``P`` prompt and ``T`` new tokens, ``L = P + T``, per-token
 formulas below, each measured on the CPU by ``bench/plan_check.py``):
 
-- **optimizer step**: foreach AdamW's ``sqrt(v)``, ``4·N_s``.
+- **optimizer step**: foreach AdamW's ``sqrt(v)``, ``4·N_s`` (mixed precision; a ``32-true`` run's fused AdamW
+  allocates nothing beyond its moments, so there the plan is ``4·N_s`` high).
 - **rollout** (`dear.distill.rollout.generate`, static cache on a GPU): the KV cache ``layers·B·L·kv·(k + v)``,
   ``kv = kv_heads·head_dim``; under autocast with float32 weights the keys are float32 (RoPE multiplies by a
   float32 cosine) and the values bf16, ``k + v = 6`` bytes. With it, the prefill's one-layer temporaries at
@@ -514,9 +515,10 @@ class _Plan:
             per = layer_activation_bytes(s, length, p)
             terms = [Term(f"activations ({per} B/token/layer)", s.num_hidden_layers * tokens * per)]
         terms.append(Term("final norm and hidden states", tokens * final_norm_bytes(s, p)))
-        if self.w.logits == "full":
-            terms.append(Term("student logits [b, L, V]", tokens * p.compute * s.vocab_size))
-            terms.append(Term("teacher logits [b, L, V]", tokens * self.teacher_bytes * t.vocab_size))
+        if self.w.logits == "full":  # the heads run on the response's positions only (logits_to_keep)
+            rows = tokens // length * (self.w.new_tokens + 1)
+            terms.append(Term("student logits [b, T+1, V]", rows * p.compute * s.vocab_size))
+            terms.append(Term("teacher logits [b, T+1, V]", rows * self.teacher_bytes * t.vocab_size))
         else:
             terms.append(Term("teacher hidden states", tokens * self.teacher_bytes * t.hidden_size))
         return terms
@@ -584,7 +586,7 @@ class _Plan:
         kept = self.kept(checkpointing, tokens, length)
         selected = max(1, math.ceil(b * w.new_tokens * w.selected_share))
         if w.logits == "full":
-            grads = [Term("logits' gradient [b, L, V]", tokens * p.compute * s.vocab_size)]
+            grads = [Term("logits' gradient [b, T+1, V]", b * (w.new_tokens + 1) * p.compute * s.vocab_size)]
         else:
             grads = [
                 Term("hidden states' gradient", tokens * p.weight * h),

@@ -253,3 +253,42 @@ def test_the_forward_gets_the_rollouts_layout_and_keeps_no_cache(rollout):
         assert kw["input_ids"] is rollout.input_ids and kw["attention_mask"] is rollout.attention_mask
         assert kw["position_ids"] is rollout.position_ids and kw["use_cache"] is False
     assert s["output_hidden_states"] is True and not t["output_hidden_states"]
+
+
+@pytest.mark.parametrize("logits", ["full", "chunked"])
+def test_the_heads_run_on_the_responses_positions_only_and_the_step_is_unchanged(student, rollout, logits):
+    """The prompt's columns are never targets, so the step projects only columns P-1 … L-2: the LM heads see
+    L-P positions a row, and the loss and gradient are those computed over every column."""
+    from dear.config.schema import StepConfig
+
+    model, teacher = copy.deepcopy(student.model), tiny_qwen2(student.tokenizer, seed=1)
+    rows = []
+    model.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[1]))
+    teacher.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[1]))
+    opd, loss = method_config("opd"), LossConfig(kind="reverse_kl", normalize="selected", temperature=1.0, beta=0.5)
+    step = StepConfig(micro_batch_size=None, logits=logits, gradient_checkpointing=False)
+    got, _ = distill_step(model, teacher, rollout, opd, loss, vocab_size=None, step=step)
+    width, prompt = rollout.input_ids.shape[1], rollout.prompt_width
+    if logits == "full":
+        assert rows == [width - prompt + 1, width - prompt + 1]  # logits_to_keep: P-1 … L-1, the last dropped
+    fwd = forward_pair(model, teacher, rollout, logits=logits, start=prompt - 1)
+    assert fwd.student_logits.shape[1] == width - prompt == fwd.teacher_logits.shape[1]
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    whole = forward_pair(model, teacher, rollout, logits=logits)  # every column
+    want, _ = objective.distill_loss(
+        whole.student_logits,
+        whole.teacher_logits,
+        rollout.target_mask.float(),
+        kind="reverse_kl",
+        sampled_ids=rollout.input_ids[:, 1:],
+        mask=rollout.target_mask,
+        normalize="selected",
+    )
+    want.backward()
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="start must lie in"):
+        forward_pair(model, teacher, rollout, start=prompt)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +35,30 @@ from dear.distill.teacher_view import align_to_student
 
 @dataclass
 class Forward:
-    # [B, L-1, Vs] (or the same as `objective.HeadLogits`): column t predicts input_ids[:, t+1]; grad if asked
+    # [B, L-1-start, Vs] (or the same as `objective.HeadLogits`): column c predicts input_ids[:, start+c+1];
+    # grad if asked
     student_logits: Tensor | objective.HeadLogits
-    teacher_logits: Tensor | objective.HeadLogits  # [B, L-1, Vt], no grad
-    hidden: Tensor | None  # [B, L-1, H] detached student hidden states at the asked layer, or None
+    teacher_logits: Tensor | objective.HeadLogits  # [B, L-1-start, Vt], no grad
+    hidden: Tensor | None  # [B, L-1-start, H] detached student hidden states at the asked layer, or None
+    start: int = 0  # the first column of [B, L-1] these hold (`response_start`: the prompt's columns left out)
+
+
+def response_start(rollout: Rollout) -> int:
+    """The first column of ``[B, L-1]`` that can predict a response token (``P-1``): the columns before it predict
+    prompt tokens, which are never targets, so a step's logits, signals and loss skip them."""
+    return rollout.prompt_width - 1
+
+
+def targets(rollout: Rollout, start: int = 0) -> tuple[Tensor, Tensor]:
+    """``(target mask, sampled ids)`` of the columns ``start …`` of ``[B, L-1]``, aligned with a `Forward`'s tensors."""
+    return rollout.target_mask[:, start:], rollout.input_ids[:, start + 1 :]
+
+
+def widen(x: Tensor, start: int) -> Tensor:
+    """``[B, T-start, ...]`` back to ``[B, T, ...]`` with zeros in the first ``start`` columns (never targets)."""
+    if start == 0:
+        return x
+    return torch.cat([x.new_zeros(x.shape[0], start, *x.shape[2:]), x], dim=1)
 
 
 def _inputs(rollout: Rollout) -> dict:
@@ -61,13 +82,22 @@ def lm_head(model) -> Tensor:
     return head.weight
 
 
-def _run(model, rollout: Rollout, logits: str, hidden_states: bool):
-    """One forward: ``(logits [B, L-1, V] or HeadLogits, hidden states tuple or None)``."""
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (Hugging Face causal LMs do: the head then runs on the
+    last positions only)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _run(model, rollout: Rollout, logits: str, hidden_states: bool, start: int = 0):
+    """One forward: ``(logits [B, L-1-start, V] or HeadLogits, hidden states tuple or None)``, columns ``start …``
+    of ``[B, L-1]`` (the LM head runs on those positions only)."""
+    width = rollout.input_ids.shape[1]
     if logits == "full":
-        out = model(**_inputs(rollout), output_hidden_states=hidden_states)
-        return out.logits[:, :-1], out.hidden_states
+        keep = {"logits_to_keep": width - start} if start > 0 and _keeps_logits(model) else {}
+        out = model(**_inputs(rollout), output_hidden_states=hidden_states, **keep)
+        return out.logits[:, start - width : -1], out.hidden_states  # the last width-start columns, then drop one
     out = model.get_decoder()(**_inputs(rollout), output_hidden_states=hidden_states)
-    return objective.HeadLogits(out.last_hidden_state[:, :-1], lm_head(model)), out.hidden_states
+    return objective.HeadLogits(out.last_hidden_state[:, start:-1], lm_head(model)), out.hidden_states
 
 
 def forward_pair(
@@ -79,6 +109,7 @@ def forward_pair(
     grad: bool = True,
     teacher_rollout: Rollout | None = None,
     logits: str = "full",
+    start: int = 0,
 ) -> Forward:
     """Run student and teacher over the same response tokens (same attention mask and position ids).
 
@@ -87,36 +118,54 @@ def forward_pair(
     ``teacher_rollout``: the same responses after the teacher's own prompt (`dear.distill.teacher_view.teacher_view`);
     its logits are moved back to the student's columns. ``logits="chunked"``: both models stop at their
     final hidden states and return `objective.HeadLogits`, so no ``[B, L, V]`` tensor is made; the
-    teacher runs under ``inference_mode``.
+    teacher runs under ``inference_mode``. ``start``: every tensor returned holds the columns ``start …`` of
+    ``[B, L-1]`` only (`response_start`: the LM heads run on the response's positions alone).
     """
+    if not 0 <= start <= response_start(rollout):
+        raise ValueError(f"start must lie in [0, {response_start(rollout)}] (the prompt's columns), got {start}")
+    # the teacher's own prompt has its own width: it starts as many columns before its responses
+    t_start = start if teacher_rollout is None else response_start(teacher_rollout) - (response_start(rollout) - start)
     with contextlib.nullcontext() if grad else torch.no_grad():
-        s_logits, s_hidden = _run(student, rollout, logits, hidden_layer is not None)
+        s_logits, s_hidden = _run(student, rollout, logits, hidden_layer is not None, start)
     with torch.no_grad() if logits == "full" else torch.inference_mode():
-        t_logits, _ = _run(teacher, teacher_rollout or rollout, logits, False)
+        t_logits, _ = _run(teacher, teacher_rollout or rollout, logits, False, max(t_start, 0))
     if teacher_rollout is not None:
         if logits == "full":
-            t_logits = align_to_student(t_logits, rollout, teacher_rollout)
+            t_logits = align_to_student(t_logits, rollout, teacher_rollout, start, max(t_start, 0))
         else:
             t_logits = objective.HeadLogits(
-                align_to_student(t_logits.hidden, rollout, teacher_rollout), t_logits.weight
+                align_to_student(t_logits.hidden, rollout, teacher_rollout, start, max(t_start, 0)), t_logits.weight
             )
-    hidden = s_hidden[hidden_layer][:, :-1].detach() if hidden_layer is not None else None
-    return Forward(s_logits, t_logits, hidden)
+    hidden = s_hidden[hidden_layer][:, start:-1].detach() if hidden_layer is not None else None
+    return Forward(s_logits, t_logits, hidden, start)
 
 
 def step_signals(
     fwd: Forward, rollout: Rollout, method: MethodConfig, loss: LossConfig, vocab_size: int | None
 ) -> objective.Signals:
-    """The per-token signals of one batch (no grad): entropy, the method's D_t, the true KL, argmaxes."""
-    return objective.token_signals(
+    """The per-token signals of one batch (no grad): entropy, the method's D_t, the true KL, argmaxes, ``[B, L-1]``
+    whatever columns ``fwd`` holds (0 before ``fwd.start``)."""
+    mask, sampled = targets(rollout, fwd.start)
+    signals = objective.token_signals(
         fwd.student_logits.detach(),
         fwd.teacher_logits,
-        rollout.target_mask,
-        sampled_ids=rollout.input_ids[:, 1:],
+        mask,
+        sampled_ids=sampled,
         divergence=method.divergence,
         temperature=loss.temperature,
         beta=loss.beta,
         vocab_size=vocab_size,
+    )
+    return _widened(signals, fwd.start)
+
+
+def _widened(item, start: int):
+    """A dataclass of ``[B, T-start]`` tensors (Signals, Selection) as ``[B, T]``, zeros before ``start``."""
+    return type(item)(
+        **{
+            f.name: None if getattr(item, f.name) is None else widen(getattr(item, f.name), start)
+            for f in dataclasses.fields(item)
+        }
     )
 
 
@@ -135,7 +184,9 @@ def select_step(
 ) -> tuple[Forward, objective.Signals, objective.Selection]:
     """The step up to the loss: forward both models, compute the token signals, run the method's selection.
 
-    ``grad=False`` keeps the student's forward out of autograd (for pictures of what a method selects).
+    ``grad=False`` keeps the student's forward out of autograd (for pictures of what a method selects). The
+    forward holds the response's columns only (`response_start`); signals and selection are ``[B, L-1]``, the
+    selection made on the whole width as if the prompt's columns had been computed (they are never targets).
     """
     fwd = forward_pair(
         student,
@@ -145,6 +196,7 @@ def select_step(
         grad=grad,
         teacher_rollout=teacher_rollout,
         logits=logits,
+        start=response_start(rollout),
     )
     signals = step_signals(fwd, rollout, method, loss, vocab_size)
     selection = objective.select_tokens(
@@ -152,7 +204,7 @@ def select_step(
         method.knobs,
         entropy=signals.entropy,
         divergence=signals.divergence,
-        hidden=fwd.hidden,
+        hidden=None if fwd.hidden is None else widen(fwd.hidden, fwd.start),
         mask=rollout.target_mask,
         generator=generator,
     )
@@ -242,13 +294,14 @@ def distill_step(
             teacher_rollout=seen,
             logits=logits,
         )
+        mask, sampled = targets(part, fwd.start)
         value, loss_stats = objective.distill_loss(
             fwd.student_logits,
             fwd.teacher_logits,
-            selection.weights,
+            selection.weights[:, fwd.start :],
             kind=loss.kind,
-            sampled_ids=part.input_ids[:, 1:],
-            mask=part.target_mask,
+            sampled_ids=sampled,
+            mask=mask,
             normalize=loss.normalize,
             temperature=loss.temperature,
             beta=loss.beta,
@@ -306,16 +359,17 @@ def score_step(
     with torch.no_grad():  # a block, not a decorator, so mutation testing reaches the body
         for part, seen in micro_batches(rollout, teacher_rollout, step):
             if method is None:
-                fwd = forward_pair(student, teacher, part, grad=False, teacher_rollout=seen, logits=logits)
-                signals.append(
-                    objective.token_signals(
-                        fwd.student_logits,
-                        fwd.teacher_logits,
-                        part.target_mask,
-                        temperature=loss.temperature,
-                        vocab_size=vocab_size,
-                    )
+                fwd = forward_pair(
+                    student, teacher, part, grad=False, teacher_rollout=seen, logits=logits, start=response_start(part)
                 )
+                sig = objective.token_signals(
+                    fwd.student_logits,
+                    fwd.teacher_logits,
+                    targets(part, fwd.start)[0],
+                    temperature=loss.temperature,
+                    vocab_size=vocab_size,
+                )
+                signals.append(_widened(sig, fwd.start))
             else:
                 _, sig, selection = select_step(
                     student,

@@ -60,14 +60,20 @@ def teacher_view(rollout: Rollout, teacher_prompts: list[str], tokenizer) -> Rol
     )
 
 
-def align_to_student(teacher_logits: Tensor, student: Rollout, teacher: Rollout) -> Tensor:
+def align_to_student(
+    teacher_logits: Tensor, student: Rollout, teacher: Rollout, start: int = 0, teacher_start: int = 0
+) -> Tensor:
     """Teacher logits ``[B, P'+R-1, V]`` (column t predicts token t+1) moved to the student's columns.
 
     Returns ``[B, P+R-1, V]`` whose response-predicting columns ``P-1 … P+R-2`` hold the teacher's
-    columns ``P'-1 … P'+R-2``; the prompt columns (never in the target mask) hold zeros.
+    columns ``P'-1 … P'+R-2``; the prompt columns (never in the target mask) hold zeros. With ``start`` and
+    ``teacher_start`` both sides hold only their columns from there on (``[B, P'+R-1-teacher_start, V]`` in,
+    ``[B, P+R-1-start, V]`` out); when both start at their responses no zeros are made.
     """
-    p, q = student.prompt_width, teacher.prompt_width
-    r = student.input_ids.shape[1] - p
+    p, q = student.prompt_width - start, teacher.prompt_width - teacher_start
+    r = student.input_ids.shape[1] - student.prompt_width
+    if p == 1 and q == 1:
+        return teacher_logits[:, :r]
     out = teacher_logits.new_zeros(teacher_logits.shape[0], p + r - 1, teacher_logits.shape[-1])
     out[:, p - 1 :] = teacher_logits[:, q - 1 : q - 1 + r]
     return out
