@@ -79,3 +79,15 @@ def test_too_many_in_a_row_stop_with_the_last_good_state(tmp_path, toy_cache, na
     good = {f"student.{k}": v for k, v in starts[1].items()}  # the weights after step 1, the last good one
     assert ckpt["global_step"] == 3 and same(good, {k: ckpt["state_dict"][k] for k in good})
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "student").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), None, 1e30])
+def test_all_finite_finds_any_nan_or_inf_and_is_not_fooled_by_a_norm_that_overflows(bad):
+    """The fast path's joint norm overflows for huge finite entries: those are still finite."""
+    from dear.training.guards import all_finite
+
+    tensors = [torch.randn(50, 7), torch.randn(300), torch.randn(3, 4, 5)]
+    if bad is not None:
+        tensors[2][1, 2, 3] = bad
+    assert all_finite(tensors) is (bad is None or bad == 1e30)
+    assert all_finite([])

@@ -15,6 +15,22 @@ from lightning.pytorch.callbacks import Callback
 log = logging.getLogger(__name__)
 
 
+def all_finite(tensors) -> bool:
+    """Whether every entry of ``tensors`` is finite. One fused pass first: their joint 2-norm is finite when every
+    entry is (NaN and inf carry through it); only when it is not are they checked entry by entry, since finite
+    entries past ~1e19 overflow the norm. For SmolLM2-135M's gradients 0.02 s against 0.23 s entry by entry."""
+    tensors = list(tensors)
+    if not tensors:
+        return True
+    total = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if total is None:
+        total = lambda ts: torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in ts]))  # noqa: E731
+    norm = total(tensors)
+    if torch.isfinite(norm):
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 class NonFiniteGuard(Callback):
     """Decides, just before each optimizer update, whether the step counts: skip it if anything in it was not
     finite, else clip its gradient's norm to ``grad_clip`` (0: no clipping). The counters travel in checkpoints."""
@@ -55,7 +71,7 @@ class NonFiniteGuard(Callback):
         """Skip the update (every gradient dropped: AdamW leaves weights and moments as they are) if anything in
         this step was not finite; otherwise clip."""
         grads = [p.grad for p in pl_module.student.parameters() if p.grad is not None]
-        if self.flagged is None and grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+        if self.flagged is None and not all_finite(grads):
             self.flag("gradient")
         if self.flagged is None:
             self.in_a_row = 0

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from dear.config.schema import TrainConfig
 from dear.data.prompts import PromptStream
@@ -23,7 +22,7 @@ from dear.distill.step import DataParallel, distill_step
 from dear.distill.teacher_view import TeacherPrompts
 from dear.eval.runner import Evaluator
 from dear.models.precision import compute_context
-from dear.models.schedule import lr_factor
+from dear.models.schedule import fused_for, optimizer
 from dear.training.curve import HeldOutCurve
 from dear.training.guards import NonFiniteGuard
 from dear.training.metrics import StepMeans
@@ -128,9 +127,8 @@ class DistillModule(L.LightningModule):
         return DataParallel(self.trainer.world_size, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
 
     def configure_optimizers(self):
-        o = self.cfg.optim
-        opt = torch.optim.AdamW(self.student.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o.warmup_steps, self.cfg.steps, o.schedule))
+        fused = fused_for(self.trainer.precision)
+        opt, sched = optimizer(self.student.parameters(), self.cfg.optim, self.cfg.steps, fused=fused)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def step_precision(self):
