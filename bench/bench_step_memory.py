@@ -74,6 +74,7 @@ def child(args) -> None:
 
     from dear.config.schema import StepConfig
     from dear.distill.step import distill_step
+    from dear.models.schedule import optimizer
     from dear.preflight.settings import train_config
 
     torch.set_num_threads(args.threads)
@@ -85,7 +86,7 @@ def child(args) -> None:
     for n in args.rollouts_one:
         student = random_qwen2(args.vocab, args.hidden, args.layers, 0, context).train()
         teacher = random_qwen2(args.vocab, args.hidden, args.layers, 1, context).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+        opt, _ = optimizer(student.parameters(), s.optim, s.steps)  # the run's (fused) AdamW
         rollout = everything.rows(slice(0, n))
 
         def train_step(batch, student=student, teacher=teacher, opt=opt) -> float:

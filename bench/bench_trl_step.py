@@ -73,14 +73,14 @@ def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps, budget_s: 
 
     from dear.distill.sources import training_rollout
     from dear.distill.step import distill_step
-    from dear.models.schedule import lr_factor
+    from dear.models.schedule import optimizer
+    from dear.training.guards import all_finite
 
     s, student, teacher, vocab = load_pair(args.overrides)
     model = student.model
     o = s.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o.warmup_steps, s.steps, o.schedule))
-    times, tokens = [], []
+    opt, sched = optimizer(model.parameters(), o, s.steps)  # what DistillModule.configure_optimizers makes
+    times, tokens, generation = [], [], []
     barrier.wait(timeout=BATON_TIMEOUT)
     first_timed = None
     k = 0
@@ -101,12 +101,12 @@ def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps, budget_s: 
             seed=s.seed,
             offset=0,
         )
+        generation.append(time.perf_counter() - start)
         opt.zero_grad()
         loss, _ = distill_step(
             model, teacher.model, rollout, s.method, s.loss, vocab_size=vocab, generator=None, step=s.step
         )
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        finite = bool(torch.isfinite(loss)) and bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        finite = bool(torch.isfinite(loss)) and all_finite(p.grad for p in model.parameters() if p.grad is not None)
         if finite:
             if o.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
@@ -120,7 +120,12 @@ def _run_ours(args, prompts: list[str], baton: Baton, barrier, steps, budget_s: 
             if time.perf_counter() - first_timed > budget_s:
                 steps.value = k
         baton.pass_on()
-    return {"seconds": times, "response_tokens": tokens, "rows": int(rollout.input_ids.shape[0])}
+    return {
+        "seconds": times,
+        "generation_seconds": generation,
+        "response_tokens": tokens,
+        "rows": int(rollout.input_ids.shape[0]),
+    }
 
 
 BETA = {"reverse_kl": 1.0, "forward_kl": 0.0}  # DistillationConfig.beta of our divergences
@@ -141,6 +146,7 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps) 
     data = Dataset.from_list([{"prompt": p} for p in rows])
     times: list[float] = []
     tokens: list[int] = []
+    generation: list[float] = []
 
     class Turns(TrainerCallback):
         """Take the baton before a step, time it, hand the baton over at the next step's start."""
@@ -167,7 +173,9 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps) 
 
     class Counting(DistillationTrainer):
         def _generate_and_score_completions(self, inputs):
+            start = time.perf_counter()
             out = super()._generate_and_score_completions(inputs)
+            generation.append(time.perf_counter() - start)
             tokens.append(int(out["completion_mask"].sum()))  # the sampled completion tokens
             return out
 
@@ -210,7 +218,13 @@ def _run_trl(args, role: str, prompts: list[str], baton: Baton, barrier, steps) 
         "loss_kernel": "triton" if _use_triton(device) else "torch tiles (no Triton on this device)",
         "loss_tile": [chunked_divergence.TOKEN_CHUNK_SIZE, chunked_divergence.VOCAB_CHUNK_SIZE],
     }
-    return {"seconds": times, "response_tokens": tokens, "rows": len(rows), "settings": settings}
+    return {
+        "seconds": times,
+        "generation_seconds": generation,
+        "response_tokens": tokens,
+        "rows": len(rows),
+        "settings": settings,
+    }
 
 
 def participant(args, role: str, index: int, prompts, sems, barrier, steps, queue) -> None:
@@ -291,9 +305,11 @@ def measure(args) -> dict:
         r = results[role]
         timed = r["seconds"][args.warmup :]
         toks = r["response_tokens"][args.warmup :]
+        gen = r["generation_seconds"][args.warmup : args.warmup + len(timed)]
         out[role] = {
             "median_s": statistics.median(timed),
             "seconds": [round(x, 4) for x in timed],
+            "generation_median_s": statistics.median(gen) if gen else None,
             "mean_response_tokens": statistics.fmean(toks) if toks else None,
             "rows": r["rows"],
             **({"settings": r["settings"]} if "settings" in r else {}),

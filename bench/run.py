@@ -280,6 +280,10 @@ def _step_figure(name: str, r: dict) -> dict:
     return _figure(name, dear["ratio"], HOW[name], details)
 
 
+def _rounded(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
 def _trl_figures(pair: str, r: dict) -> dict[str, dict]:
     names = {k: f"opd_step_speedup_vs_trl_{k}_{pair}" for k in TRL_SETTINGS}
     if r.get("error"):
@@ -290,6 +294,10 @@ def _trl_figures(pair: str, r: dict) -> dict[str, dict]:
         details = {
             "ours_median_s": round(r["ours"]["median_s"], 3),
             "trl_median_s": round(r[role]["median_s"], 3),
+            "ours_generation_median_s": _rounded(r["ours"].get("generation_median_s"), 3),
+            "trl_generation_median_s": _rounded(r[role].get("generation_median_s"), 3),
+            "ours_seconds": r["ours"]["seconds"],
+            "trl_seconds": r[role]["seconds"],
             "ours_mean_response_tokens": r["ours"]["mean_response_tokens"],
             "trl_mean_response_tokens": r[role]["mean_response_tokens"],
             "rows": r["ours"]["rows"],
@@ -430,11 +438,18 @@ def _detail_line(name: str, fig: dict) -> str:
     if name.startswith("opd_step_speedup"):
         key = "defaults" if "_defaults_" in name else "tuned"
         sh = d["shape"]
-        return (
+        text = (
             f"TRL {key} {d['trl_median_s']:.2f} s vs ours {d['ours_median_s']:.2f} s per step, median of "
             f"{d['rounds']} rounds, V {sh['vocab']} ({d['trl_mean_response_tokens']:.0f} vs "
             f"{d['ours_mean_response_tokens']:.0f} response tokens/step)"
         )
+        gen_trl, gen_ours = d.get("trl_generation_median_s"), d.get("ours_generation_median_s")
+        if gen_trl is not None and gen_ours is not None:
+            text += (
+                f"; generation {gen_trl:.2f} s vs {gen_ours:.2f} s, the rest (teacher, loss, backward, optimizer) "
+                f"{d['trl_median_s'] - gen_trl:.2f} s vs {d['ours_median_s'] - gen_ours:.2f} s"
+            )
+        return text
     if name.endswith("flop_bound_fraction"):
         return (
             f"{d['rows']} rows x {d['prompt_width']} prompt tokens, {d['steps']:.0f} new: {d['wall_s']:.2f} s, "
