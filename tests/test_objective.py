@@ -1235,3 +1235,41 @@ def test_a_shared_vocabulary_of_one_token_is_allowed():
     assert torch.equal(token_divergence(zs, zt, vocab_size=1), torch.zeros(3, 6))  # one token: p = q = 1
     with pytest.raises(ValueError, match=r"vocab_size must be in \[1, 9\]"):
         token_divergence(zs, zt, vocab_size=0)
+
+
+@pytest.mark.parametrize("heads", [False, True])
+def test_the_loss_reads_the_signals_rows_instead_of_projecting_them_again(heads, monkeypatch):
+    """``known`` (the reverse KL and both log-normalisers from `token_signals`) gives the loss and gradient of the
+    plain pass, with no rows loaded in the forward; a loss other than the reverse KL refuses it."""
+    import dear.objective.chunked as chunked
+    from dear.objective import HeadLogits
+
+    g = torch.Generator().manual_seed(3)
+    b, t, v, h = 3, 7, 50, 8
+    mask = torch.rand(b, t, generator=g) > 0.3
+    weights = torch.rand(b, t, generator=g) * mask
+    if heads:
+        hidden = torch.randn(b, t, h, generator=g).requires_grad_()
+        student = HeadLogits(hidden, torch.randn(v, h, generator=g))
+        teacher = HeadLogits(torch.randn(b, t, h, generator=g), torch.randn(v, h, generator=g))
+        leaf = hidden
+    else:
+        leaf = torch.randn(b, t, v, generator=g).requires_grad_()
+        student, teacher = leaf, torch.randn(b, t, v, generator=g)
+    sig = token_signals(student.detach(), teacher, mask, temperature=1.5)
+    loaded = []
+    real = chunked.load_rows
+    monkeypatch.setattr(chunked, "load_rows", lambda *a, **k: loaded.append(1) or real(*a, **k))
+    common = dict(mask=mask, temperature=1.5, normalize="all")
+    plain, _ = distill_loss(student, teacher, weights, **common)
+    assert loaded
+    (want,) = torch.autograd.grad(plain, leaf)
+    loaded.clear()
+    known = (sig.reverse_kl, sig.student_lse, sig.teacher_lse)
+    fast, _ = distill_loss(student, teacher, weights, known=known, **common)
+    assert not loaded  # nothing projected or normalised in the forward
+    (got,) = torch.autograd.grad(fast, leaf)
+    torch.testing.assert_close(fast, plain)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="known rows carry the reverse KL"):
+        distill_loss(student, teacher, weights, known=known, kind="forward_kl", **common)

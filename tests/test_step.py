@@ -292,3 +292,32 @@ def test_the_heads_run_on_the_responses_positions_only_and_the_step_is_unchanged
             torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="start must lie in"):
         forward_pair(model, teacher, rollout, start=prompt)
+
+
+@pytest.mark.parametrize("logits", ["full", "chunked"])
+def test_the_steps_loss_reuses_the_signals_rows_for_the_reverse_kl(student, rollout, logits, monkeypatch):
+    """With the reverse KL the loss's forward takes ℓ and the log-normalisers from the token signals (rows are
+    loaded only by the backward); the gradient is the one the loss computes by itself."""
+    import dear.distill.step as step_module
+    import dear.objective.chunked as chunked
+    from dear.config.schema import StepConfig
+
+    teacher = tiny_qwen2(student.tokenizer, seed=1)
+    opd, loss = method_config("opd"), LossConfig(kind="reverse_kl", normalize="selected", temperature=1.3, beta=0.5)
+    step = StepConfig(micro_batch_size=None, logits=logits, gradient_checkpointing=False)
+    loaded = []
+    real = chunked.load_rows
+    monkeypatch.setattr(chunked, "load_rows", lambda *a, **k: loaded.append(1) or real(*a, **k))
+    grads = []
+    for reuse in (True, False):
+        if not reuse:
+            monkeypatch.setattr(step_module, "_known_rows", lambda *a: None)
+        model = copy.deepcopy(student.model)
+        loaded.clear()
+        value, _ = distill_step(model, teacher, rollout, opd, loss, vocab_size=None, step=step)
+        grads.append((value, [p.grad.clone() for p in model.parameters() if p.grad is not None], len(loaded)))
+    (fast, fast_grads, fast_loads), (plain, plain_grads, plain_loads) = grads
+    assert fast_loads > 0 and plain_loads == 2 * fast_loads  # the backward's loads only, against forward + backward
+    torch.testing.assert_close(fast, plain)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

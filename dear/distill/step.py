@@ -31,6 +31,7 @@ from dear.config import methods
 from dear.config.schema import LossConfig, MethodConfig, StepConfig
 from dear.distill.rollout import Rollout
 from dear.distill.teacher_view import align_to_student
+from dear.objective.chunked import effective_kind
 
 
 @dataclass
@@ -235,6 +236,17 @@ def micro_batches(
     ]
 
 
+def _known_rows(sig: objective.Signals, loss: LossConfig, start: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """What the token signals already computed of the loss's rows (the reverse KL and both log-normalisers, same
+    temperature), columns ``start …``, so the loss's forward does not project them again; None for another loss or
+    when the signals' KL was rounded (a float64 pass)."""
+    if effective_kind(loss.kind, loss.beta) != "reverse_kl" or sig.student_lse is None:
+        return None
+    if sig.student_lse.dtype != sig.reverse_kl.dtype:
+        return None
+    return sig.reverse_kl[:, start:], sig.student_lse[:, start:], sig.teacher_lse[:, start:]
+
+
 def _backward(tensor: Tensor) -> None:
     tensor.backward()
 
@@ -307,6 +319,7 @@ def distill_step(
             beta=loss.beta,
             vocab_size=vocab_size,
             reduction="mean" if whole else "sum",
+            known=_known_rows(sig, loss, fwd.start),
         )
         if whole and world > 1:  # this rank's mean, then rescaled so the averaged gradient is the global one
             global_den = float(ranks.sum(loss_stats["denominator"].clone()))

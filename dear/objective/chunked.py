@@ -306,10 +306,10 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     """Per-position ``ℓ`` at positions ``(b, t)``, chunked, with a recomputing exact backward.
 
     forward(logits_or_hidden, head_weight, teacher, b [M], t [M] (row-major), sampled [B,T] | None, kind, τ, β,
-    V*, rows) -> ℓ [M]. The student is either its logits ``[B,T,Vs]`` (``logits_or_hidden``, with ``head_weight``
+    V*, rows, known) -> ℓ [M]. The student is either its logits ``[B,T,Vs]`` (``logits_or_hidden``, with ``head_weight``
     None) or a `HeadLogits` passed as its two tensors, the final hidden states (``logits_or_hidden``) and the LM
     head's weight (``head_weight``), so that autograd sees both; the teacher (logits or `HeadLogits`) comes
-    wrapped in `_Const`.
+    wrapped in `_Const`, as does ``known`` (None, or ``(ℓ, lse_s, lse_t)`` of the rows: no forward pass).
     Saves the inputs by reference and per-row scalars (the two log-normalisers, ℓ, A); backward
     recomputes each chunk's log-probs and writes its gradient into ``zeros_like(logits)``, or, for
     `HeadLogits`, into the hidden states' and the head's gradients, chunk by chunk. The teacher gets no
@@ -317,13 +317,17 @@ class _ChunkedTokenLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits_or_hidden, head_weight, teacher, b, t, sampled, kind, temperature, beta, vocab, rows):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, logits_or_hidden, head_weight, teacher, b, t, sampled, kind, temperature, beta, vocab, rows, known
+    ):
         student = logits_or_hidden if head_weight is None else HeadLogits(logits_or_hidden, head_weight)
         teacher = teacher.value
         dtype = compute_dtype(student, teacher)
         value, aux, lse_s, lse_t = (torch.zeros(b.numel(), dtype=dtype, device=student.device) for _ in range(4))
-        ws = Workspace(min(rows, b.numel()), vocab, dtype, student.device)
-        for sl in chunks(b.numel(), rows):
+        if known is not None:  # ℓ and both log-normalisers of these rows, from the token signals' pass
+            value, lse_s, lse_t = (x.to(dtype, copy=True) for x in known.value)
+        ws = Workspace(min(rows, b.numel()), vocab, dtype, student.device) if known is None else None
+        for sl in chunks(b.numel(), rows) if known is None else ():
             r, lse_s[sl], lse_t[sl] = load_rows(ws, b[sl], t[sl], student, teacher, vocab, temperature)
             y = sampled[b[sl], t[sl]] if sampled is not None else None
             value[sl], a = rows_value(kind, r, beta, y)
@@ -339,7 +343,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         logits_or_hidden, head_weight, b, t, sampled, lse_s, lse_t, value, aux = ctx.saved_tensors
         teacher = ctx.teacher
         kind, temperature, beta, vocab, rows = ctx.cfg
-        none = (None,) * 9
+        none = (None,) * 10
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return (None, None) + none
         head = HeadLogits(logits_or_hidden, head_weight) if head_weight is not None else None
@@ -370,13 +374,28 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         return (grad_h, grad_w.to(head_weight.dtype)) + none
 
 
-def chunked_token_loss(student, teacher, b, t, y, kind, temperature, beta, vocab, rows) -> Tensor:
-    """`_ChunkedTokenLoss` on logits or `HeadLogits` (student and teacher alike): ℓ [M]."""
+def chunked_token_loss(student, teacher, b, t, y, kind, temperature, beta, vocab, rows, known=None) -> Tensor:
+    """`_ChunkedTokenLoss` on logits or `HeadLogits` (student and teacher alike): ℓ [M].
+
+    ``known``: ``(ℓ, lse_s, lse_t)`` of these rows ``[M]`` each, already computed at the same temperature
+    (`token_signals`, for the reverse KL): the forward then projects and normalises nothing; backward is unchanged.
+    """
     logits_or_hidden, head_weight = (
         (student.hidden, student.weight) if isinstance(student, HeadLogits) else (student, None)
     )
     return _ChunkedTokenLoss.apply(
-        logits_or_hidden, head_weight, _Const(teacher), b, t, y, kind, temperature, beta, vocab, rows
+        logits_or_hidden,
+        head_weight,
+        _Const(teacher),
+        b,
+        t,
+        y,
+        kind,
+        temperature,
+        beta,
+        vocab,
+        rows,
+        None if known is None else _Const(known),
     )
 
 

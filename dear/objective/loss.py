@@ -41,6 +41,7 @@ def distill_loss(
     vocab_size: int | None = None,
     chunk_size: int | None = None,
     reduction: str = "mean",
+    known: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted per-token distillation loss ``L`` (§2 "Loss") with its exact gradient.
 
@@ -61,6 +62,9 @@ def distill_loss(
     loss, selected_frac (w > 0 among mask), weight_sum, n_selected, token_loss_selected (mean ℓ
     over selected positions)). The true reverse KL over all response tokens comes from
     `token_signals` / `selection_stats`, so this function does no second full-vocabulary pass.
+    ``known``: for the reverse KL, ``(KL(p‖q), lse_s, lse_t)`` ``[B, T]`` from `token_signals` at the same
+    temperature (its ``reverse_kl``, ``student_lse``, ``teacher_lse``): the forward then reads ``ℓ_t`` from it instead
+    of projecting and normalising the rows again (the backward recomputes them as always).
     """
     check_choice("kind", kind, LOSS_KINDS)
     check_choice("normalize", normalize, NORMALIZATIONS)
@@ -82,6 +86,8 @@ def distill_loss(
     w = weights.float().masked_fill(~mask, 0.0)  # [B, T]
     b, t = (w != 0).nonzero(as_tuple=True)  # [M] positions that need the full-vocabulary pass
     y = check_sampled(sampled_ids, w.shape, vocab, kind, w != 0)
+    if known is not None and effective_kind(kind, beta) != "reverse_kl":
+        raise ValueError(f"known rows carry the reverse KL; kind={kind!r} (beta={beta}) computes another loss")
     token_loss = chunked_token_loss(
         student_logits,
         teacher_logits,
@@ -93,6 +99,7 @@ def distill_loss(
         beta,
         vocab,
         rows_per_chunk(vocab, chunk_size),
+        known=None if known is None else tuple(x[b, t] for x in known),
     )  # [M]
     weighted = w[b, t] * token_loss  # [M]
     if normalize == "sequence":

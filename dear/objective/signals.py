@@ -108,7 +108,9 @@ class Signals:
     long, argmax of the raw logits over the shared vocabulary (first maximum on ties);
     grad_norm: ``‖g_t‖₂`` with ``g_t = p ⊙ (log p − log q − KL(p‖q))`` the reverse-KL gradient at the
     tempered student logits ``z_s/τ`` (entries with ``p_v = 0`` are 0), the weight of a token in the
-    gradient-mass coverage; None when not computed.
+    gradient-mass coverage; None when not computed. student_lse / teacher_lse: the log-normalisers of
+    ``z_s/τ`` and ``z_t/τ``, in the pass's compute dtype, so that the loss (`distill_loss`'s ``known``) need not
+    project and normalise the same rows again; None when not computed.
     """
 
     entropy: Tensor
@@ -117,6 +119,8 @@ class Signals:
     student_argmax: Tensor
     teacher_argmax: Tensor
     grad_norm: Tensor | None = None
+    student_lse: Tensor | None = None
+    teacher_lse: Tensor | None = None
 
 
 @torch.no_grad()
@@ -160,14 +164,16 @@ def token_signals(
     s_arg = torch.zeros(mask.shape, dtype=torch.long, device=mask.device)
     t_arg = torch.zeros_like(s_arg)
     rows = rows_per_chunk(vocab, chunk_size)
-    ws = Workspace(min(rows, b.numel()), vocab, compute_dtype(student_logits, teacher_logits), mask.device)
+    dtype = compute_dtype(student_logits, teacher_logits)
+    lse = {name: torch.zeros(mask.shape, dtype=dtype, device=mask.device) for name in ("student_lse", "teacher_lse")}
+    ws = Workspace(min(rows, b.numel()), vocab, dtype, mask.device)
     for sl in chunks(b.numel(), rows):
         bi, ti = b[sl], t[sl]
         r = ws.rows(ti.numel())
         s_arg[bi, ti] = gather_rows(r.logp, student_logits, bi, ti, vocab).argmax(-1)  # raw logits
         t_arg[bi, ti] = gather_rows(r.logq, teacher_logits, bi, ti, vocab).argmax(-1)
-        log_softmax_(r.logp, r.p, temperature)
-        log_softmax_(r.logq, r.q, temperature)
+        lse["student_lse"][bi, ti] = log_softmax_(r.logp, r.p, temperature)
+        lse["teacher_lse"][bi, ti] = log_softmax_(r.logq, r.q, temperature)
         out["entropy"][bi, ti] = rows_entropy(r).float()
         rkl = rows_kl(r.logp, r.p, r.logq, r.tmp, r.zero)  # leaves zero = (p == 0)
         out["reverse_kl"][bi, ti] = rkl.float()
@@ -175,4 +181,4 @@ def token_signals(
         out["grad_norm"][bi, ti] = torch.linalg.vector_norm(g, dim=-1).float()
         div = rkl if kind == "reverse_kl" else rows_value(kind, r, beta, y[bi, ti] if y is not None else None)[0]
         out["divergence"][bi, ti] = div.float()
-    return Signals(student_argmax=s_arg, teacher_argmax=t_arg, **out)
+    return Signals(student_argmax=s_arg, teacher_argmax=t_arg, **out, **lse)
