@@ -321,3 +321,28 @@ def test_the_steps_loss_reuses_the_signals_rows_for_the_reverse_kl(student, roll
     torch.testing.assert_close(fast, plain)
     for a, b in zip(fast_grads, plain_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("logits, reused", [("full", True), ("chunked", False)])
+def test_under_autocast_only_materialised_logits_lend_the_loss_their_rows(
+    student, rollout, logits, reused, monkeypatch
+):
+    """bf16 rows of an LM head may round differently in the backward's chunks than in the signals' pass, so under
+    autocast the chunked loss normalises its own rows; full logits are the same tensor in both passes."""
+    import dear.objective.chunked as chunked
+    from dear.config.schema import StepConfig
+
+    teacher = tiny_qwen2(student.tokenizer, seed=1)
+    opd, loss = method_config("opd"), LossConfig(kind="reverse_kl", normalize="selected", temperature=1.0, beta=0.5)
+    step = StepConfig(micro_batch_size=None, logits=logits, gradient_checkpointing=False)
+    forward_loads = []
+    real = chunked._ChunkedTokenLoss.forward
+
+    def forward(ctx, *args):
+        forward_loads.append(args[-1] is not None)  # known rows given
+        return real(ctx, *args)
+
+    monkeypatch.setattr(chunked._ChunkedTokenLoss, "forward", staticmethod(forward))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        distill_step(copy.deepcopy(student.model), teacher, rollout, opd, loss, vocab_size=None, step=step)
+    assert forward_loads == [reused]

@@ -236,14 +236,19 @@ def micro_batches(
     ]
 
 
-def _known_rows(sig: objective.Signals, loss: LossConfig, start: int) -> tuple[Tensor, Tensor, Tensor] | None:
+def _known_rows(sig: objective.Signals, loss: LossConfig, fwd: Forward) -> tuple[Tensor, Tensor, Tensor] | None:
     """What the token signals already computed of the loss's rows (the reverse KL and both log-normalisers, same
-    temperature), columns ``start …``, so the loss's forward does not project them again; None for another loss or
-    when the signals' KL was rounded (a float64 pass)."""
+    temperature), columns ``fwd.start …``, so the loss's forward does not project them again. None for another
+    loss, when the signals' KL was rounded (a float64 pass), and for LM heads under autocast: their bf16 rows may
+    round differently in the backward's chunks than in the signals', and the log-normalisers must match the rows."""
     if effective_kind(loss.kind, loss.beta) != "reverse_kl" or sig.student_lse is None:
         return None
     if sig.student_lse.dtype != sig.reverse_kl.dtype:
         return None
+    heads = [x for x in (fwd.student_logits, fwd.teacher_logits) if isinstance(x, objective.HeadLogits)]
+    if any(torch.is_autocast_enabled(x.device.type) for x in heads):
+        return None
+    start = fwd.start
     return sig.reverse_kl[:, start:], sig.student_lse[:, start:], sig.teacher_lse[:, start:]
 
 
@@ -319,7 +324,7 @@ def distill_step(
             beta=loss.beta,
             vocab_size=vocab_size,
             reduction="mean" if whole else "sum",
-            known=_known_rows(sig, loss, fwd.start),
+            known=_known_rows(sig, loss, fwd),
         )
         if whole and world > 1:  # this rank's mean, then rescaled so the averaged gradient is the global one
             global_den = float(ranks.sum(loss_stats["denominator"].clone()))
