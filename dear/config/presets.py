@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
-from dear.config.schema import BenchmarkConfig, ConfigError, TrainConfig, check_fits, load
-
-CONF_DIR = Path(__file__).parents[1] / "conf"
+from dear.config.schema import CONF_DIR, BenchmarkConfig, ConfigError, TrainConfig, check_fits, load
 
 
 def choices(group: str) -> list[str]:

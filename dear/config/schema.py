@@ -40,6 +40,8 @@ from dear.config.types import (
 )
 from dear.errors import DearError
 
+CONF_DIR = Path(__file__).parents[1] / "conf"  # the packaged presets, one folder per config group (dear/conf/)
+
 
 class ConfigError(DearError, ValueError):
     """A config value the schema refuses: one line naming the key, what is allowed and what was given."""
@@ -234,8 +236,6 @@ def tune_recipe(preset: str, where: str) -> TuneRecipe:
     """The ``tune:`` recipe of model preset ``preset`` (conf/model/<preset>.yaml); a ConfigError naming ``where``
     when there is no such preset or it is not fine-tuned."""
     from omegaconf import OmegaConf
-
-    from dear.config.presets import CONF_DIR  # presets reads this module: imported here, when called
 
     path = CONF_DIR / "model" / f"{preset}.yaml"
     if not path.is_file():
