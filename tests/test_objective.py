@@ -1273,3 +1273,24 @@ def test_the_loss_reads_the_signals_rows_instead_of_projecting_them_again(heads,
     torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="known rows carry the reverse KL"):
         distill_loss(student, teacher, weights, known=known, kind="forward_kl", **common)
+
+
+def test_known_rows_rounded_below_the_pass_dtype_are_not_taken(monkeypatch):
+    """A float32 KL lent to a float64 pass would round the loss: the engine computes its own rows instead."""
+    import dear.objective.chunked as chunked
+
+    g = torch.Generator().manual_seed(4)
+    student = torch.randn(2, 5, 30, generator=g, dtype=torch.float64).requires_grad_()
+    teacher = torch.randn(2, 5, 30, generator=g, dtype=torch.float64)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    sig = token_signals(student.detach(), teacher, mask)
+    assert sig.reverse_kl.dtype == torch.float32 and sig.student_lse.dtype == torch.float64
+    loaded = []
+    real = chunked.load_rows
+    monkeypatch.setattr(chunked, "load_rows", lambda *a, **k: loaded.append(1) or real(*a, **k))
+    known = (sig.reverse_kl, sig.student_lse, sig.teacher_lse)
+    got, _ = distill_loss(student, teacher, mask.float(), known=known)
+    forward_loads = len(loaded)
+    want, _ = distill_loss(student, teacher, mask.float())
+    assert forward_loads == len(loaded) - forward_loads > 0  # it loaded its rows, as the plain call does
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -124,18 +124,20 @@ def forward_pair(
     """
     if not 0 <= start <= response_start(rollout):
         raise ValueError(f"start must lie in [0, {response_start(rollout)}] (the prompt's columns), got {start}")
-    # the teacher's own prompt has its own width: it starts as many columns before its responses
-    t_start = start if teacher_rollout is None else response_start(teacher_rollout) - (response_start(rollout) - start)
+    # the teacher's own prompt has its own width: it keeps as many of its prompt's columns, as far as it has them
+    t_start = (
+        start if teacher_rollout is None else max(0, response_start(teacher_rollout) - response_start(rollout) + start)
+    )
     with contextlib.nullcontext() if grad else torch.no_grad():
         s_logits, s_hidden = _run(student, rollout, logits, hidden_layer is not None, start)
     with torch.no_grad() if logits == "full" else torch.inference_mode():
-        t_logits, _ = _run(teacher, teacher_rollout or rollout, logits, False, max(t_start, 0))
+        t_logits, _ = _run(teacher, teacher_rollout or rollout, logits, False, t_start)
     if teacher_rollout is not None:
         if logits == "full":
-            t_logits = align_to_student(t_logits, rollout, teacher_rollout, start, max(t_start, 0))
+            t_logits = align_to_student(t_logits, rollout, teacher_rollout, start, t_start)
         else:
             t_logits = objective.HeadLogits(
-                align_to_student(t_logits.hidden, rollout, teacher_rollout, start, max(t_start, 0)), t_logits.weight
+                align_to_student(t_logits.hidden, rollout, teacher_rollout, start, t_start), t_logits.weight
             )
     hidden = s_hidden[hidden_layer][:, start:-1].detach() if hidden_layer is not None else None
     return Forward(s_logits, t_logits, hidden, start)
@@ -161,7 +163,7 @@ def step_signals(
 
 
 def _widened(item, start: int):
-    """A dataclass of ``[B, T-start]`` tensors (Signals, Selection) as ``[B, T]``, zeros before ``start``."""
+    """`Signals` of ``[B, T-start]`` tensors as ``[B, T]``, zeros before ``start``."""
     return type(item)(
         **{
             f.name: None if getattr(item, f.name) is None else widen(getattr(item, f.name), start)
@@ -236,19 +238,12 @@ def micro_batches(
     ]
 
 
-def _known_rows(sig: objective.Signals, loss: LossConfig, fwd: Forward) -> tuple[Tensor, Tensor, Tensor] | None:
-    """What the token signals already computed of the loss's rows (the reverse KL and both log-normalisers, same
-    temperature), columns ``fwd.start …``, so the loss's forward does not project them again. None for another
-    loss, when the signals' KL was rounded (a float64 pass), and for LM heads under autocast: their bf16 rows may
-    round differently in the backward's chunks than in the signals', and the log-normalisers must match the rows."""
+def _known_rows(sig: objective.Signals, loss: LossConfig, start: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """What the token signals already computed of a reverse-KL loss's rows (the KL and both log-normalisers, same
+    temperature), columns ``start …``, so the loss's forward need not project them again (the chunked engine
+    decides whether it can take them); None for another loss."""
     if effective_kind(loss.kind, loss.beta) != "reverse_kl" or sig.student_lse is None:
         return None
-    if sig.student_lse.dtype != sig.reverse_kl.dtype:
-        return None
-    heads = [x for x in (fwd.student_logits, fwd.teacher_logits) if isinstance(x, objective.HeadLogits)]
-    if any(torch.is_autocast_enabled(x.device.type) for x in heads):
-        return None
-    start = fwd.start
     return sig.reverse_kl[:, start:], sig.student_lse[:, start:], sig.teacher_lse[:, start:]
 
 
@@ -324,7 +319,7 @@ def distill_step(
             beta=loss.beta,
             vocab_size=vocab_size,
             reduction="mean" if whole else "sum",
-            known=_known_rows(sig, loss, fwd),
+            known=_known_rows(sig, loss, fwd.start),
         )
         if whole and world > 1:  # this rank's mean, then rescaled so the averaged gradient is the global one
             global_den = float(ranks.sum(loss_stats["denominator"].clone()))

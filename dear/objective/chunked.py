@@ -330,16 +330,18 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         student = logits_or_hidden if head_weight is None else HeadLogits(logits_or_hidden, head_weight)
         teacher = teacher.value
         dtype = compute_dtype(student, teacher)
-        value, aux, lse_s, lse_t = (torch.zeros(b.numel(), dtype=dtype, device=student.device) for _ in range(4))
+        aux = torch.zeros(b.numel(), dtype=dtype, device=student.device)
         if known is not None:  # ℓ and both log-normalisers of these rows, from the token signals' pass
-            value, lse_s, lse_t = (x.to(dtype, copy=True) for x in known.value)
-        ws = Workspace(min(rows, b.numel()), vocab, dtype, student.device) if known is None else None
-        for sl in chunks(b.numel(), rows) if known is None else ():
-            r, lse_s[sl], lse_t[sl] = load_rows(ws, b[sl], t[sl], student, teacher, vocab, temperature)
-            y = sampled[b[sl], t[sl]] if sampled is not None else None
-            value[sl], a = rows_value(kind, r, beta, y)
-            if a is not None:
-                aux[sl] = a
+            value, lse_s, lse_t = (x.clone() for x in known.value)
+        else:
+            value, lse_s, lse_t = (torch.zeros_like(aux) for _ in range(3))
+            ws = Workspace(min(rows, b.numel()), vocab, dtype, student.device)
+            for sl in chunks(b.numel(), rows):
+                r, lse_s[sl], lse_t[sl] = load_rows(ws, b[sl], t[sl], student, teacher, vocab, temperature)
+                y = sampled[b[sl], t[sl]] if sampled is not None else None
+                value[sl], a = rows_value(kind, r, beta, y)
+                if a is not None:
+                    aux[sl] = a
         ctx.save_for_backward(logits_or_hidden, head_weight, b, t, sampled, lse_s, lse_t, value, aux)
         ctx.teacher = teacher
         ctx.cfg = (kind, temperature, beta, vocab, rows)
@@ -386,10 +388,19 @@ def chunked_token_loss(student, teacher, b, t, y, kind, temperature, beta, vocab
 
     ``known``: ``(ℓ, lse_s, lse_t)`` of these rows ``[M]`` each, already computed at the same temperature
     (`token_signals`, for the reverse KL): the forward then projects and normalises nothing; backward is unchanged.
+    It is taken only when the backward's rows will be the same numbers: in the pass's compute dtype (not a float32
+    KL for a float64 pass), and not from an LM head under autocast, whose bf16 rows may round differently when
+    the backward projects them in other chunks than the signals' pass did.
     """
     logits_or_hidden, head_weight = (
         (student.hidden, student.weight) if isinstance(student, HeadLogits) else (student, None)
     )
+    heads = [x for x in (student, teacher) if isinstance(x, HeadLogits)]
+    if known is not None and (
+        any(x.dtype != compute_dtype(student, teacher) for x in known)
+        or any(torch.is_autocast_enabled(x.device.type) for x in heads)
+    ):
+        known = None
     return _ChunkedTokenLoss.apply(
         logits_or_hidden,
         head_weight,
